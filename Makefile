@@ -1,0 +1,43 @@
+# `make run` and `make test` set everything up on first use and reuse it afterwards.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+export ANAMNESIS_HOME ?= var
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export DO_NOT_TRACK := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test lint bench-learn bench-drift bench-serve bench-ingest clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+$(STAMP): pyproject.toml scripts/install-system-packages.sh scripts/build_nltk_data.py | $(BIN)/python
+	scripts/install-system-packages.sh
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python scripts/build_nltk_data.py $(VENV)/share/nltk_data
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/anamnesis db upgrade
+	$(BIN)/anamnesis serve
+
+test: install
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
+
+bench-ingest: install
+	$(BIN)/python benchmarks/ingest.py
+
+clean:
+	rm -rf $(VENV) var .pytest_cache

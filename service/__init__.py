@@ -1,0 +1,1 @@
+"""The FastAPI prediction API, the retraining worker, the CLI and the dashboard."""

@@ -1,0 +1,175 @@
+"""Schema families (Base/Create/Public) for what the API and the ingest path exchange.
+
+Create schemas validate input before anything is stored; Public schemas are what leaves the
+service. Public schemas never carry note text or patient references.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+
+from storage.fields import ClinicalFields
+from storage.models import ApiRole, ModelStatus, RunStatus, Trigger
+
+MAX_NOTE_CHARS = 100_000
+"""Longer than any clinical note we expect; a multi-megabyte 'note' is a file error, not a note."""
+
+_UNDECODABLE = re.compile(r"[\udc80-\udcff]")  # what surrogateescape makes of invalid UTF-8 bytes
+_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+
+LabelName = Annotated[
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$"),
+]
+SiteName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+PeriodName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+
+
+def check_note(note: str) -> str:
+    """The rules every stored note follows. Messages name the problem, never the text."""
+    if _UNDECODABLE.search(note):
+        raise ValueError("note contains bytes that are not valid UTF-8")
+    if _CONTROL.search(note):
+        raise ValueError("note contains control characters")
+    if not note.strip():
+        raise ValueError("note is empty")
+    if len(note) > MAX_NOTE_CHARS:
+        raise ValueError(f"note has {len(note):,} characters, more than the limit of {MAX_NOTE_CHARS:,}")
+    return note
+
+
+def as_utc(moment: datetime) -> datetime:
+    """Naive datetimes are taken as UTC; aware ones are converted."""
+    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+
+
+class RecordBase(BaseModel):
+    model_config = ConfigDict(str_strip_whitespace=False)
+
+    site: SiteName = Field(default="default", description="Hospital or clinic the record comes from.")
+    period: PeriodName | None = Field(default=None, description="Data period (a quarter, a year, ...).")
+    observed_at: datetime | None = Field(default=None, description="When the note was written; now if absent.")
+    note: str = Field(description="The free-text clinical note.")
+    fields: ClinicalFields = Field(default_factory=ClinicalFields, description="Structured fields.")
+
+    @field_validator("note")
+    @classmethod
+    def _note(cls, note: str) -> str:
+        return check_note(note)
+
+    @field_validator("observed_at")
+    @classmethod
+    def _utc(cls, moment: datetime | None) -> datetime | None:
+        return as_utc(moment) if moment else None
+
+
+class RecordCreate(RecordBase):
+    patient_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = Field(
+        default=None, description="Patient reference; stored only as a keyed hash."
+    )
+    label: LabelName | None = Field(default=None, description="Treatment plan, when already known.")
+
+
+class RecordPublic(BaseModel):
+    id: int
+    site: str
+    period: str | None
+    observed_at: datetime
+    fields: dict[str, Any]
+    created_at: datetime
+    label: str | None = None
+
+
+class LabelCreate(BaseModel):
+    """Delayed ground truth, addressed by record id or by the prediction id the API returned."""
+
+    record_id: int | None = None
+    prediction_id: str | None = None
+    label: LabelName
+
+    @model_validator(mode="after")
+    def _one_target(self) -> LabelCreate:
+        if (self.record_id is None) == (self.prediction_id is None):
+            raise ValueError("give exactly one of record_id and prediction_id")
+        return self
+
+
+class LabelPublic(BaseModel):
+    id: int
+    record_id: int
+    label: str
+    source: str
+    actor: str
+    labeled_at: datetime
+
+
+class ModelVersionPublic(BaseModel):
+    id: int
+    parent_id: int | None
+    status: ModelStatus
+    base_model: str
+    strategy: dict[str, Any]
+    artifact_sha256: str
+    label_map: list[str]
+    metrics: dict[str, Any]
+    data_window: dict[str, Any]
+    runtime: dict[str, Any]
+    training_run_id: int | None
+    created_at: datetime
+    promoted_at: datetime | None
+    decision_reason: str | None
+
+
+class TrainingRunPublic(BaseModel):
+    id: int
+    trigger: Trigger
+    status: RunStatus
+    actor: str
+    reason: str | None
+    config: dict[str, Any]
+    data_window: dict[str, Any]
+    metrics: dict[str, Any]
+    progress: float
+    progress_message: str | None
+    error: str | None
+    model_version_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class DriftReportPublic(BaseModel):
+    id: int
+    model_version_id: int | None
+    reference_window: dict[str, Any]
+    current_window: dict[str, Any]
+    drift_detected: bool
+    flags: dict[str, Any]
+    scores: dict[str, Any]
+    decision: dict[str, Any]
+    has_html: bool
+    created_at: datetime
+
+
+class AuditEventPublic(BaseModel):
+    id: int
+    action: str
+    actor: str
+    entity: str
+    entity_id: str | None
+    reason: str | None
+    details: dict[str, Any]
+    at: datetime
+
+
+class ApiKeyPublic(BaseModel):
+    id: int
+    name: str
+    role: ApiRole
+    prefix: str
+    created_at: datetime
+    revoked_at: datetime | None

@@ -36,7 +36,7 @@ def create_app(settings: Settings) -> FastAPI:
         """Readiness: the database is reachable."""
         try:
             ensure_engine_ready(app.state.engine)
-        except Exception as error:  # noqa: BLE001 - any failure means not ready
+        except Exception as error:
             return JSONResponse({"status": "not ready", "database": type(error).__name__}, status_code=503)
         return JSONResponse({"status": "ready", "database": "ok"})
 

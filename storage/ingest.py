@@ -277,7 +277,7 @@ def _describe(error: ValidationError) -> str:
     for problem in error.errors(include_input=False, include_url=False):
         location = ".".join(str(part) for part in problem["loc"] if part != "fields") or "row"
         message = problem["msg"].removeprefix("Value error, ")
-        parts.append(f"{location}: {message}")
+        parts.append(message if message.startswith(location) else f"{location}: {message}")
     return "; ".join(parts)
 
 
@@ -388,6 +388,7 @@ def ingest_file(
     on_progress: ProgressCallback | None = None,
 ) -> IngestReport:
     """Validates every row of `path` and stores the valid ones in batches (nothing when `dry_run`)."""
+    _check_readable(path)
     fmt = detect_format(path, file_format)
     _check_mapping(path, inspect_columns(path, fmt), mapping)
     readers = {FileFormat.csv: _csv_rows, FileFormat.jsonl: _jsonl_rows, FileFormat.parquet: _parquet_rows}

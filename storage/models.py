@@ -94,9 +94,7 @@ class Record(SQLModel, table=True):
     note: str = Field(sa_column=Column(Text, nullable=False))
     fields: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     source: str = Field(max_length=200, description="the ingest batch or API call that stored it")
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
-    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
 
 
 class Label(SQLModel, table=True):
@@ -107,9 +105,7 @@ class Label(SQLModel, table=True):
     label: str = Field(max_length=100, index=True)
     source: str = Field(max_length=200)
     actor: str = Field(max_length=100)
-    labeled_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
-    )
+    labeled_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
 
 
 class ModelVersion(SQLModel, table=True):
@@ -162,9 +158,7 @@ class TrainingRun(SQLModel, table=True):
     progress_message: str | None = Field(default=None, max_length=500)
     error: str | None = Field(default=None, sa_column=Column(Text))
     worker: str | None = Field(default=None, max_length=200)
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
-    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
     started_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     heartbeat_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     finished_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
@@ -195,9 +189,7 @@ class Prediction(SQLModel, table=True):
     )
     runtime: str = Field(max_length=40)
     latency_ms: float
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
-    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
 
 
 class DriftReport(SQLModel, table=True):
@@ -212,9 +204,7 @@ class DriftReport(SQLModel, table=True):
     scores: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     decision: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     html_path: str | None = Field(default=None, max_length=500)
-    created_at: datetime = Field(
-        default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True)
-    )
+    created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
 
 
 class AuditEvent(SQLModel, table=True):

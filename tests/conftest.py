@@ -35,7 +35,7 @@ def postgres_template() -> Iterator[str]:
     try:
         with admin.connect() as connection:
             connection.execute(text("select 1"))
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         admin.dispose()
         if IN_CI:
             pytest.fail(f"PostgreSQL at {POSTGRES_URL} is unreachable under CI=true: {error}")

@@ -2,7 +2,7 @@
 # Debian packages the project needs: word lists for evidently's offline text descriptors and
 # Chromium for the dashboard's browser test. Installs only what is missing.
 set -euo pipefail
-packages=(wordnet-base wamerican chromium chromium-driver fonts-dejavu-core)
+packages=(wordnet-base wordnet-sense-index wamerican chromium chromium-driver fonts-dejavu-core)
 missing=()
 for package in "${packages[@]}"; do
   dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q "install ok installed" || missing+=("$package")

@@ -1,0 +1,153 @@
+"""Declarative learner configuration: what an update does, separate from the code that does it.
+
+Every config round-trips through JSON and is stored with each training run and model version.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
+
+
+class ReplayPolicy(StrEnum):
+    """How the bounded replay buffer chooses which past samples to keep."""
+
+    class_balanced = "class_balanced"
+    """An equal share of the buffer per class seen so far (protects rare and old classes)."""
+    reservoir = "reservoir"
+    """A uniform random sample of everything seen (reservoir sampling)."""
+    experience_balanced = "experience_balanced"
+    """An equal share per experience (period)."""
+
+
+class EWCMode(StrEnum):
+    separate = "separate"
+    """One importance/parameter snapshot per past experience, each penalised."""
+    online = "online"
+    """One running importance, decayed at each experience (constant memory)."""
+
+
+class FinetuneMode(StrEnum):
+    full = "full"
+    """Every weight is trained."""
+    lora = "lora"
+    """Low-rank adapters on attention (peft); merged into the weights before saving."""
+
+
+class TrainingData(StrEnum):
+    """What an update trains on."""
+
+    incremental = "incremental"
+    """Only the new experience (plus replay, if configured), continuing from the current model."""
+    cumulative = "cumulative"
+    """Every experience so far, continuing from the current model (cost grows with history)."""
+    joint = "joint"
+    """Every experience so far, from the base model (the offline upper bound; cost grows too)."""
+
+
+class ReplayConfig(_Config):
+    mem_size: int = Field(default=400, ge=1, le=1_000_000, description="Samples kept in the replay buffer.")
+    policy: ReplayPolicy = Field(default=ReplayPolicy.class_balanced, description="Which samples the buffer keeps.")
+    batch_size_mem: int | None = Field(
+        default=None, ge=1, description="Replayed samples appended to each minibatch; None: the training batch size."
+    )
+
+
+class EWCConfig(_Config):
+    ewc_lambda: float = Field(
+        default=1e4,
+        ge=0,
+        description="Penalty strength. With the normalised importance (mean 1 over the trained parameters) "
+        "values around 1e3-1e5 matter; see docs/learner.md for the sweep.",
+    )
+    mode: EWCMode = Field(default=EWCMode.separate, description="Separate snapshots per experience, or online.")
+    decay_factor: float | None = Field(
+        default=None, gt=0, le=1, description="Online mode only: how much old importance is kept at each step."
+    )
+    normalize_importance: bool = Field(
+        default=True, description="Scale the Fisher diagonal to mean 1, so lambda means the same on any model."
+    )
+    fisher_batches: int | None = Field(
+        default=20, ge=1, description="Minibatches used to estimate the Fisher diagonal; None: the whole experience."
+    )
+
+    @model_validator(mode="after")
+    def _decay_only_online(self) -> EWCConfig:
+        if self.mode == EWCMode.online and self.decay_factor is None:
+            raise ValueError("online EWC needs a decay_factor")
+        if self.mode == EWCMode.separate and self.decay_factor is not None:
+            raise ValueError("decay_factor applies to online EWC only")
+        return self
+
+
+class LoRAConfig(_Config):
+    r: int = Field(default=8, ge=1, le=256, description="Adapter rank.")
+    alpha: int = Field(default=16, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
+    dropout: float = Field(default=0.05, ge=0, lt=1, description="Dropout on the adapter input.")
+    target_modules: tuple[str, ...] = Field(
+        default=("query", "value"), description="Names of the linear layers that receive adapters."
+    )
+    learning_rate: float = Field(
+        default=5e-4, gt=0, lt=1, description="Adapters train from zero and need a larger rate than full fine-tuning."
+    )
+
+
+class StrategyConfig(_Config):
+    """The forgetting-control recipe of an update."""
+
+    name: str = Field(default="replay_ewc", min_length=1, max_length=50, description="A display name.")
+    data: TrainingData = Field(default=TrainingData.incremental, description="What an update trains on.")
+    replay: ReplayConfig | None = Field(default_factory=ReplayConfig, description="Replay buffer; None: off.")
+    ewc: EWCConfig | None = Field(default_factory=EWCConfig, description="EWC regularisation; None: off.")
+    finetune: FinetuneMode = Field(default=FinetuneMode.full, description="Full fine-tuning or LoRA.")
+    lora: LoRAConfig = Field(default_factory=LoRAConfig, description="LoRA settings (used when finetune is lora).")
+
+    @model_validator(mode="after")
+    def _protection_only_incremental(self) -> StrategyConfig:
+        if self.data != TrainingData.incremental and (self.replay or self.ewc):
+            raise ValueError(f"{self.data} training sees all data already; replay and EWC apply to incremental only")
+        return self
+
+
+class TrainingConfig(_Config):
+    epochs: int = Field(default=2, ge=1, le=100, description="Passes over the experience per update.")
+    batch_size: int = Field(default=16, ge=1, le=4096, description="New-data samples per minibatch.")
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1, description="AdamW learning rate.")
+    weight_decay: float = Field(default=0.01, ge=0, lt=1, description="AdamW weight decay.")
+    max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input (fields + note).")
+    seed: int = Field(default=0, description="Seeds shuffling and initialisation: same seed, same weights on CPU.")
+    device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: CUDA when present.")
+    bucket_by_length: bool = Field(default=True, description="Batch notes of similar length (less padding).")
+    holdout_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of each period kept out of training for evaluation."
+    )
+
+
+class LearnerConfig(_Config):
+    strategy: StrategyConfig = Field(default_factory=StrategyConfig)
+    training: TrainingConfig = Field(default_factory=TrainingConfig)
+
+
+_PRESETS = {
+    "naive": StrategyConfig(name="naive", replay=None, ewc=None),
+    "ewc": StrategyConfig(name="ewc", replay=None),
+    "replay": StrategyConfig(name="replay", ewc=None),
+    "replay_ewc": StrategyConfig(name="replay_ewc"),
+    "lora_replay": StrategyConfig(name="lora_replay", ewc=None, finetune=FinetuneMode.lora),
+    "cumulative": StrategyConfig(name="cumulative", data=TrainingData.cumulative, replay=None, ewc=None),
+    "joint": StrategyConfig(name="joint", data=TrainingData.joint, replay=None, ewc=None),
+}
+PRESET_NAMES = tuple(_PRESETS)
+
+
+def preset(name: str) -> StrategyConfig:
+    """The named strategies the benchmark compares."""
+    try:
+        return _PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(_PRESETS)}") from None

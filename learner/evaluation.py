@@ -1,0 +1,112 @@
+"""Evaluation of a model on every period: accuracy matrix, forgetting, backward transfer, subgroups.
+
+Definitions (R[i][p] is the accuracy on period p's held-out slice after update i; period p was
+first trained on at update s(p); T is the last update):
+- average accuracy: mean over the periods trained so far of R[T][p];
+- forgetting (Chaudhry et al. 2018): for each earlier period, the best accuracy any update from
+  s(p) to T-1 reached on it minus R[T][p]; averaged over those periods;
+- backward transfer (Lopez-Paz & Ranzato 2017): mean over earlier periods of R[T][p] - R[s(p)][p].
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sklearn.metrics import f1_score
+
+
+@dataclass(frozen=True)
+class EvalExample:
+    """What evaluation needs to know about one held-out record besides its input."""
+
+    period: str
+    label: str
+    site: str
+    sex: str | None
+    age: int | None
+
+
+def age_band(age: int | None) -> str | None:
+    if age is None:
+        return None
+    if age < 50:
+        return "<50"
+    if age < 65:
+        return "50-64"
+    if age < 75:
+        return "65-74"
+    return "75+"
+
+
+def score(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
+    """Accuracy, macro-F1 (over the classes present in truth or prediction) and the count."""
+    if not truth:
+        return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
+    correct = sum(t == p for t, p in zip(truth, predicted, strict=True))
+    macro_f1 = f1_score(truth, predicted, average="macro", zero_division=0)
+    return {"accuracy": correct / len(truth), "macro_f1": float(macro_f1), "n": len(truth)}
+
+
+SUBGROUPS = ("site", "sex", "age_band")
+
+
+def evaluate(examples: Sequence[EvalExample], predicted: Sequence[str]) -> dict[str, Any]:
+    """Scores per period, per subgroup (site, sex, age band) and overall."""
+    by_period: dict[str, list[int]] = defaultdict(list)
+    by_group: dict[str, dict[str, list[int]]] = {name: defaultdict(list) for name in SUBGROUPS}
+    for index, example in enumerate(examples):
+        by_period[example.period].append(index)
+        by_group["site"][example.site].append(index)
+        if example.sex is not None:
+            by_group["sex"][example.sex].append(index)
+        band = age_band(example.age)
+        if band is not None:
+            by_group["age_band"][band].append(index)
+
+    def subset(indices: list[int]) -> dict[str, float]:
+        return score([examples[i].label for i in indices], [predicted[i] for i in indices])
+
+    return {
+        "overall": subset(list(range(len(examples)))),
+        "per_period": {period: subset(indices) for period, indices in by_period.items()},
+        "per_subgroup": {
+            name: {group: subset(indices) for group, indices in sorted(groups.items())}
+            for name, groups in by_group.items()
+        },
+    }
+
+
+def continual_metrics(
+    matrix: Sequence[Mapping[str, float]], learned_at: Mapping[str, int], trained_periods: Sequence[str]
+) -> dict[str, Any]:
+    """Average accuracy, forgetting and BWT of the last row of `matrix` (see the module docstring).
+
+    matrix[i] maps period to accuracy after update i; learned_at maps a period to the update that
+    first trained on it; trained_periods are the periods the last update has been trained on.
+    """
+    last = len(matrix) - 1
+    final = matrix[last]
+    seen = [period for period in trained_periods if period in final]
+    earlier = [period for period in seen if learned_at.get(period, last) < last]
+    forgetting: dict[str, float] = {}
+    transfer: dict[str, float] = {}
+    for period in earlier:
+        start = learned_at[period]
+        history = [matrix[i][period] for i in range(start, last) if period in matrix[i]]
+        if history:
+            forgetting[period] = max(history) - final[period]
+        if period in matrix[start]:
+            transfer[period] = final[period] - matrix[start][period]
+    return {
+        "average_accuracy": _mean([final[period] for period in seen]),
+        "forgetting": _mean(list(forgetting.values())),
+        "bwt": _mean(list(transfer.values())),
+        "forgetting_per_period": forgetting,
+    }
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return sum(values) / len(values) if values else None

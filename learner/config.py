@@ -60,10 +60,10 @@ class ReplayConfig(_Config):
 
 class EWCConfig(_Config):
     ewc_lambda: float = Field(
-        default=1e4,
+        default=100.0,
         ge=0,
         description="Penalty strength. With the normalised importance (mean 1 over the trained parameters) "
-        "values around 1e3-1e5 matter; see docs/learner.md for the sweep.",
+        "values around 1-1000 matter; see docs/learner.md for the sweep.",
     )
     mode: EWCMode = Field(default=EWCMode.separate, description="Separate snapshots per experience, or online.")
     decay_factor: float | None = Field(
@@ -108,9 +108,11 @@ class StrategyConfig(_Config):
     lora: LoRAConfig = Field(default_factory=LoRAConfig, description="LoRA settings (used when finetune is lora).")
 
     @model_validator(mode="after")
-    def _protection_only_incremental(self) -> StrategyConfig:
+    def _consistent(self) -> StrategyConfig:
         if self.data != TrainingData.incremental and (self.replay or self.ewc):
             raise ValueError(f"{self.data} training sees all data already; replay and EWC apply to incremental only")
+        if self.finetune == FinetuneMode.lora and self.ewc is not None:
+            raise ValueError("EWC needs the same parameters at every update; LoRA adapters are new each update")
         return self
 
 
@@ -122,7 +124,16 @@ class TrainingConfig(_Config):
     max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input (fields + note).")
     seed: int = Field(default=0, description="Seeds shuffling and initialisation: same seed, same weights on CPU.")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: CUDA when present.")
-    bucket_by_length: bool = Field(default=True, description="Batch notes of similar length (less padding).")
+    bucket_by_length: bool = Field(
+        default=True,
+        description="Batch notes of similar length (less padding). Applies to new-data batches without replay; "
+        "with replay, avalanche's replay loader mixes memory into every batch and padding is per mixed batch.",
+    )
+    freeze_word_embeddings: bool = Field(
+        default=True,
+        description="Keep the vocabulary rows as pretrained: halves optimizer and EWC state; the contextual "
+        "layers still adapt to new vocabularies.",
+    )
     holdout_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of each period kept out of training for evaluation."
     )

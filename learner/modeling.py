@@ -220,3 +220,31 @@ def grow_head(bundle: ModelBundle, labels: Sequence[str]) -> ModelBundle:
 
 
 logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` is CUDA when present, else CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device {name!r} was asked for but CUDA is not available")
+    return torch.device(name)
+
+
+@torch.inference_mode()
+def predict_proba(
+    bundle: ModelBundle, sequences: Sequence[Sequence[int]], *, batch_size: int = 64, device: torch.device | None = None
+) -> torch.Tensor:
+    """Class probabilities for token sequences, batched by length to keep padding small."""
+    device = device or torch.device("cpu")
+    bundle.model.to(device).eval()
+    order = sorted(range(len(sequences)), key=lambda index: len(sequences[index]))
+    result = torch.empty((len(sequences), len(bundle.labels)), dtype=torch.float32)
+    pad_id = bundle.tokenizer.pad_token_id or 0
+    for start in range(0, len(order), batch_size):
+        chunk = order[start : start + batch_size]
+        ids, mask = pad_batch([sequences[index] for index in chunk], pad_id)
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            logits = bundle.model(input_ids=ids.to(device), attention_mask=mask.to(device)).logits
+        result[chunk] = logits.float().softmax(-1).cpu()
+    return result

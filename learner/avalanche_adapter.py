@@ -1,0 +1,503 @@
+"""The one module that imports avalanche: the HF glue, the strategy factory and state transfer.
+
+Avalanche's stock strategies and plugins expect each sample to be one tensor and call `.to()` on
+every minibatch element, so a sample is a stacked `[2, L]` tensor (input ids, attention mask) and
+`HFClassifier` unpacks it for the transformers model. Samples have their own lengths; batches are
+padded to their longest member (dynamic padding).
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import tempfile
+import warnings
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from unittest import mock
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from learner.config import EWCConfig, EWCMode, FinetuneMode, LearnerConfig, ReplayConfig, ReplayPolicy
+from learner.data import Sample
+from learner.modeling import ModelBundle
+from learner.progress import ProgressHook, ProgressState, TrainingControl
+from learner.state import BufferGroup, EWCState, LearnerState, ReplayState
+
+
+def _avalanche_home_is_usable() -> bool:
+    folder = Path.home() / ".avalanche"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        return False
+    return (folder / "config.json").exists() or os.access(folder, os.W_OK)
+
+
+def _import_avalanche() -> None:
+    """Avalanche writes ~/.avalanche/config.json on import and fails when HOME is read-only."""
+    if _avalanche_home_is_usable():
+        import avalanche.training
+
+        return
+    with tempfile.TemporaryDirectory(prefix="avalanche-home-") as home, mock.patch.dict(os.environ, {"HOME": home}):
+        import avalanche.training  # noqa: F401
+
+
+_import_avalanche()
+
+from avalanche.benchmarks.scenarios.dataset_scenario import DatasetExperience  # noqa: E402
+from avalanche.benchmarks.scenarios.generic_scenario import EagerCLStream  # noqa: E402
+from avalanche.benchmarks.utils import AvalancheDataset, DataAttribute  # noqa: E402
+from avalanche.benchmarks.utils.flat_data import ConstantSequence  # noqa: E402
+from avalanche.training import Naive  # noqa: E402
+from avalanche.training.plugins import EWCPlugin, ReplayPlugin, SupervisedPlugin  # noqa: E402
+from avalanche.training.plugins.evaluation import EvaluationPlugin  # noqa: E402
+from avalanche.training.storage_policy import (  # noqa: E402
+    BalancedExemplarsBuffer,
+    ClassBalancedBuffer,
+    ExemplarsBuffer,
+    ExperienceBalancedBuffer,
+    ReservoirSamplingBuffer,
+)
+from avalanche.training.utils import ParamData  # noqa: E402
+
+# --- inputs ---------------------------------------------------------------------------------
+
+
+class HFClassifier(nn.Module):
+    """Calls a transformers classifier on stacked `[B, 2, L]` (ids, mask) inputs; bf16 on CUDA."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.hf = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
+            logits = self.hf(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
+        return logits.float()
+
+
+class _SampleTensors(Dataset):
+    def __init__(self, samples: Sequence[Sample]) -> None:
+        self._inputs = [torch.tensor([s.input_ids, [1] * len(s.input_ids)], dtype=torch.long) for s in samples]
+        self._targets = [s.target for s in samples]
+
+    def __len__(self) -> int:
+        return len(self._inputs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int]:
+        return self._inputs[index], self._targets[index]
+
+
+def pad_collate(batch: Sequence[tuple[Any, ...]]) -> list[torch.Tensor]:
+    """Pads `[2, L_i]` samples to the longest of the batch (pad id 0, mask 0)."""
+    longest = max(item[0].shape[1] for item in batch)
+    inputs = torch.zeros(len(batch), 2, longest, dtype=torch.long)
+    for row, item in enumerate(batch):
+        inputs[row, :, : item[0].shape[1]] = item[0]
+    rest = [torch.tensor([item[k] for item in batch]) for k in range(1, len(batch[0]))]
+    return [inputs, *rest]
+
+
+def make_dataset(samples: Sequence[Sample]) -> AvalancheDataset:
+    """An avalanche dataset of tokenised samples; record ids ride along as a data attribute."""
+    targets = [sample.target for sample in samples]
+    return AvalancheDataset(
+        [_SampleTensors(samples)],
+        collate_fn=pad_collate,
+        data_attributes=[
+            DataAttribute(targets, "targets"),
+            DataAttribute(ConstantSequence(0, len(samples)), "targets_task_labels", use_in_getitem=True),
+            # Not in the sample tuple: the template takes the last element as the task label.
+            DataAttribute([sample.record_id for sample in samples], "record_id"),
+        ],
+    )
+
+
+def make_experience(dataset: AvalancheDataset, index: int) -> DatasetExperience:
+    experience = DatasetExperience(dataset=dataset, current_experience=index)
+    experience.origin_stream = EagerCLStream("train", [experience], set_stream_info=False)
+    return experience
+
+
+# --- length-bucketed, seeded batches ---------------------------------------------------------
+
+
+class _BucketBatchSampler(Sampler[list[int]]):
+    """Batches of similar length: shuffle, sort within windows of 50 batches, shuffle the batches."""
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, generator: torch.Generator) -> None:
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.generator = generator
+
+    def __iter__(self):
+        order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
+        window = self.batch_size * 50
+        batches: list[list[int]] = []
+        for start in range(0, len(order), window):
+            chunk = sorted(order[start : start + window], key=lambda index: self.lengths[index])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for position in torch.randperm(len(batches), generator=self.generator).tolist():
+            yield batches[position]
+
+    def __len__(self) -> int:
+        return (len(self.lengths) + self.batch_size - 1) // self.batch_size
+
+
+class _PaddingNaive(Naive):
+    """Naive fine-tuning whose training loader pads dynamically and shuffles from its own seed.
+
+    Avalanche 0.6's default training loader ignores the dataset's collate function. ReplayPlugin
+    replaces this loader with its own (which does honour it) once its buffer holds samples.
+    """
+
+    def __init__(self, *, lengths_by_record: Mapping[int, int], bucket: bool, seed: int, **options: Any) -> None:
+        super().__init__(**options)
+        self._lengths_by_record = lengths_by_record
+        self._bucket = bucket
+        self._generator = torch.Generator().manual_seed(seed)
+
+    def make_train_dataloader(self, num_workers: int = 0, shuffle: bool = True, **_: Any) -> None:
+        dataset = self.adapted_dataset
+        if self._bucket:
+            lengths = [self._lengths_by_record[record_id] for record_id in dataset.record_id]
+            sampler = _BucketBatchSampler(lengths, self.train_mb_size, self._generator)
+            self.dataloader = DataLoader(dataset, batch_sampler=sampler, collate_fn=dataset.collate_fn)
+        else:
+            self.dataloader = DataLoader(
+                dataset,
+                batch_size=self.train_mb_size,
+                shuffle=shuffle,
+                collate_fn=dataset.collate_fn,
+                generator=self._generator,
+                num_workers=num_workers,
+            )
+
+
+# --- plugins ---------------------------------------------------------------------------------
+
+
+class _ProgressPlugin(SupervisedPlugin):
+    """Reports progress through a narrow hook and lets the hook stop training."""
+
+    def __init__(self, hook: ProgressHook | None, epochs: int) -> None:
+        super().__init__()
+        self.hook = hook
+        self.epochs = epochs
+        self.samples = 0
+        self.steps = 0
+        self.control = TrainingControl()
+        self._steps_in_epoch = 0
+
+    def before_training_epoch(self, strategy: Naive, **_: Any) -> None:
+        self._steps_in_epoch = len(strategy.dataloader)
+
+    def after_training_iteration(self, strategy: Naive, **_: Any) -> None:
+        self.samples += int(strategy.mb_x.shape[0])
+        self.steps += 1
+        if self.hook is not None:
+            clock = strategy.clock
+            state = ProgressState(
+                phase="train",
+                epoch=clock.train_exp_epochs + 1,
+                epochs=self.epochs,
+                step=clock.train_epoch_iterations + 1,
+                steps=self._steps_in_epoch,
+                samples=self.samples,
+                loss=float(strategy.loss.detach()),
+            )
+            self.hook(state, self.control)
+        if self.control.should_stop:
+            strategy.stop_training()
+
+
+class NormalizedEWCPlugin(EWCPlugin):
+    """EWC on the trainable parameters with a Fisher diagonal of mean 1 and a bounded estimate.
+
+    Normalising makes `ewc_lambda` mean the same whatever the model's gradient scale (on MiniLM the
+    raw diagonal is tiny, and lambda=1e3 has no effect); frozen parameters carry no penalty and no
+    state; `fisher_batches` bounds the extra pass over the experience.
+    """
+
+    def __init__(self, config: EWCConfig) -> None:
+        super().__init__(
+            ewc_lambda=config.ewc_lambda,
+            mode=config.mode.value,
+            decay_factor=config.decay_factor,
+            keep_importance_data=config.mode == EWCMode.separate,
+        )
+        self.normalize = config.normalize_importance
+        self.fisher_batches = config.fisher_batches
+        self.last_penalty = 0.0
+
+    def before_backward(self, strategy: Naive, **kwargs: Any) -> None:
+        before = float(strategy.loss.detach())
+        super().before_backward(strategy, **kwargs)
+        self.last_penalty = float(strategy.loss.detach()) - before
+
+    def after_training_exp(self, strategy: Naive, **kwargs: Any) -> None:
+        counter = strategy.clock.train_exp_counter
+        importances = self.compute_importances(
+            strategy.model,
+            strategy._criterion,
+            strategy.optimizer,
+            strategy.experience.dataset,
+            strategy.device,
+            strategy.train_mb_size,
+        )
+        self.update_importances(importances, counter)
+        self.saved_params[counter] = {
+            name: ParamData(f"params_{name}", init_tensor=param.detach().clone())
+            for name, param in strategy.model.named_parameters()
+            if param.requires_grad
+        }
+        if counter > 0 and not self.keep_importance_data:
+            self.saved_params.pop(counter - 1, None)
+
+    def compute_importances(  # type: ignore[override]
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        optimizer: Any,
+        dataset: Any,
+        device: Any,
+        batch_size: int,
+        num_workers: int = 0,
+    ) -> dict[str, ParamData]:
+        model.eval()
+        trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
+        sums = {name: torch.zeros_like(param) for name, param in trainable.items()}
+        loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate_fn, shuffle=False)
+        batches = 0
+        for batch in loader:
+            if self.fisher_batches is not None and batches >= self.fisher_batches:
+                break
+            inputs, targets = batch[0].to(device), batch[1].to(device)
+            optimizer.zero_grad()
+            criterion(model(inputs), targets).backward()
+            for name, param in trainable.items():
+                if param.grad is not None:
+                    sums[name] += param.grad.detach().pow(2)
+            batches += 1
+        optimizer.zero_grad()
+        model.train()
+        scale = 1.0 / max(batches, 1)
+        if self.normalize:
+            total = sum(float(value.sum()) for value in sums.values())
+            count = sum(value.numel() for value in sums.values())
+            scale = count / total if total > 0 else 1.0
+        return {name: ParamData(f"imp_{name}", init_tensor=value * scale) for name, value in sums.items()}
+
+
+class _ReplayPlugin(ReplayPlugin):
+    """ReplayPlugin that updates its buffer through the storage policy's current API.
+
+    Avalanche 0.6's ReplayPlugin calls the deprecated `ExemplarsBuffer.update`, which only
+    forwards to `post_adapt` and warns on every experience.
+    """
+
+    def after_training_exp(self, strategy: Naive, **_: Any) -> None:
+        self.storage_policy.post_adapt(strategy, strategy.experience)
+
+
+def make_storage_policy(config: ReplayConfig) -> ExemplarsBuffer:
+    """The injected replay storage policy."""
+    if config.policy == ReplayPolicy.class_balanced:
+        return ClassBalancedBuffer(max_size=config.mem_size, adaptive_size=True)
+    if config.policy == ReplayPolicy.experience_balanced:
+        return ExperienceBalancedBuffer(max_size=config.mem_size, adaptive_size=True)
+    return ReservoirSamplingBuffer(max_size=config.mem_size)
+
+
+# --- state transfer --------------------------------------------------------------------------
+
+
+def _capture_replay(policy: ExemplarsBuffer, config: ReplayConfig) -> ReplayState:
+    if isinstance(policy, BalancedExemplarsBuffer):
+        groups = {key: group for key, group in policy.buffer_groups.items()}
+    else:
+        groups = {0: policy}
+    return ReplayState(
+        policy=config.policy,
+        groups=[
+            BufferGroup(
+                key=int(key),
+                max_size=int(group.max_size),
+                record_ids=[int(i) for i in group.buffer.record_id] if len(group.buffer) else [],
+                targets=[int(t) for t in group.buffer.targets] if len(group.buffer) else [],
+                weights=group._buffer_weights.clone(),
+            )
+            for key, group in groups.items()
+        ],
+        seen_classes=sorted(int(c) for c in getattr(policy, "seen_classes", set())),
+        experiences=int(getattr(policy, "_num_exps", 0)),
+    )
+
+
+SampleLookup = Callable[[Sequence[int]], Mapping[int, Sample]]
+"""Returns the tokenised samples of the given record ids (the replay buffer's members)."""
+
+
+def _restore_replay(policy: ExemplarsBuffer, state: ReplayState, lookup: SampleLookup) -> None:
+    members = lookup(state.record_ids())
+    missing = [record_id for record_id in state.record_ids() if record_id not in members]
+    if missing:
+        raise LookupError(f"replay buffer records {missing[:5]} are no longer stored")
+
+    def group_buffer(group: BufferGroup) -> ReservoirSamplingBuffer:
+        buffer = ReservoirSamplingBuffer(group.max_size)
+        samples = [
+            Sample(record_id=r, input_ids=members[r].input_ids, target=t, period=members[r].period)
+            for r, t in zip(group.record_ids, group.targets, strict=True)
+        ]
+        buffer.buffer = make_dataset(samples)
+        buffer._buffer_weights = group.weights.clone()
+        return buffer
+
+    if isinstance(policy, BalancedExemplarsBuffer):
+        policy.buffer_groups = {group.key: group_buffer(group) for group in state.groups}
+        if isinstance(policy, ClassBalancedBuffer):
+            policy.seen_classes = set(state.seen_classes)
+        if isinstance(policy, ExperienceBalancedBuffer):
+            policy._num_exps = state.experiences
+    elif state.groups:
+        restored = group_buffer(state.groups[0])
+        policy.buffer, policy._buffer_weights = restored.buffer, restored._buffer_weights
+
+
+def _capture_ewc(plugin: NormalizedEWCPlugin) -> EWCState:
+    return EWCState(
+        importances={c: {n: p.data.detach().cpu() for n, p in d.items()} for c, d in plugin.importances.items()},
+        saved_params={c: {n: p.data.detach().cpu() for n, p in d.items()} for c, d in plugin.saved_params.items()},
+    )
+
+
+def _restore_ewc(plugin: NormalizedEWCPlugin, state: EWCState, device: torch.device) -> None:
+    for counter, named in state.importances.items():
+        plugin.importances[counter] = {n: ParamData(f"imp_{n}", init_tensor=t.to(device)) for n, t in named.items()}
+    for counter, named in state.saved_params.items():
+        plugin.saved_params[counter] = {n: ParamData(f"params_{n}", init_tensor=t.to(device)) for n, t in named.items()}
+
+
+# --- one update ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExperienceResult:
+    state: LearnerState
+    samples_processed: int
+    """New and replayed samples that went through forward and backward passes."""
+    steps: int
+    stopped_early: bool
+    last_ewc_penalty: float
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def train_experience(
+    bundle: ModelBundle,
+    samples: Sequence[Sample],
+    *,
+    config: LearnerConfig,
+    state: LearnerState,
+    lookup: SampleLookup,
+    device: torch.device,
+    hook: ProgressHook | None = None,
+) -> ExperienceResult:
+    """Trains `bundle.model` in place on one experience and returns the learner's next state."""
+    if not samples:
+        raise ValueError("an experience needs at least one sample")
+    training, strategy_config = config.training, config.strategy
+    seed_everything(training.seed + state.experiences_trained)
+    model: nn.Module = bundle.model
+    if training.freeze_word_embeddings:
+        model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    lora = strategy_config.finetune == FinetuneMode.lora
+    if lora:
+        model = _with_lora(model, config)
+    wrapper = HFClassifier(model).to(device)
+
+    progress = _ProgressPlugin(hook, training.epochs)
+    plugins: list[SupervisedPlugin] = [progress]
+    replay_plugin = ewc_plugin = None
+    if strategy_config.replay is not None:
+        policy = make_storage_policy(strategy_config.replay)
+        if state.replay is not None:
+            _restore_replay(policy, state.replay, lookup)
+        replay_plugin = _ReplayPlugin(
+            mem_size=strategy_config.replay.mem_size,
+            batch_size_mem=strategy_config.replay.batch_size_mem,
+            storage_policy=policy,
+        )
+        plugins.append(replay_plugin)
+    if strategy_config.ewc is not None:
+        ewc_plugin = NormalizedEWCPlugin(strategy_config.ewc)
+        if state.ewc is not None:
+            _restore_ewc(ewc_plugin, state.ewc, device)
+        plugins.append(ewc_plugin)
+
+    learning_rate = strategy_config.lora.learning_rate if lora else training.learning_rate
+    optimizer = torch.optim.AdamW(
+        [p for p in wrapper.parameters() if p.requires_grad], lr=learning_rate, weight_decay=training.weight_decay
+    )
+    with warnings.catch_warnings():
+        # Training needs no avalanche evaluator or loggers; avalanche warns about running without them.
+        warnings.filterwarnings("ignore", message="No loggers specified")
+        warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+        strategy = _PaddingNaive(
+            model=wrapper,
+            optimizer=optimizer,
+            criterion=nn.CrossEntropyLoss(),
+            train_mb_size=training.batch_size,
+            train_epochs=training.epochs,
+            eval_mb_size=training.batch_size * 4,
+            device=device,
+            plugins=plugins,
+            evaluator=EvaluationPlugin(),
+            lengths_by_record={s.record_id: len(s.input_ids) for s in samples},
+            bucket=training.bucket_by_length,
+            seed=training.seed + state.experiences_trained,
+        )
+        strategy.clock.train_exp_counter = state.experiences_trained
+        strategy.train(make_experience(make_dataset(samples), state.experiences_trained), num_workers=0)
+
+    if lora:
+        bundle.model = model.merge_and_unload()
+    bundle.model.eval()
+    next_state = LearnerState(
+        experiences_trained=state.experiences_trained + 1,
+        replay=_capture_replay(replay_plugin.storage_policy, strategy_config.replay) if replay_plugin else None,
+        ewc=_capture_ewc(ewc_plugin) if ewc_plugin else None,
+    )
+    return ExperienceResult(
+        state=next_state,
+        samples_processed=progress.samples,
+        steps=progress.steps,
+        stopped_early=progress.control.should_stop,
+        last_ewc_penalty=ewc_plugin.last_penalty if ewc_plugin else 0.0,
+    )
+
+
+def _with_lora(model: nn.Module, config: LearnerConfig) -> nn.Module:
+    from peft import LoraConfig, TaskType, get_peft_model
+
+    lora = config.strategy.lora
+    peft_config = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+    )
+    return get_peft_model(model, peft_config)

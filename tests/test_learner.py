@@ -1,0 +1,334 @@
+"""The continual learner's mechanics, with a tiny random BERT (and one real-MiniLM update)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import pytest
+import torch
+from sqlmodel import Session, select
+
+from learner.avalanche_adapter import HFClassifier, pad_collate, train_experience
+from learner.config import (
+    PRESET_NAMES,
+    EWCConfig,
+    EWCMode,
+    LearnerConfig,
+    ReplayConfig,
+    ReplayPolicy,
+    StrategyConfig,
+    TrainingConfig,
+    preset,
+)
+from learner.data import Sample
+from learner.errors import NothingToLearnError
+from learner.gate import GateConfig, decide
+from learner.modeling import encode_inputs, load_base_classifier, load_bundle, pad_batch, tiny_classifier
+from learner.state import LearnerState
+from learner.updater import run_update
+from storage.engine import create_db_engine
+from storage.models import AuditAction, AuditEvent, ModelStatus, ModelVersion
+from storage.repository import rollback_model
+from tests.factories import store, toy_records
+
+CPU = torch.device("cpu")
+LABELS = ("surgery", "radiotherapy", "targeted_therapy", "immunotherapy")
+FAST = TrainingConfig(epochs=2, batch_size=8, learning_rate=1e-3, max_length=32, holdout_fraction=0.25)
+
+
+def _samples(bundle, labels, n, start, seed=0) -> list[Sample]:
+    records = toy_records(labels, n, period="1", seed=seed)
+    ids = encode_inputs(bundle.tokenizer, [r.note for r in records], [{}] * n, max_length=32)
+    index = {label: i for i, label in enumerate(LABELS)}
+    return [Sample(start + i, tuple(x), index[r.label], "1") for i, (r, x) in enumerate(zip(records, ids, strict=True))]
+
+
+def _digest(model: torch.nn.Module) -> str:
+    return hashlib.sha256(b"".join(t.detach().numpy().tobytes() for t in model.state_dict().values())).hexdigest()
+
+
+def _config(**strategy: object) -> LearnerConfig:
+    return LearnerConfig(strategy=StrategyConfig(**strategy), training=FAST)
+
+
+def test_every_config_round_trips_through_json() -> None:
+    configs = [LearnerConfig(), GateConfig(), *(preset(name) for name in PRESET_NAMES)]
+    configs.append(StrategyConfig(ewc=EWCConfig(mode=EWCMode.online, decay_factor=0.9)))
+    for config in configs:
+        assert type(config).model_validate_json(config.model_dump_json()) == config
+    with pytest.raises(ValueError, match="decay_factor"):
+        EWCConfig(mode=EWCMode.online)
+    with pytest.raises(ValueError, match="incremental only"):
+        StrategyConfig(data="joint")
+    with pytest.raises(ValueError, match="LoRA"):
+        StrategyConfig(finetune="lora")
+
+
+def test_hf_glue_takes_stacked_ids_and_mask_and_pads_dynamically() -> None:
+    bundle = tiny_classifier(LABELS)
+    sequences = encode_inputs(bundle.tokenizer, ["short note", "a somewhat longer note here"], [{}, {}], max_length=32)
+    batch = pad_collate([(torch.tensor([s, [1] * len(s)]), 0, 0) for s in sequences])
+    assert batch[0].shape == (2, 2, max(map(len, sequences)))
+    ids, mask = pad_batch(sequences, 0)
+    direct = bundle.model.eval()(input_ids=ids, attention_mask=mask).logits
+    assert torch.allclose(HFClassifier(bundle.model)(batch[0]), direct)
+
+
+@pytest.mark.parametrize(
+    ("policy", "group_of"),
+    [(ReplayPolicy.class_balanced, "class"), (ReplayPolicy.experience_balanced, "experience")],
+)
+def test_balanced_buffers_share_memory_equally(policy: ReplayPolicy, group_of: str) -> None:
+    bundle = tiny_classifier(LABELS)
+    config = _config(replay=ReplayConfig(mem_size=30, policy=policy), ewc=None)
+    # Experience 1 is mostly class 0; experience 2 brings classes 2 and 3.
+    experiences = [
+        _samples(bundle, ["surgery"] * 5 + ["radiotherapy"], 60, 0),
+        _samples(bundle, ["targeted_therapy", "immunotherapy"], 40, 1000),
+    ]
+    by_id = {s.record_id: s for e in experiences for s in e}
+    state = LearnerState()
+    for experience in experiences:
+        state = train_experience(
+            bundle, experience, config=config, state=state, lookup=lambda ids: {i: by_id[i] for i in ids}, device=CPU
+        ).state
+    members = state.replay.record_ids()
+    assert len(members) == 30
+    if group_of == "class":
+        counts = Counter(by_id[i].target for i in members)
+        assert sorted(counts.values()) == [7, 7, 8, 8]  # 30 slots over 4 seen classes
+    else:
+        counts = Counter(i >= 1000 for i in members)
+        assert counts[True] == counts[False] == 15
+
+
+def test_reservoir_buffer_is_a_uniform_sample() -> None:
+    bundle = tiny_classifier(LABELS)
+    config = _config(replay=ReplayConfig(mem_size=40, policy=ReplayPolicy.reservoir), ewc=None)
+    experiences = [_samples(bundle, ["surgery"], 150, 0), _samples(bundle, ["radiotherapy"], 50, 1000)]
+    by_id = {s.record_id: s for e in experiences for s in e}
+    state = LearnerState()
+    for experience in experiences:
+        state = train_experience(
+            bundle, experience, config=config, state=state, lookup=lambda ids: {i: by_id[i] for i in ids}, device=CPU
+        ).state
+    from_second = sum(i >= 1000 for i in state.replay.record_ids())
+    assert len(state.replay.record_ids()) == 40
+    assert 3 <= from_second <= 18  # proportional: expected 10 of 40
+
+
+def test_ewc_penalty_is_nonzero_and_pulls_toward_the_old_weights() -> None:
+    bundle = tiny_classifier(LABELS)
+    first = _samples(bundle, ["surgery", "radiotherapy"], 48, 0)
+    second = _samples(bundle, ["targeted_therapy", "immunotherapy"], 48, 1000)
+    drift: dict[float, float] = {}
+    penalties: dict[float, float] = {}
+    for strength in (0.0, 10.0):
+        bundle = tiny_classifier(LABELS, seed=5)
+        config = _config(replay=None, ewc=EWCConfig(ewc_lambda=strength))
+        state = train_experience(bundle, first, config=config, state=LearnerState(), lookup=dict, device=CPU).state
+        importance = state.ewc.importances[0]
+        anchor = {name: tensor.clone() for name, tensor in state.ewc.saved_params[0].items()}
+        result = train_experience(bundle, second, config=config, state=state, lookup=dict, device=CPU)
+        penalties[strength] = result.last_ewc_penalty
+        current = {f"hf.{name}": p.detach() for name, p in bundle.model.named_parameters()}
+        # The quantity EWC penalises: importance-weighted squared distance from the old weights.
+        drift[strength] = sum(float((importance[n] * (current[n] - anchor[n]).pow(2)).sum()) for n in anchor)
+        # Frozen vocabulary rows carry no EWC state; the Fisher diagonal is normalised to mean 1.
+        assert not any("word_embeddings" in name for name in importance)
+        assert torch.cat([t.flatten() for t in importance.values()]).mean().item() == pytest.approx(1.0, rel=1e-3)
+    assert penalties[0.0] == 0.0 and penalties[10.0] > 0.0
+    assert drift[10.0] < 0.1 * drift[0.0]
+
+
+def test_restored_state_continues_exactly_like_an_uninterrupted_learner(tmp_path: Path) -> None:
+    bundle = tiny_classifier(LABELS, seed=2)
+    config = _config(replay=ReplayConfig(mem_size=20), ewc=EWCConfig(ewc_lambda=1.0))
+    experiences = [_samples(bundle, LABELS[:2], 40, 0), _samples(bundle, LABELS[2:], 40, 1000, seed=1)]
+    by_id = {s.record_id: s for e in experiences for s in e}
+
+    def lookup(ids):
+        return {i: by_id[i] for i in ids}
+
+    state = train_experience(bundle, experiences[0], config=config, state=LearnerState(), lookup=lookup, device=CPU)
+    state.state.save(tmp_path)
+    restored_bundle = __import__("copy").deepcopy(bundle)
+    restored_state = LearnerState.load(tmp_path)
+    assert restored_state.replay.record_ids() == state.state.replay.record_ids()
+    uninterrupted = train_experience(bundle, experiences[1], config=config, state=state.state, lookup=lookup, device=CPU)
+    resumed = train_experience(
+        restored_bundle, experiences[1], config=config, state=restored_state, lookup=lookup, device=CPU
+    )
+    assert _digest(bundle.model) == _digest(restored_bundle.model)
+    assert uninterrupted.state.replay.record_ids() == resumed.state.replay.record_ids()
+
+
+def _tiny(labels):
+    return tiny_classifier(labels, seed=0)
+
+
+def _update(engine, tmp_path: Path, config: LearnerConfig | None = None, gate: GateConfig | None = None):
+    return run_update(
+        engine,
+        artifacts_dir=tmp_path / "artifacts",
+        config=config or _config(replay=ReplayConfig(mem_size=24), ewc=EWCConfig(ewc_lambda=1.0)),
+        gate=gate or GateConfig(tolerance=1.0, min_subgroup_size=1000),
+        actor="test",
+        new_bundle=_tiny,
+    )
+
+
+def test_update_from_storage_grows_the_head_and_records_everything(engine, tmp_path: Path) -> None:
+    with pytest.raises(NothingToLearnError):
+        _update(engine, tmp_path)
+    store(engine, toy_records(LABELS[:3], 60, period="1", seed=1))
+    first = _update(engine, tmp_path)
+    assert first.promoted and first.decision.accept
+    with pytest.raises(NothingToLearnError):
+        _update(engine, tmp_path)
+    store(engine, toy_records(LABELS, 60, period="2", seed=2))  # immunotherapy appears
+    second = _update(engine, tmp_path)
+    with Session(engine) as session:
+        versions = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
+        actions = [e.action for e in session.scalars(select(AuditEvent).order_by(AuditEvent.id))]
+    assert versions[0].label_map == list(LABELS[:3])
+    assert versions[1].label_map == list(LABELS)  # old classes first, in their order
+    assert versions[1].parent_id == versions[0].id
+    assert versions[1].data_window["periods"] == ["1", "2"] and versions[1].data_window["new_periods"] == ["2"]
+    matrix = versions[1].metrics["accuracy_matrix"]
+    assert matrix["periods"] == ["1", "2"] and len(matrix["rows"]) == 2
+    assert set(matrix["rows"][1]["accuracy"]) == {"1", "2"}
+    assert set(versions[1].metrics["evaluation"]["per_subgroup"]) == {"site", "sex", "age_band"}
+    continual = versions[1].metrics["continual"]
+    assert continual["forgetting"] is not None and continual["bwt"] is not None
+    state = LearnerState.load(Path(versions[1].artifact_path))
+    assert state.experiences_trained == 2 and len(state.replay.record_ids()) == 24
+    assert AuditAction.promote in actions
+    loaded = load_bundle(Path(versions[1].artifact_path), expected_sha256=versions[1].artifact_sha256)
+    assert loaded.labels == LABELS
+    assert second.version_id == versions[1].id
+
+
+def test_gate_rejection_keeps_the_candidate_and_the_current_model(engine, tmp_path: Path) -> None:
+    store(engine, toy_records(LABELS[:2], 60, period="1", seed=1))
+    first = _update(engine, tmp_path)
+    store(engine, toy_records(LABELS[:2], 40, period="2", seed=2))
+    # An impossible improvement requirement: the candidate must be rejected.
+    second = _update(engine, tmp_path, gate=GateConfig(min_improvement=1.0))
+    assert not second.promoted
+    with Session(engine) as session:
+        statuses = dict(session.execute(select(ModelVersion.id, ModelVersion.status)).all())
+        rejection = session.scalars(select(AuditEvent).where(AuditEvent.action == AuditAction.reject)).one()
+    assert statuses == {first.version_id: ModelStatus.production, second.version_id: ModelStatus.rejected}
+    assert "not better" in rejection.reason
+
+
+RESTART_SCRIPT = """
+import json, sys
+from pathlib import Path
+from storage.config import StorageConfig
+from storage.engine import create_db_engine
+from tests.test_learner import _update
+config = StorageConfig(database_url=sys.argv[1], home=Path(sys.argv[2]))
+outcome = _update(create_db_engine(config), Path(sys.argv[2]))
+print(json.dumps({"version": outcome.version_id}))
+"""
+
+
+def test_learner_restarted_from_storage_continues_exactly(sqlite_config, tmp_path: Path) -> None:
+    """Update 2 run in a fresh process from stored state equals update 2 run in this process."""
+    engine = create_db_engine(sqlite_config)
+    store(engine, toy_records(LABELS[:2], 48, period="1", seed=1))
+    _update(engine, tmp_path)
+    store(engine, toy_records(LABELS[1:], 48, period="2", seed=2))
+    in_process = _update(engine, tmp_path)
+    with Session(engine) as session:
+        version = session.get(ModelVersion, in_process.version_id)
+        first_digest = version.artifact_sha256
+        if in_process.promoted:  # put version 1 back, then train update 2 again in a new process
+            rollback_model(session, actor="test", reason="replay update 2 in a fresh process")
+    root = Path(__file__).resolve().parent.parent
+    output = subprocess.run(
+        [sys.executable, "-c", RESTART_SCRIPT, sqlite_config.database_url, str(tmp_path)],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    restarted_id = json.loads(output.stdout.strip().splitlines()[-1])["version"]
+    with Session(engine) as session:
+        restarted = session.get(ModelVersion, restarted_id)
+        assert restarted.id != in_process.version_id
+        # Same weights, same learner state: the artifacts hold identical bytes.
+        assert restarted.artifact_sha256 == first_digest
+    engine.dispose()
+
+
+def test_gate_accepts_and_rejects_the_right_candidates() -> None:
+    def evaluation(periods: dict[str, float], groups: dict[str, float], n: int = 100) -> dict:
+        return {
+            "per_period": {p: {"accuracy": a, "n": n} for p, a in periods.items()},
+            "per_subgroup": {"site": {g: {"accuracy": a, "n": n} for g, a in groups.items()}},
+        }
+
+    config = GateConfig(tolerance=0.01, min_subgroup_size=30)
+    current = evaluation({"1": 0.90, "2": 0.70}, {"a": 0.85, "b": 0.80})
+    good = evaluation({"1": 0.895, "2": 0.80}, {"a": 0.85, "b": 0.82})
+    forgets = evaluation({"1": 0.85, "2": 0.85}, {"a": 0.85, "b": 0.82})
+    unfair = evaluation({"1": 0.90, "2": 0.85}, {"a": 0.90, "b": 0.70})
+    no_gain = evaluation({"1": 0.90, "2": 0.70}, {"a": 0.85, "b": 0.80})
+    small_group = evaluation({"1": 0.90, "2": 0.85}, {"a": 0.90, "b": 0.10}, n=10)
+    assert decide(candidate=good, current=current, new_periods=["2"], config=config).accept
+    rejected = decide(candidate=forgets, current=current, new_periods=["2"], config=config)
+    assert not rejected.accept and any("period 1" in reason for reason in rejected.reasons)
+    assert not decide(candidate=unfair, current=current, new_periods=["2"], config=config).accept
+    assert not decide(candidate=no_gain, current=current, new_periods=["2"], config=config).accept
+    assert decide(candidate=small_group, current=current, new_periods=["2"], config=config).accept
+    assert decide(candidate=forgets, current=None, new_periods=["1", "2"], config=config).accept
+
+
+def test_avalanche_imports_with_a_read_only_home(tmp_path: Path) -> None:
+    # /proc cannot hold a .avalanche folder, even for root.
+    result = subprocess.run(
+        [sys.executable, "-c", "import learner.avalanche_adapter; print('ok')"],
+        env={"HOME": "/proc", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
+        capture_output=True,
+        text=True,
+        check=False,
+        cwd=Path(__file__).resolve().parent.parent,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
+
+
+@pytest.mark.slow
+def test_real_minilm_trains_two_periods_and_stores_a_promoted_version(sqlite_config, tmp_path: Path) -> None:
+    engine = create_db_engine(sqlite_config)
+    config = LearnerConfig(
+        strategy=StrategyConfig(replay=ReplayConfig(mem_size=32), ewc=EWCConfig()),
+        training=TrainingConfig(epochs=2, batch_size=16, learning_rate=1e-4, max_length=48, holdout_fraction=0.25),
+    )
+    for period, seed in (("1", 1), ("2", 2)):
+        store(engine, toy_records(LABELS, 64, period=period, seed=seed))
+        outcome = run_update(
+            engine,
+            artifacts_dir=tmp_path / "artifacts",
+            config=config,
+            gate=GateConfig(tolerance=0.05),
+            actor="test",
+        )
+    with Session(engine) as session:
+        versions = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
+    assert len(versions) == 2 and versions[0].status in (ModelStatus.production, ModelStatus.archived)
+    evaluation = versions[-1].metrics["evaluation"]
+    assert evaluation["overall"]["accuracy"] > 0.5  # 4 classes: well above chance after two periods
+    promoted = [v for v in versions if v.status == ModelStatus.production]
+    assert len(promoted) == 1
+    bundle = load_bundle(Path(promoted[0].artifact_path), expected_sha256=promoted[0].artifact_sha256)
+    assert bundle.model.config.hidden_size == 384 and outcome.metrics["training"]["device"] == "cpu"
+    assert load_base_classifier(LABELS).labels == LABELS

@@ -60,6 +60,17 @@ class KrasStatus(StrEnum):
 
 
 ExtraValue = str | int | float | bool
+
+
+def is_blank(value: object) -> bool:
+    """Missing in any of the forms readers hand over: None, "", NaN, pandas' NA and NaT."""
+    if value is None:
+        return True
+    if isinstance(value, str):
+        return not value.strip()
+    if isinstance(value, float):
+        return math.isnan(value)
+    return type(value).__name__ in {"NAType", "NaTType"}
 MAX_EXTRA_FIELDS = 50
 MAX_EXTRA_STRING = 200
 
@@ -86,10 +97,7 @@ class ClinicalFields(BaseModel):
     @field_validator("*", mode="before")
     @classmethod
     def _blank_is_missing(cls, value: object) -> object:
-        # CSV and Parquet readers hand empty cells over as "" or NaN.
-        if value == "" or (isinstance(value, float) and math.isnan(value)):
-            return None
-        return value
+        return None if is_blank(value) else value
 
     @field_validator("age", "ecog", "prior_lines", mode="before")
     @classmethod
@@ -109,7 +117,7 @@ class ClinicalFields(BaseModel):
         if len(extra) > MAX_EXTRA_FIELDS:
             raise ValueError(f"at most {MAX_EXTRA_FIELDS} site-specific fields are allowed, got {len(extra)}")
         for name, value in extra.items():
-            if value is None or (isinstance(value, float) and math.isnan(value)):
+            if is_blank(value):
                 extra[name] = None
             elif not isinstance(value, ExtraValue):
                 raise ValueError(f"field {name!r} must be a string, number or boolean")

@@ -71,6 +71,8 @@ def is_blank(value: object) -> bool:
     if isinstance(value, float):
         return math.isnan(value)
     return type(value).__name__ in {"NAType", "NaTType"}
+
+
 MAX_EXTRA_FIELDS = 50
 MAX_EXTRA_STRING = 200
 

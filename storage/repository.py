@@ -23,6 +23,7 @@ from storage.models import (
     ApiRole,
     AuditAction,
     AuditEvent,
+    DriftReport,
     Label,
     Lease,
     ModelStatus,
@@ -562,3 +563,45 @@ def ensure_engine_ready(engine: Engine) -> None:
     """Raises when the database cannot be reached (used by readiness checks)."""
     with engine.connect() as connection:
         connection.execute(select(1))
+
+
+# --- drift reports --------------------------------------------------------------------------
+
+
+def add_drift_report(
+    session: Session,
+    *,
+    model_version_id: int | None,
+    reference_window: dict[str, Any],
+    current_window: dict[str, Any],
+    drift_detected: bool,
+    flags: dict[str, Any],
+    scores: dict[str, Any],
+    decision: dict[str, Any],
+    html_path: str | None,
+    actor: str,
+) -> DriftReport:
+    """Stores one drift check's result (its HTML is already on disk) and audits it."""
+    report = DriftReport(
+        model_version_id=model_version_id,
+        reference_window=reference_window,
+        current_window=current_window,
+        drift_detected=drift_detected,
+        flags=flags,
+        scores=scores,
+        decision=decision,
+        html_path=html_path,
+    )
+    session.add(report)
+    session.flush()
+    _audit(
+        session,
+        action=AuditAction.drift_check,
+        actor=actor,
+        entity="drift_report",
+        entity_id=report.id,
+        details={"drift_detected": drift_detected, "update": decision.get("update")},
+    )
+    session.commit()
+    session.refresh(report)
+    return report

@@ -59,6 +59,12 @@ class Sample:
     period: str
 
 
+def encode_records(
+    records: Sequence[LabeledRecord], tokenizer: PreTrainedTokenizerBase, *, max_length: int
+) -> list[list[int]]:
+    return encode_inputs(tokenizer, [r.note for r in records], [r.fields for r in records], max_length=max_length)
+
+
 def tokenize(
     records: Sequence[LabeledRecord],
     tokenizer: PreTrainedTokenizerBase,
@@ -66,7 +72,7 @@ def tokenize(
     *,
     max_length: int,
 ) -> list[Sample]:
-    ids = encode_inputs(tokenizer, [r.note for r in records], [r.fields for r in records], max_length=max_length)
+    ids = encode_records(records, tokenizer, max_length=max_length)
     return [
         Sample(record_id=r.record_id, input_ids=tuple(sequence), target=label_index[r.label], period=r.period)
         for r, sequence in zip(records, ids, strict=True)

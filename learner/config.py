@@ -54,7 +54,10 @@ class ReplayConfig(_Config):
     mem_size: int = Field(default=400, ge=1, le=1_000_000, description="Samples kept in the replay buffer.")
     policy: ReplayPolicy = Field(default=ReplayPolicy.class_balanced, description="Which samples the buffer keeps.")
     batch_size_mem: int | None = Field(
-        default=None, ge=1, description="Replayed samples appended to each minibatch; None: the training batch size."
+        default=4,
+        ge=1,
+        description="Replayed samples appended to each minibatch (the update's cost grows by this share of the "
+        "batch); None: as many as the training batch (avalanche's default, twice the cost).",
     )
 
 
@@ -73,7 +76,10 @@ class EWCConfig(_Config):
         default=True, description="Scale the Fisher diagonal to mean 1, so lambda means the same on any model."
     )
     fisher_batches: int | None = Field(
-        default=20, ge=1, description="Minibatches used to estimate the Fisher diagonal; None: the whole experience."
+        default=4,
+        ge=1,
+        description="Minibatches used to estimate the Fisher diagonal (an extra forward and backward pass each); "
+        "None: the whole experience.",
     )
 
     @model_validator(mode="after")

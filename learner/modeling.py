@@ -138,11 +138,11 @@ def encode_inputs(
     *,
     max_length: int,
 ) -> list[list[int]]:
-    """Token ids of (fields, note) pairs; the note is truncated, the fields are kept whole."""
+    """Token ids of (fields, note) pairs, truncated from the longer of the two (mostly the note)."""
     encoded = tokenizer(
         [format_fields(item) for item in fields],
         list(notes),
-        truncation="only_second",
+        truncation="longest_first",
         max_length=max_length,
         padding=False,
     )

@@ -17,8 +17,10 @@ app = typer.Typer(
 )
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 cohort_app = typer.Typer(help="Synthetic oncology cohorts.", no_args_is_help=True)
+bench_app = typer.Typer(help="Benchmarks; results go to docs/benchmarks/.", no_args_is_help=True)
 app.add_typer(db_app, name="db")
 app.add_typer(cohort_app, name="cohort")
+app.add_typer(bench_app, name="bench")
 
 ACTOR = "cli"
 
@@ -168,6 +170,106 @@ def cohort_generate(
     )
 
 
+@bench_app.command("learn")
+def bench_learn(
+    scenario: Annotated[str, typer.Option(help="Cohort scenario to generate (ignored with --data).")] = "mixed",
+    periods: Annotated[int, typer.Option(min=1, max=40, help="Cohort periods.")] = 5,
+    per_period: Annotated[int, typer.Option(min=10, help="Cohort records per period.")] = 300,
+    seed: Annotated[int, typer.Option(help="Cohort seed and training seed.")] = 0,
+    data: Annotated[Path | None, typer.Option(help="Your own CSV, JSONL or Parquet file instead of a cohort.")] = None,
+    text_col: Annotated[str, typer.Option(help="With --data: the text column.")] = "note",
+    label_col: Annotated[str, typer.Option(help="With --data: the label column.")] = "label",
+    period_col: Annotated[str, typer.Option(help="With --data: the period column.")] = "period",
+    site_col: Annotated[str | None, typer.Option(help="With --data: the site column.")] = None,
+    fields: Annotated[str | None, typer.Option(help="With --data: comma-separated structured columns.")] = None,
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = ",".join(
+        ("naive", "ewc", "replay", "replay_ewc", "lora_replay", "cumulative", "joint")
+    ),
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per update.")] = 2,
+    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 16,
+    learning_rate: Annotated[float, typer.Option(help="Learning rate (full fine-tuning).")] = 1e-4,
+    max_length: Annotated[int, typer.Option(min=16, max=512, help="Tokens per input.")] = 128,
+    holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="Held-out share of each period.")] = 0.2,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    model: Annotated[str, typer.Option(help="minilm (the shipped model) or tiny (a random 2-layer BERT).")] = "minilm",
+    out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown and PNG results.")] = Path("docs/benchmarks"),
+    stem: Annotated[str, typer.Option(help="File name stem of the results.")] = "learn",
+) -> None:
+    """Run every strategy over the same stream; write the accuracy matrices, forgetting, BWT and costs."""
+    import shlex
+    import tempfile
+
+    from learner.benchmark import read_stream, run_benchmark, write_reports
+    from learner.config import PRESET_NAMES, TrainingConfig
+    from learner.modeling import load_base_classifier, tiny_classifier
+    from storage.ingest import ColumnMapping
+
+    chosen = [name.strip() for name in strategies.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in PRESET_NAMES]
+    if unknown:
+        fail(f"unknown strategies {', '.join(unknown)}; choose from {', '.join(PRESET_NAMES)}")
+    factories = {"minilm": load_base_classifier, "tiny": lambda labels: tiny_classifier(labels, seed=seed)}
+    if model not in factories:
+        fail(f"unknown model {model!r}; use minilm or tiny")
+    try:
+        training = TrainingConfig(
+            epochs=epochs,
+            batch_size=batch_size,
+            learning_rate=learning_rate,
+            max_length=max_length,
+            holdout_fraction=holdout,
+            device=device,
+            seed=seed,
+        )
+    except ValueError as error:
+        fail(str(error))
+    from storage.errors import IngestFileError
+
+    try:
+        if data is not None:
+            mapping = ColumnMapping(
+                text=text_col,
+                label=label_col,
+                period=period_col,
+                site=site_col,
+                fields=tuple(f.strip() for f in fields.split(",")) if fields else None,
+            )
+            stream = read_stream(data, mapping=mapping, holdout_fraction=holdout, name=data.name)
+        else:
+            from cohort import Scenario, generate, write_stream
+
+            try:
+                chosen_scenario = Scenario(scenario)
+            except ValueError:
+                fail(f"unknown scenario {scenario!r}")
+            cohort = generate(scenario=chosen_scenario, periods=periods, per_period=per_period, seed=seed)
+            with tempfile.TemporaryDirectory() as folder:
+                path = write_stream(cohort, Path(folder) / "cohort.parquet")[0]
+                mapping = ColumnMapping(
+                    text="note", label="label", period="period", time="observed_at", site="site", patient="patient_id"
+                )
+                stream = read_stream(
+                    path,
+                    mapping=mapping,
+                    holdout_fraction=holdout,
+                    name=f"cohort {scenario}, {periods} periods x {per_period}, seed {seed}",
+                )
+    except (IngestFileError, ValueError) as error:
+        fail(str(error))
+    result = run_benchmark(
+        stream,
+        strategies=chosen,
+        training=training,
+        new_bundle=factories[model],
+        progress=lambda line: typer.echo(line, err=True),
+    )
+    command = "anamnesis bench learn " + shlex.join(sys.argv[3:] if sys.argv[1:3] == ["bench", "learn"] else [])
+    for path in write_reports(result, out, command=command.strip(), stem=stem):
+        typer.echo(f"wrote {path}")
+    for target in result["targets"]:
+        typer.echo(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}: {target['measured']}")
+
+
 @app.command()
 def serve(
     api_only: Annotated[bool, typer.Option(help="Serve the API without the retraining worker (for replicas).")] = False,
@@ -176,6 +278,7 @@ def serve(
 ) -> None:
     """Run the API (and, unless --api-only, the retraining worker) in this process."""
     import uvicorn
+
     from service.app import create_app
 
     settings = Settings()

@@ -374,6 +374,34 @@ ProgressCallback = Callable[[int], None]
 """Called with the number of rows just processed."""
 
 
+def validated_batches(
+    path: Path,
+    *,
+    mapping: ColumnMapping,
+    patient_key: bytes,
+    file_format: FileFormat | None = None,
+    batch_size: int = 1000,
+) -> Iterator[tuple[int, list[PreparedRecord], list[RowError]]]:
+    """Reads and validates `path` batch by batch: (rows read, valid records, row errors)."""
+    _check_readable(path)
+    fmt = detect_format(path, file_format)
+    _check_mapping(path, inspect_columns(path, fmt), mapping)
+    readers = {FileFormat.csv: _csv_rows, FileFormat.jsonl: _jsonl_rows, FileFormat.parquet: _parquet_rows}
+    validate = RowValidator(
+        mapping=mapping, patient_key=patient_key, field_columns=mapping.fields, ingested_at=utcnow()
+    )
+    for raw_rows in readers[fmt](path, batch_size):
+        prepared: list[PreparedRecord] = []
+        errors: list[RowError] = []
+        for row, values in raw_rows:
+            outcome = values if isinstance(values, RowError) else validate(row, values)
+            if isinstance(outcome, RowError):
+                errors.append(outcome)
+            else:
+                prepared.append(outcome)
+        yield len(raw_rows), prepared, errors
+
+
 def ingest_file(
     engine: Engine,
     path: Path,
@@ -388,24 +416,14 @@ def ingest_file(
     on_progress: ProgressCallback | None = None,
 ) -> IngestReport:
     """Validates every row of `path` and stores the valid ones in batches (nothing when `dry_run`)."""
-    _check_readable(path)
-    fmt = detect_format(path, file_format)
-    _check_mapping(path, inspect_columns(path, fmt), mapping)
-    readers = {FileFormat.csv: _csv_rows, FileFormat.jsonl: _jsonl_rows, FileFormat.parquet: _parquet_rows}
-    validate = RowValidator(
-        mapping=mapping, patient_key=patient_key, field_columns=mapping.fields, ingested_at=utcnow()
-    )
     report = IngestReport(path=str(path))
     source = f"ingest:{path.name}"
-    for raw_rows in readers[fmt](path, batch_size):
-        prepared: list[PreparedRecord] = []
-        for row, values in raw_rows:
-            outcome = values if isinstance(values, RowError) else validate(row, values)
-            if isinstance(outcome, RowError):
-                report.errors.append(outcome)
-            else:
-                prepared.append(outcome)
-        report.rows_read += len(raw_rows)
+    batches = validated_batches(
+        path, mapping=mapping, patient_key=patient_key, file_format=file_format, batch_size=batch_size
+    )
+    for rows_read, prepared, errors in batches:
+        report.errors.extend(errors)
+        report.rows_read += rows_read
         if prepared and not dry_run:
             with Session(engine) as session:
                 batch = store_record_batch(session, records=prepared, source=source, actor=actor)
@@ -415,7 +433,7 @@ def ingest_file(
             report.record_ids.extend(batch.record_ids)
             report.batches += 1
         if on_progress is not None:
-            on_progress(len(raw_rows))
+            on_progress(rows_read)
     if rejects_path is not None:
         write_rejects(report.errors, rejects_path)
     if not dry_run:

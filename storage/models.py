@@ -56,6 +56,11 @@ class RunStatus(StrEnum):
     failed = "failed"
 
 
+class JobKind(StrEnum):
+    retrain = "retrain"
+    drift_check = "drift_check"
+
+
 class Trigger(StrEnum):
     manual = "manual"
     api = "api"
@@ -144,9 +149,10 @@ class ModelVersion(SQLModel, table=True):
 
 
 class TrainingRun(SQLModel, table=True):
-    """One retraining job, from trigger to outcome."""
+    """One background job (a retraining or a drift check), from trigger to outcome."""
 
     id: int | None = Field(default=None, primary_key=True)
+    kind: JobKind = Field(default=JobKind.retrain, sa_column=_enum_column(index=True))
     trigger: Trigger = Field(sa_column=_enum_column())
     status: RunStatus = Field(default=RunStatus.queued, sa_column=_enum_column(index=True))
     actor: str = Field(max_length=100)

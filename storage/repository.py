@@ -24,6 +24,7 @@ from storage.models import (
     AuditAction,
     AuditEvent,
     DriftReport,
+    JobKind,
     Label,
     Lease,
     ModelStatus,
@@ -127,6 +128,12 @@ def current_labels(session: Session, record_ids: Sequence[int]) -> dict[int, str
 
 def store_record_batch(session: Session, *, records: Sequence[PreparedRecord], source: str, actor: str) -> BatchOutcome:
     """Stores a batch in one transaction: new records once, labels only where they change."""
+    outcome = _add_records(session, records=records, source=source, actor=actor)
+    session.commit()
+    return outcome
+
+
+def _add_records(session: Session, *, records: Sequence[PreparedRecord], source: str, actor: str) -> BatchOutcome:
     hashes = [record.content_hash for record in records]
     known = _ids_by_hash(session, hashes)
     fresh: dict[str, dict[str, Any]] = {}
@@ -155,7 +162,6 @@ def store_record_batch(session: Session, *, records: Sequence[PreparedRecord], s
             session.add(Label(record_id=record_id, label=record.label, source=source, actor=actor, labeled_at=now))
             labels_now[record_id] = record.label
             labels_added += 1
-    session.commit()
     inserted = len(ids) - len(known)
     return BatchOutcome(
         inserted=inserted,
@@ -362,9 +368,16 @@ def set_model_runtime(session: Session, *, version_id: int, runtime: dict[str, A
 
 
 def create_training_run(
-    session: Session, *, trigger: Trigger, actor: str, reason: str | None, config: dict[str, Any]
+    session: Session,
+    *,
+    trigger: Trigger,
+    actor: str,
+    reason: str | None,
+    config: dict[str, Any],
+    kind: JobKind = JobKind.retrain,
 ) -> TrainingRun:
-    run = TrainingRun(trigger=trigger, actor=actor, reason=reason, config=config)
+    """Queues a job (a retraining by default); the worker claims it."""
+    run = TrainingRun(kind=kind, trigger=trigger, actor=actor, reason=reason, config=config)
     session.add(run)
     session.flush()
     _audit(
@@ -374,7 +387,7 @@ def create_training_run(
         entity="training_run",
         entity_id=run.id,
         reason=reason,
-        details={"trigger": trigger},
+        details={"trigger": trigger, "kind": kind},
     )
     session.commit()
     session.refresh(run)
@@ -482,11 +495,20 @@ def fail_interrupted_runs(session: Session, *, stale_after: timedelta, actor: st
 # --- predictions ----------------------------------------------------------------------------
 
 
-def store_predictions(session: Session, *, rows: Sequence[dict[str, Any]]) -> int:
-    """Bulk insert of answered predictions (the API's background writer calls this)."""
-    if rows:
-        session.execute(Prediction.__table__.insert(), list(rows))
-        session.commit()
+def store_predictions(
+    session: Session, *, records: Sequence[PreparedRecord], predictions: Sequence[dict[str, Any]], source: str
+) -> int:
+    """Stores answered predictions with their input records, in one transaction.
+
+    predictions[i] belongs to records[i]; its `record_id` is filled in here. A record predicted
+    twice is stored once (and can get a label by either prediction's id).
+    """
+    if not predictions:
+        return 0
+    outcome = _add_records(session, records=records, source=source, actor="api")
+    rows = [{**row, "record_id": record_id} for row, record_id in zip(predictions, outcome.record_ids, strict=True)]
+    session.execute(Prediction.__table__.insert(), rows)
+    session.commit()
     return len(rows)
 
 

@@ -74,6 +74,7 @@ def upgrade() -> None:
 
     op.create_table('trainingrun',
     sa.Column('id', sa.Integer(), nullable=False),
+    sa.Column('kind', sa.String(length=30), nullable=False),
     sa.Column('trigger', sa.String(length=30), nullable=False),
     sa.Column('status', sa.String(length=30), nullable=False),
     sa.Column('actor', sqlmodel.sql.sqltypes.AutoString(length=100), nullable=False),
@@ -93,6 +94,7 @@ def upgrade() -> None:
     )
     with op.batch_alter_table('trainingrun', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_trainingrun_created_at'), ['created_at'], unique=False)
+        batch_op.create_index(batch_op.f('ix_trainingrun_kind'), ['kind'], unique=False)
         batch_op.create_index(batch_op.f('ix_trainingrun_status'), ['status'], unique=False)
 
     op.create_table('label',
@@ -211,6 +213,7 @@ def downgrade() -> None:
     op.drop_table('label')
     with op.batch_alter_table('trainingrun', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_trainingrun_status'))
+        batch_op.drop_index(batch_op.f('ix_trainingrun_kind'))
         batch_op.drop_index(batch_op.f('ix_trainingrun_created_at'))
 
     op.drop_table('trainingrun')

@@ -29,6 +29,7 @@ class TrainedUpdate:
     samples_processed: int
     steps: int
     last_ewc_penalty: float
+    stopped_early: bool
 
 
 def train_update(
@@ -73,6 +74,7 @@ def train_update(
         samples_processed=result.samples_processed,
         steps=result.steps,
         last_ewc_penalty=result.last_ewc_penalty,
+        stopped_early=result.stopped_early,
     )
 
 

@@ -23,7 +23,7 @@ from sqlmodel import Session
 from learner.config import LearnerConfig
 from learner.data import order_periods, split_holdout
 from learner.engine import BundleFactory, TrainedUpdate, evaluate_bundle, train_update
-from learner.errors import NothingToLearnError
+from learner.errors import NothingToLearnError, TrainingStoppedError
 from learner.evaluation import continual_metrics
 from learner.gate import GateConfig, GateDecision, decide
 from learner.modeling import (
@@ -110,6 +110,8 @@ def run_update(
         hook=hook,
     )
 
+    if trained.stopped_early:
+        raise TrainingStoppedError("training was stopped before it finished; nothing was stored")
     _notify(hook, "evaluate", f"evaluating on {len(holdout_records)} held-out records")
     candidate_eval = evaluate_bundle(trained.bundle, holdout_records, max_length=max_length, device=device)
     parent_eval = (
@@ -197,3 +199,11 @@ def _metrics(
             "replay_buffer_size": len(trained.state.replay.record_ids()) if trained.state.replay else 0,
         },
     }
+
+
+def holdout_of(session: Session, version: ModelVersion) -> list[LabeledRecord]:
+    """The held-out records a version was evaluated on (its label cutoff and split)."""
+    fraction = version.strategy.get("training", {}).get("holdout_fraction", 0.2)
+    cutoff = version.data_window.get("label_cutoff")
+    records = labeled_records(session, max_label_id=cutoff) if cutoff is not None else []
+    return split_holdout(records, fraction)[1]

@@ -284,9 +284,315 @@ def serve(
     settings = Settings()
     engine = _engine(settings)
     _require_schema(engine)
+    if not api_only:
+        _bootstrap_admin_key(engine)
     engine.dispose()
-    application = create_app(settings)
-    uvicorn.run(application, host=host or settings.host, port=port or settings.port, log_level="info")
+    application = create_app(settings, run_worker=not api_only)
+    uvicorn.run(
+        application,
+        host=host or settings.host,
+        port=port or settings.port,
+        log_level="info",
+        timeout_graceful_shutdown=30,
+    )
+
+
+def _bootstrap_admin_key(engine) -> None:
+    """On a fresh installation, creates the first admin key and prints it, once."""
+    from sqlmodel import Session
+
+    from storage.models import ApiKey, ApiRole
+    from storage.queries import count_rows
+    from storage.repository import create_api_key
+
+    with Session(engine) as session:
+        if count_rows(session, ApiKey):
+            return
+        _, plaintext = create_api_key(session, name="first-admin", role=ApiRole.admin, actor="serve")
+    typer.secho(f"First admin API key (shown once; keep it): {plaintext}", fg=typer.colors.GREEN)
+    typer.echo("Create more with `anamnesis keys create --name NAME --role predict|admin`.")
+
+
+@app.command()
+def worker() -> None:
+    """Run only the retraining worker (one per deployment; others wait as standbys)."""
+    import signal
+    import threading
+
+    from service.worker import Worker
+
+    settings = Settings()
+    engine = _engine(settings)
+    _require_schema(engine)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    daemon = Worker(settings, engine)
+    daemon.start()
+    typer.echo(f"worker {daemon.identity} running; Ctrl-C to stop")
+    stop.wait()
+    daemon.stop()
+
+
+@app.command()
+def train(
+    reason: Annotated[str, typer.Option(help="Why this update is run (kept in the audit log).")] = "manual update",
+    strategy: Annotated[str | None, typer.Option(help="Strategy preset (default from settings).")] = None,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs (default from settings).")] = None,
+) -> None:
+    """Train one update from the stored data now; the gate decides whether it is promoted."""
+    import socket
+
+    from sqlmodel import Session
+    from tqdm import tqdm
+
+    from service.jobs import JobContext, execute_job
+    from storage.models import RunStatus, Trigger
+    from storage.queries import get_training_run, version_of_run
+    from storage.repository import claim_training_run, create_training_run
+
+    overrides = {key: value for key, value in {"strategy": strategy, "train_epochs": epochs}.items() if value}
+    try:
+        settings = Settings(**overrides)
+        from learner.config import preset
+
+        preset(settings.strategy)
+    except ValueError as error:
+        fail(str(error))
+    engine = _engine(settings)
+    _require_schema(engine)
+    identity = f"cli:{socket.gethostname()}"
+    with Session(engine) as session:
+        run = create_training_run(
+            session,
+            trigger=Trigger.manual,
+            actor=ACTOR,
+            reason=reason,
+            config={"strategy": settings.strategy, "epochs": settings.train_epochs},
+        )
+        claim_training_run(session, run_id=run.id, worker=identity)
+    bar = tqdm(total=100, desc="train", unit="%", disable=None, file=sys.stderr)
+
+    def show(state, control) -> None:
+        if state.phase == "train":
+            bar.n = round(state.fraction * 100)
+        bar.set_postfix_str(state.describe())
+        bar.refresh()
+
+    execute_job(JobContext(settings=settings, engine=engine, identity=identity), run.id, extra_hook=show)
+    bar.close()
+    with Session(engine) as session:
+        finished = get_training_run(session, run.id)
+        version = version_of_run(session, run.id)
+    if finished.status == RunStatus.failed:
+        fail(f"training run {run.id} failed: {finished.error.splitlines()[0] if finished.error else ''}", code=1)
+    typer.echo(f"training run {run.id}: {finished.progress_message}")
+    if version is not None:
+        typer.echo(f"gate: {version.decision_reason}")
+
+
+models_app = typer.Typer(help="Model versions.", invoke_without_command=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.callback()
+def models_list(ctx: typer.Context) -> None:
+    """List model versions with their metrics (newest first)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from sqlmodel import Session
+
+    from storage.queries import list_model_versions
+
+    engine = _engine(Settings())
+    _require_schema(engine)
+    with Session(engine) as session:
+        versions = list_model_versions(session)
+    if not versions:
+        typer.echo("no model versions yet; run `anamnesis train`")
+        return
+    typer.echo(
+        f"{'version':>7}  {'status':<10} {'parent':>6}  {'created (UTC)':<19}  {'accuracy':>8}  "
+        f"{'avg acc':>7}  {'forget':>6}  {'bwt':>6}  periods"
+    )
+    for v in versions:
+        continual = v.metrics.get("continual", {})
+        overall = v.metrics.get("evaluation", {}).get("overall", {})
+        typer.echo(
+            f"{'v' + str(v.id):>7}  {v.status:<10} {('v' + str(v.parent_id)) if v.parent_id else '':>6}  "
+            f"{v.created_at:%Y-%m-%d %H:%M:%S}  {_pct(overall.get('accuracy')):>8}  "
+            f"{_pct(continual.get('average_accuracy')):>7}  {_pct(continual.get('forgetting')):>6}  "
+            f"{_pct(continual.get('bwt')):>6}  {', '.join(v.data_window.get('periods', []))}"
+        )
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.1f}"
+
+
+@models_app.command("show")
+def models_show(version: Annotated[int, typer.Argument(help="Model version id.")]) -> None:
+    """One version: its accuracy matrix, per-period and per-subgroup metrics and the gate's decision."""
+    from sqlmodel import Session
+
+    from storage.errors import NotFoundError
+    from storage.queries import get_model_version
+
+    engine = _engine(Settings())
+    _require_schema(engine)
+    with Session(engine) as session:
+        try:
+            v = get_model_version(session, version)
+        except NotFoundError as error:
+            fail(str(error))
+    typer.echo(f"model version v{v.id} ({v.status}), parent {('v' + str(v.parent_id)) if v.parent_id else 'none'}")
+    typer.echo(f"labels: {', '.join(v.label_map)}")
+    typer.echo(f"runtime: {v.runtime.get('kind', 'not chosen (never promoted)')}")
+    matrix = v.metrics.get("accuracy_matrix", {})
+    periods = matrix.get("periods", [])
+    if periods:
+        typer.echo("\naccuracy matrix (rows: versions of the lineage; columns: held-out periods, %)")
+        typer.echo("version  " + "".join(f"{p:>8}" for p in periods))
+        for row in matrix.get("rows", []):
+            name = f"v{row['version_id']}" if row["version_id"] else f"v{v.id}"
+            typer.echo(f"{name:<8} " + "".join(f"{_pct(row['accuracy'].get(p)):>8}" for p in periods))
+    evaluation = v.metrics.get("evaluation", {})
+    for period, scores in evaluation.get("per_period", {}).items():
+        typer.echo(
+            f"period {period}: accuracy {_pct(scores['accuracy'])}, macro-F1 {_pct(scores['macro_f1'])}, "
+            f"n={scores['n']}"
+        )
+    for group, values in evaluation.get("per_subgroup", {}).items():
+        typer.echo(f"{group}: " + ", ".join(f"{k} {_pct(s['accuracy'])} (n={s['n']})" for k, s in values.items()))
+    continual = v.metrics.get("continual", {})
+    typer.echo(
+        f"average accuracy {_pct(continual.get('average_accuracy'))}, forgetting "
+        f"{_pct(continual.get('forgetting'))}, BWT {_pct(continual.get('bwt'))}"
+    )
+    typer.echo(f"gate: {v.metrics.get('gate', {}).get('summary', '')}")
+
+
+@app.command()
+def promote(
+    version: Annotated[int, typer.Argument(help="Model version id.")],
+    reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "manual promotion",
+    override_gate: Annotated[bool, typer.Option(help="Promote a candidate the gate rejected.")] = False,
+) -> None:
+    """Make a version the production model (API processes switch to it within seconds)."""
+    from pathlib import Path as _Path
+
+    from sqlmodel import Session
+
+    from learner.modeling import load_bundle
+    from learner.updater import holdout_of
+    from service.runtime import choose_runtime
+    from storage.errors import ConflictError, NotFoundError
+    from storage.queries import get_model_version
+    from storage.repository import promote_model_version
+
+    settings = Settings()
+    engine = _engine(settings)
+    _require_schema(engine)
+    with Session(engine) as session:
+        try:
+            v = get_model_version(session, version)
+            runtime = None
+            if not v.runtime:
+                bundle = load_bundle(_Path(v.artifact_path), expected_sha256=v.artifact_sha256)
+                runtime = choose_runtime(
+                    v,
+                    bundle,
+                    holdout_of(session, v),
+                    artifacts_dir=settings.storage_config().artifacts_dir,
+                    max_length=settings.max_length,
+                    mode=settings.runtime,
+                )
+            promoted = promote_model_version(
+                session, version_id=version, actor=ACTOR, reason=reason, runtime=runtime, allow_rejected=override_gate
+            )
+        except (NotFoundError, ConflictError) as error:
+            fail(str(error))
+    typer.echo(f"v{promoted.id} is in production ({promoted.runtime.get('kind', 'pytorch')})")
+
+
+@app.command()
+def rollback(reason: Annotated[str, typer.Option(help="Why (kept in the audit log).")] = "manual rollback") -> None:
+    """Put the previously promoted version back into production."""
+    from sqlmodel import Session
+
+    from storage.errors import ConflictError
+    from storage.repository import rollback_model
+
+    engine = _engine(Settings())
+    _require_schema(engine)
+    with Session(engine) as session:
+        try:
+            restored = rollback_model(session, actor=ACTOR, reason=reason)
+        except ConflictError as error:
+            fail(str(error))
+    typer.echo(f"v{restored.id} is in production again")
+
+
+keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+@keys_app.command("create")
+def keys_create(
+    name: Annotated[str, typer.Option(help="Who or what uses the key.")],
+    role: Annotated[str, typer.Option(help="predict or admin.")] = "predict",
+) -> None:
+    """Create an API key; it is printed once and stored only as a hash."""
+    from sqlmodel import Session
+
+    from storage.models import ApiRole
+    from storage.repository import create_api_key
+
+    try:
+        chosen = ApiRole(role)
+    except ValueError:
+        fail(f"unknown role {role!r}; use predict or admin")
+    if not name.strip() or len(name) > 100:
+        fail("the name must be 1 to 100 characters")
+    engine = _engine(Settings())
+    _require_schema(engine)
+    with Session(engine) as session:
+        key, plaintext = create_api_key(session, name=name.strip(), role=chosen, actor=ACTOR)
+    typer.echo(plaintext)
+    typer.echo(f"key {key.id} ({key.role}) for {key.name}; shown once, stored hashed", err=True)
+
+
+@keys_app.command("list")
+def keys_list() -> None:
+    """List API keys (never the keys themselves)."""
+    from sqlmodel import Session, select
+
+    from storage.models import ApiKey
+
+    engine = _engine(Settings())
+    _require_schema(engine)
+    with Session(engine) as session:
+        for key in session.scalars(select(ApiKey).order_by(ApiKey.id)):
+            state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
+            typer.echo(f"{key.id:>4}  {key.prefix}…  {key.role:<8} {key.name}  ({state})")
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id (see `anamnesis keys list`).")]) -> None:
+    """Revoke an API key (API processes stop accepting it within 30 seconds)."""
+    from sqlmodel import Session
+
+    from storage.errors import NotFoundError
+    from storage.repository import revoke_api_key
+
+    engine = _engine(Settings())
+    _require_schema(engine)
+    with Session(engine) as session:
+        try:
+            revoke_api_key(session, key_id=key_id, actor=ACTOR)
+        except NotFoundError as error:
+            fail(str(error))
+    typer.echo(f"key {key_id} revoked")
 
 
 def main() -> None:

@@ -17,17 +17,56 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ANAMNESIS_", extra="ignore")
 
+    # --- storage ---
     home: Path = Field(default=Path("var"), description="Folder for the SQLite file, artifacts and reports.")
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL (postgresql://...); SQLite under `home` when unset."
     )
     patient_key: str | None = Field(
         default=None,
-        description="Secret for the keyed hash of patient references; generated once under `home` when unset.",
+        description="Secret for the keyed hash of patient references; generated once under `home` when unset. "
+        "Every process sharing a database must use the same key.",
     )
+    db_connect_timeout_s: int = Field(default=3, ge=1, le=60, description="PostgreSQL connect timeout.")
+
+    # --- API ---
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
-    db_connect_timeout_s: int = Field(default=3, ge=1, le=60, description="PostgreSQL connect timeout.")
+    max_request_bytes: int = Field(default=2_000_000, ge=1_000, description="Largest accepted request body.")
+    max_upload_bytes: int = Field(default=200_000_000, ge=1_000, description="Largest accepted bulk upload.")
+    max_batch_items: int = Field(default=256, ge=1, description="Records per predict request.")
+    micro_batch_size: int = Field(default=32, ge=1, le=512, description="Most records run through the model at once.")
+    micro_batch_wait_ms: float = Field(
+        default=2.0, ge=0, le=1000, description="Latency cap: longest a record waits for others to join its batch."
+    )
+    model_poll_s: float = Field(default=2.0, gt=0, description="How often each API process looks for a new model.")
+    prediction_flush_s: float = Field(default=0.5, gt=0, description="Longest a prediction waits to be stored.")
+    max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input at prediction time.")
+    dashboard_public: bool = Field(
+        default=True, description="Serve the dashboard (aggregate metrics, no patient data) without an API key."
+    )
+    runtime: str = Field(
+        default="auto",
+        pattern=r"^(auto|pytorch|onnx)$",
+        description="auto: ONNX int8 when it matches PyTorch's accuracy (chosen at promotion); or force one.",
+    )
+
+    # --- worker ---
+    worker_tick_s: float = Field(default=2.0, gt=0, description="How often the worker looks for queued jobs.")
+    drift_interval_s: float = Field(default=300.0, gt=0, description="Seconds between scheduled drift checks.")
+    drift_window: int = Field(default=2000, ge=50, description="Most recent records a drift check looks at.")
+    drift_min_rows: int = Field(default=100, ge=10, description="Fewer recent records than this: no check.")
+    lease_ttl_s: float = Field(default=30.0, gt=1, description="Lifetime of the worker's leader lease.")
+    stale_run_s: float = Field(default=120.0, gt=1, description="A running job silent this long is marked failed.")
+
+    # --- learner ---
+    train_epochs: int = Field(default=2, ge=1, le=50, description="Epochs per update.")
+    train_batch_size: int = Field(default=16, ge=1, le=1024, description="Training batch size.")
+    train_learning_rate: float = Field(default=1e-4, gt=0, lt=1, description="Learning rate (full fine-tuning).")
+    train_max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input during training.")
+    strategy: str = Field(default="replay_ewc", description="The strategy preset of every update.")
+    gate_tolerance: float = Field(default=0.01, ge=0, le=1, description="Largest loss allowed on a past period.")
+    device: str = Field(default="auto", description="Training device: auto, cpu or cuda.")
 
     def storage_config(self) -> StorageConfig:
         home = self.home.resolve()

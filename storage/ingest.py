@@ -27,7 +27,7 @@ from storage.fields import ClinicalFields
 from storage.hashing import patient_hash, record_content_hash
 from storage.models import AuditAction, utcnow
 from storage.repository import PreparedRecord, record_audit_event, store_record_batch
-from storage.schemas import RecordCreate
+from storage.schemas import RecordCreate, describe_errors
 
 MAX_FILE_BYTES = 2 * 1024**3
 
@@ -271,16 +271,6 @@ def _text(value: Any, column: str) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
 
 
-def _describe(error: ValidationError) -> str:
-    """Pydantic's messages without the offending input (which may be patient text)."""
-    parts = []
-    for problem in error.errors(include_input=False, include_url=False):
-        location = ".".join(str(part) for part in problem["loc"] if part != "fields") or "row"
-        message = problem["msg"].removeprefix("Value error, ")
-        parts.append(message if message.startswith(location) else f"{location}: {message}")
-    return "; ".join(parts)
-
-
 @dataclass(frozen=True)
 class RowValidator:
     """Turns a raw row into a record ready to store, or a RowError."""
@@ -326,7 +316,7 @@ class RowValidator:
                 label=label,
             )
         except ValidationError as error:
-            return RowError(row, _describe(error))
+            return RowError(row, describe_errors(error))
         except ValueError as error:
             return RowError(row, str(error))
         return prepare_record(record, patient_key=self.patient_key, ingested_at=self.ingested_at)

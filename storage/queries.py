@@ -151,8 +151,5 @@ def find_api_key(session: Session, key_hash: str) -> ApiKey | None:
     return session.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).first()
 
 
-def get_prediction(session: Session, request_id: str) -> Prediction:
-    prediction = session.scalars(select(Prediction).where(Prediction.request_id == request_id)).first()
-    if prediction is None:
-        raise NotFoundError("prediction", request_id)
-    return prediction
+def find_prediction(session: Session, request_id: str) -> Prediction | None:
+    return session.scalars(select(Prediction).where(Prediction.request_id == request_id)).first()

@@ -101,12 +101,12 @@ class BatchOutcome:
     """The stored id of each input record, in input order (existing ids for duplicates)."""
 
 
-def _insert_ignoring_duplicates(session: Session, rows: list[dict[str, Any]]) -> None:
+def _insert_ignoring_duplicates(session: Session, table: type, rows: list[dict[str, Any]], key: str) -> None:
     dialect = session.get_bind().dialect.name
     if dialect == "postgresql":
-        statement = postgresql.insert(Record).on_conflict_do_nothing(index_elements=["content_hash"])
+        statement = postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
     elif dialect == "sqlite":
-        statement = sqlite.insert(Record).on_conflict_do_nothing(index_elements=["content_hash"])
+        statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
     else:  # pragma: no cover - the engine factory only builds these two
         raise ValueError(f"unsupported dialect {dialect}")
     session.execute(statement, rows)
@@ -152,7 +152,7 @@ def _add_records(session: Session, *, records: Sequence[PreparedRecord], source:
                 "created_at": now,
             }
     if fresh:
-        _insert_ignoring_duplicates(session, list(fresh.values()))
+        _insert_ignoring_duplicates(session, Record, list(fresh.values()), "content_hash")
     ids = _ids_by_hash(session, hashes) if fresh else known
     labels_now = current_labels(session, list(ids.values()))
     labels_added = 0
@@ -173,21 +173,7 @@ def _add_records(session: Session, *, records: Sequence[PreparedRecord], source:
 
 def add_label(session: Session, *, record_id: int, label: str, source: str, actor: str) -> Label:
     """Adds ground truth for a record; the history of earlier labels is kept."""
-    if session.get(Record, record_id) is None:
-        raise NotFoundError("record", record_id)
-    row = Label(record_id=record_id, label=label, source=source, actor=actor)
-    session.add(row)
-    _audit(
-        session,
-        action=AuditAction.label,
-        actor=actor,
-        entity="record",
-        entity_id=record_id,
-        details={"label": label, "source": source},
-    )
-    session.commit()
-    session.refresh(row)
-    return row
+    return add_labels(session, labels=[(record_id, label)], source=source, actor=actor)[0]
 
 
 # --- model versions -------------------------------------------------------------------------
@@ -507,7 +493,8 @@ def store_predictions(
         return 0
     outcome = _add_records(session, records=records, source=source, actor="api")
     rows = [{**row, "record_id": record_id} for row, record_id in zip(predictions, outcome.record_ids, strict=True)]
-    session.execute(Prediction.__table__.insert(), rows)
+    # Storing the same answered prediction twice (a retried write) keeps one row.
+    _insert_ignoring_duplicates(session, Prediction, rows, "request_id")
     session.commit()
     return len(rows)
 
@@ -627,3 +614,26 @@ def add_drift_report(
     session.commit()
     session.refresh(report)
     return report
+
+
+def add_labels(session: Session, *, labels: Sequence[tuple[int, str]], source: str, actor: str) -> list[Label]:
+    """Adds ground truth for many records in one transaction; (record id, label) pairs."""
+    record_ids = sorted({record_id for record_id, _ in labels})
+    found = set(session.scalars(select(Record.id).where(Record.id.in_(record_ids))))
+    missing = [record_id for record_id in record_ids if record_id not in found]
+    if missing:
+        raise NotFoundError("record", missing[0])
+    rows = [Label(record_id=record_id, label=label, source=source, actor=actor) for record_id, label in labels]
+    session.add_all(rows)
+    _audit(
+        session,
+        action=AuditAction.label,
+        actor=actor,
+        entity="records",
+        entity_id=len(rows),
+        details={"labels": len(rows), "source": source},
+    )
+    session.commit()
+    for row in rows:
+        session.refresh(row)
+    return rows

@@ -10,7 +10,15 @@ import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from storage.fields import ClinicalFields
 from storage.models import ApiRole, ModelStatus, RunStatus, Trigger
@@ -40,6 +48,16 @@ def check_note(note: str) -> str:
     if len(note) > MAX_NOTE_CHARS:
         raise ValueError(f"note has {len(note):,} characters, more than the limit of {MAX_NOTE_CHARS:,}")
     return note
+
+
+def describe_errors(error: ValidationError) -> str:
+    """Pydantic's messages without the offending input (which may be patient text)."""
+    parts = []
+    for problem in error.errors(include_input=False, include_url=False):
+        location = ".".join(str(part) for part in problem["loc"] if part != "fields") or "row"
+        message = problem["msg"].removeprefix("Value error, ")
+        parts.append(message if message.startswith(location) else f"{location}: {message}")
+    return "; ".join(parts)
 
 
 def as_utc(moment: datetime) -> datetime:

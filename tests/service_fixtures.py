@@ -1,0 +1,92 @@
+"""A trained tiny-model installation and API clients for the service tests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from learner.config import EWCConfig, LearnerConfig, ReplayConfig, StrategyConfig, TrainingConfig
+from learner.gate import GateConfig
+from learner.modeling import tiny_classifier
+from learner.updater import UpdateOutcome, run_update
+from service.runtime import choose_runtime
+from service.settings import Settings
+from storage.config import StorageConfig
+from storage.engine import create_db_engine
+from storage.models import ApiRole
+from storage.repository import create_api_key
+from tests.factories import TOY_WORDS, store, toy_records
+
+LABELS = tuple(TOY_WORDS)
+TINY_CONFIG = LearnerConfig(
+    strategy=StrategyConfig(replay=ReplayConfig(mem_size=24), ewc=EWCConfig(ewc_lambda=1.0)),
+    training=TrainingConfig(epochs=3, batch_size=8, learning_rate=2e-3, max_length=32, holdout_fraction=0.25),
+)
+
+
+def tiny(labels):
+    return tiny_classifier(labels, seed=0)
+
+
+def settings_for(config: StorageConfig, **overrides: object) -> Settings:
+    values = {
+        "home": config.home,
+        "database_url": config.database_url,
+        "patient_key": "service-test-key",
+        "model_poll_s": 0.2,
+        "prediction_flush_s": 0.05,
+        "max_length": 32,
+        "train_max_length": 32,
+        "worker_tick_s": 0.3,
+        "lease_ttl_s": 3.0,
+        "stale_run_s": 5.0,
+        "drift_interval_s": 3600.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+def train_version(
+    engine: Engine, config: StorageConfig, *, period: str, seed: int, labels=LABELS[:3], gate: GateConfig | None = None
+) -> UpdateOutcome:
+    store(engine, toy_records(labels, 60, period=period, seed=seed))
+    return run_update(
+        engine,
+        artifacts_dir=config.artifacts_dir,
+        config=TINY_CONFIG,
+        gate=gate or GateConfig(tolerance=1.0, min_subgroup_size=1000),
+        actor="test",
+        new_bundle=tiny,
+        prepare_runtime=partial(_runtime, artifacts=config.artifacts_dir),
+    )
+
+
+def _runtime(version, bundle, holdout, *, artifacts: Path):
+    return choose_runtime(version, bundle, holdout, artifacts_dir=artifacts, max_length=32)
+
+
+@dataclass
+class Keys:
+    admin: str
+    predict: str
+
+    def header(self, role: str = "admin") -> dict[str, str]:
+        return {"X-API-Key": getattr(self, role)}
+
+
+def make_keys(engine: Engine) -> Keys:
+    with Session(engine) as session:
+        _, admin = create_api_key(session, name="admin", role=ApiRole.admin, actor="test")
+        _, predict = create_api_key(session, name="client", role=ApiRole.predict, actor="test")
+    return Keys(admin=admin, predict=predict)
+
+
+def installation(config: StorageConfig) -> tuple[Engine, Keys]:
+    """A database with one promoted tiny model (ONNX runtime) and two keys."""
+    engine = create_db_engine(config)
+    train_version(engine, config, period="1", seed=1)
+    return engine, make_keys(engine)

@@ -1,0 +1,345 @@
+"""Every API endpoint, with auth failures and bad input, on a tiny trained model."""
+
+from __future__ import annotations
+
+import io
+import json
+import time
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from service.app import create_app
+from storage.config import StorageConfig
+from storage.engine import create_db_engine
+from storage.migrate import upgrade
+from storage.models import Label, ModelStatus, ModelVersion, Prediction, Record, TrainingRun
+from tests.service_fixtures import LABELS, Keys, installation, settings_for, train_version
+
+NOTE = {"note": "resectable early tumour in the lobe, follow-up in 4 weeks", "fields": {"age": 61, "sex": "F"}}
+
+
+@pytest.fixture(scope="module")
+def deployment(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[TestClient, Keys, StorageConfig]]:
+    config = StorageConfig.embedded(tmp_path_factory.mktemp("api") / "home")
+    engine = create_db_engine(config)
+    upgrade(engine)
+    engine, keys = installation(config)
+    with TestClient(create_app(settings_for(config))) as client:
+        yield client, keys, config
+    engine.dispose()
+
+
+def _call(client: TestClient, method: str, path: str, body, headers: dict[str, str] | None = None):
+    return client.request(method.upper(), path, json=body, headers=headers or {})
+
+
+def _count(config: StorageConfig, table: type) -> int:
+    engine = create_db_engine(config)
+    with Session(engine) as session:
+        value = session.scalar(select(func.count()).select_from(table))
+    engine.dispose()
+    return value
+
+
+def test_health_and_readiness_are_open(deployment) -> None:
+    client, _, _ = deployment
+    assert client.get("/healthz").json() == {
+        "status": "ok",
+        "database": None,
+        "model_version": None,
+        "runtime": None,
+        "detail": None,
+    }
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.json()["model_version"] == 1
+    assert ready.json()["runtime"] in {"onnx-int8", "pytorch"}
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/v1/predict", NOTE),
+        ("get", "/v1/models", None),
+        ("post", "/v1/labels", {"labels": [{"record_id": 1, "label": "surgery"}]}),
+        ("post", "/v1/models/1/promote", {}),
+        ("post", "/v1/models/rollback", {}),
+        ("post", "/v1/jobs/retrain", {}),
+        ("post", "/v1/jobs/drift-check", {}),
+        ("get", "/v1/jobs", None),
+        ("get", "/v1/drift", None),
+        ("post", "/v1/records", {"records": [{"note": "x"}]}),
+        (
+            "post",
+            "/v2/models/anamnesis/infer",
+            {"inputs": [{"name": "note", "shape": [1], "datatype": "BYTES", "data": ["x"]}]},
+        ),
+    ],
+)
+def test_missing_and_wrong_keys_are_refused(deployment, method: str, path: str, body) -> None:
+    client, _, _ = deployment
+    assert _call(client, method, path, body).status_code == 401
+    wrong = _call(client, method, path, body, {"X-API-Key": "anm_not-a-real-key"})
+    assert wrong.status_code == 401 and "invalid API key" in wrong.json()["detail"]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("post", "/v1/labels", {"labels": [{"record_id": 1, "label": "surgery"}]}),
+        ("post", "/v1/models/1/promote", {}),
+        ("post", "/v1/models/rollback", {}),
+        ("post", "/v1/jobs/retrain", {}),
+        ("post", "/v1/records", {"records": [{"note": "x"}]}),
+    ],
+)
+def test_predict_keys_cannot_use_admin_endpoints(deployment, method: str, path: str, body) -> None:
+    client, keys, _ = deployment
+    response = _call(client, method, path, body, keys.header("predict"))
+    assert response.status_code == 403 and "admin" in response.json()["detail"]
+
+
+def test_predict_one_and_many_and_every_prediction_is_stored(deployment) -> None:
+    client, keys, config = deployment
+    before = _count(config, Prediction)
+    one = client.post("/v1/predict", json=NOTE, headers=keys.header("predict"))
+    assert one.status_code == 200
+    [prediction] = one.json()["predictions"]
+    assert prediction["model_version"] == 1 and prediction["label"] in LABELS
+    assert abs(sum(prediction["probabilities"].values()) - 1) < 1e-3
+    assert prediction["confidence"] == max(prediction["probabilities"].values())
+    many = client.post(
+        "/v1/predict",
+        json=[NOTE, {**NOTE, "note": "unresectable node"}],
+        headers={"Authorization": f"Bearer {keys.predict}"},
+    )
+    assert many.status_code == 200 and len(many.json()["predictions"]) == 2
+    client.app.state.service.writer.flush()
+    assert _count(config, Prediction) == before + 3
+    engine = create_db_engine(config)
+    with Session(engine) as session:
+        stored = session.scalars(select(Prediction).where(Prediction.request_id == prediction["prediction_id"])).one()
+        record = session.get(Record, stored.record_id)
+    engine.dispose()
+    assert record.note == NOTE["note"] and stored.embedding is not None and stored.note_stats["words"] == 10
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [
+        ({"note": "  ", "fields": {}}, 422, "note is empty"),
+        ({"fields": {}}, 422, "note"),
+        ({"note": "x", "fields": {"age": "old"}}, 422, "age"),
+        ({"note": "x", "fields": {"stage": "IX"}}, 422, "stage"),
+        ({"note": "x", "unknown": 1}, 422, "unknown"),
+        ([], 422, "at least one record"),
+        ([NOTE] * 300, 413, "at most 256"),
+    ],
+)
+def test_bad_predict_input_gets_a_clear_4xx_and_stores_nothing(deployment, body, status, message) -> None:
+    client, keys, config = deployment
+    before = _count(config, Record)
+    response = client.post("/v1/predict", json=body, headers=keys.header("predict"))
+    assert response.status_code == status
+    assert message in json.dumps(response.json())
+    client.app.state.service.writer.flush()
+    assert _count(config, Record) == before
+
+
+def test_oversized_and_malformed_bodies_are_refused(deployment) -> None:
+    client, keys, _ = deployment
+    huge = client.post(
+        "/v1/predict", content=b"x" * 3_000_000, headers={**keys.header("predict"), "content-type": "application/json"}
+    )
+    assert huge.status_code == 413
+    broken = client.post(
+        "/v1/predict", content=b'{"note": ', headers={**keys.header("predict"), "content-type": "application/json"}
+    )
+    assert broken.status_code == 422
+
+
+def test_labels_by_prediction_id_and_by_record_id(deployment) -> None:
+    client, keys, config = deployment
+    predicted = client.post(
+        "/v1/predict", json={**NOTE, "note": "mutation egfr fusion"}, headers=keys.header("predict")
+    ).json()["predictions"][0]
+    response = client.post(
+        "/v1/labels",
+        json={"labels": [{"prediction_id": predicted["prediction_id"], "label": "targeted_therapy"}]},
+        headers=keys.header(),
+    )
+    assert response.status_code == 200
+    record_id = response.json()["labels"][0]["record_id"]
+    relabel = client.post(
+        "/v1/labels", json={"labels": [{"record_id": record_id, "label": "immunotherapy"}]}, headers=keys.header()
+    )
+    assert relabel.status_code == 200
+    engine = create_db_engine(config)
+    with Session(engine) as session:
+        history = session.scalars(select(Label.label).where(Label.record_id == record_id).order_by(Label.id)).all()
+    engine.dispose()
+    assert history == ["targeted_therapy", "immunotherapy"]
+    missing = client.post(
+        "/v1/labels", json={"labels": [{"prediction_id": "nope", "label": "x"}]}, headers=keys.header()
+    )
+    assert missing.status_code == 404
+    both = client.post(
+        "/v1/labels", json={"labels": [{"record_id": 1, "prediction_id": "x", "label": "x"}]}, headers=keys.header()
+    )
+    assert both.status_code == 422
+    unknown_record = client.post(
+        "/v1/labels", json={"labels": [{"record_id": 999999, "label": "x"}]}, headers=keys.header()
+    )
+    assert unknown_record.status_code == 404
+
+
+def test_records_and_bulk_upload_reuse_the_ingest_rules(deployment) -> None:
+    client, keys, _ = deployment
+    added = client.post(
+        "/v1/records",
+        json={"records": [{"note": "a new record", "site": "site_z", "label": "surgery"}]},
+        headers=keys.header(),
+    )
+    assert added.status_code == 200 and added.json()["inserted"] == 1
+    again = client.post(
+        "/v1/records",
+        json={"records": [{"note": "a new record", "site": "site_z", "label": "surgery"}]},
+        headers=keys.header(),
+    )
+    assert again.json()["inserted"] == 0 and again.json()["duplicates"] == 1
+    csv = b"note,label,age\nuploaded note one,surgery,60\n,surgery,61\nuploaded note three,radiotherapy,old\n"
+    upload = client.post(
+        "/v1/records/upload?label_col=label", files={"file": ("batch.csv", io.BytesIO(csv))}, headers=keys.header()
+    )
+    assert upload.status_code == 200
+    result = upload.json()
+    assert result["inserted"] == 1 and result["rejected"] == 2
+    assert [e["row"] for e in result["errors"]] == [2, 3]
+    missing_column = client.post(
+        "/v1/records/upload?text_col=text", files={"file": ("b.csv", io.BytesIO(csv))}, headers=keys.header()
+    )
+    assert missing_column.status_code == 422 and "'text' not found" in missing_column.json()["detail"]
+
+
+def test_models_endpoints_show_metrics_matrix_lineage_and_gate(deployment) -> None:
+    client, keys, _ = deployment
+    listed = client.get("/v1/models", headers=keys.header("predict")).json()
+    assert [v["id"] for v in listed] == [1] and listed[0]["status"] == "production"
+    current = client.get("/v1/models/current", headers=keys.header()).json()
+    assert current["id"] == 1 and current["lineage"] == [1]
+    assert current["accuracy_matrix"]["rows"][-1]["version_id"] == 1
+    assert current["gate"]["accept"] is True
+    assert client.get("/v1/models/99", headers=keys.header()).status_code == 404
+    assert client.get("/v1/models/abc", headers=keys.header()).status_code == 422
+    conflict = client.post("/v1/models/1/promote", json={}, headers=keys.header())
+    assert conflict.status_code == 409 and "already in production" in conflict.json()["detail"]
+    assert client.post("/v1/models/rollback", json={}, headers=keys.header()).status_code == 409
+
+
+def test_jobs_are_queued_and_listed(deployment) -> None:
+    client, keys, config = deployment
+    queued = client.post("/v1/jobs/retrain", json={"reason": "new labels"}, headers=keys.header())
+    assert queued.status_code == 202 and queued.json()["status"] == "queued" and queued.json()["kind"] == "retrain"
+    check = client.post("/v1/jobs/drift-check", headers=keys.header())
+    assert check.status_code == 202 and check.json()["kind"] == "drift_check"
+    listed = client.get("/v1/jobs", headers=keys.header("predict")).json()
+    assert {job["id"] for job in listed} >= {queued.json()["id"], check.json()["id"]}
+    assert client.get(f"/v1/jobs/{queued.json()['id']}", headers=keys.header()).json()["reason"] == "new labels"
+    assert client.get("/v1/jobs/424242", headers=keys.header()).status_code == 404
+    assert _count(config, TrainingRun) >= 2
+
+
+def test_drift_endpoints_answer_for_missing_reports(deployment) -> None:
+    client, keys, _ = deployment
+    assert client.get("/v1/drift", headers=keys.header()).status_code == 200
+    assert client.get("/v1/drift/12345", headers=keys.header()).status_code == 404
+    assert client.get("/v1/drift/12345/report", headers=keys.header()).status_code == 404
+
+
+def test_metrics_expose_latency_errors_batches_and_version(deployment) -> None:
+    client, keys, _ = deployment
+    client.post("/v1/predict", json=NOTE, headers=keys.header("predict"))
+    text = client.get("/metrics").text
+    for name in (
+        "anamnesis_request_latency_seconds_bucket",
+        "anamnesis_batch_size_bucket",
+        "anamnesis_errors_total",
+        "anamnesis_model_version 1.0",
+        "anamnesis_production_version 1.0",
+        "anamnesis_training_runs",
+    ):
+        assert name in text
+    assert 'route="/v1/predict"' in text
+
+
+def test_open_inference_protocol_v2(deployment) -> None:
+    client, keys, _ = deployment
+    assert client.get("/v2/health/live").json() == {"live": True}
+    assert client.get("/v2/health/ready").status_code == 200
+    metadata = client.get("/v2/models/anamnesis").json()
+    assert metadata["name"] == "anamnesis" and metadata["versions"] == ["1"]
+    assert metadata["parameters"]["labels"] == list(LABELS[:3])
+    assert client.get("/v2/models/other").status_code == 404
+    request = {
+        "id": "r1",
+        "inputs": [
+            {"name": "note", "shape": [2], "datatype": "BYTES", "data": ["early lobe tumour", "egfr mutation"]},
+            {"name": "fields", "shape": [2], "datatype": "BYTES", "data": ['{"age": 60}', "{}"]},
+        ],
+    }
+    answer = client.post("/v2/models/anamnesis/infer", json=request, headers=keys.header("predict"))
+    assert answer.status_code == 200
+    outputs = {tensor["name"]: tensor for tensor in answer.json()["outputs"]}
+    assert answer.json()["id"] == "r1" and outputs["label"]["shape"] == [2]
+    assert outputs["probabilities"]["shape"] == [2, 3] and len(outputs["probabilities"]["data"]) == 6
+    bad = {"inputs": [{"name": "note", "shape": [2], "datatype": "BYTES", "data": ["only one"]}]}
+    response = client.post("/v2/models/anamnesis/infer", json=bad, headers=keys.header("predict"))
+    assert response.status_code == 400 and "shape" in response.json()["error"]
+    wrong_type = {"inputs": [{"name": "note", "shape": [1], "datatype": "FP32", "data": [1.0]}]}
+    assert client.post("/v2/models/anamnesis/infer", json=wrong_type, headers=keys.header()).status_code == 400
+
+
+def test_dashboard_renders_current_model_and_history(deployment) -> None:
+    client, _, _ = deployment
+    page = client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
+    assert 'id="current-version">v1<' in page.text
+    assert "data:image/png;base64," in page.text
+    assert "<script src=" not in page.text and "http://" not in page.text.replace("http://www.w3.org", "")
+
+
+def test_promotion_elsewhere_is_hot_swapped_without_failed_requests(sqlite_config: StorageConfig) -> None:
+    engine, keys = installation(sqlite_config)
+    with TestClient(create_app(settings_for(sqlite_config))) as client:
+        assert (
+            client.post("/v1/predict", json=NOTE, headers=keys.header()).json()["predictions"][0]["model_version"] == 1
+        )
+        # Another process (here: a direct call) trains and promotes version 2 with a new class.
+        outcome = train_version(engine, sqlite_config, period="2", seed=2, labels=LABELS)
+        with Session(engine) as session:
+            if not outcome.promoted:
+                from storage.repository import promote_model_version
+
+                promote_model_version(
+                    session,
+                    version_id=outcome.version_id,
+                    actor="test",
+                    reason="test swap",
+                    allow_rejected=True,
+                    runtime={"kind": "pytorch", "reason": "test"},
+                )
+            assert session.get(ModelVersion, outcome.version_id).status == ModelStatus.production
+        seen: set[int] = set()
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline and 2 not in seen:
+            response = client.post("/v1/predict", json=NOTE, headers=keys.header())
+            assert response.status_code == 200
+            seen.add(response.json()["predictions"][0]["model_version"])
+        assert 2 in seen
+        assert client.get("/v2/models/anamnesis").json()["parameters"]["labels"] == list(LABELS)
+        rolled = client.post("/v1/models/rollback", json={"reason": "test"}, headers=keys.header())
+        assert rolled.status_code == 200 and rolled.json()["id"] == 1
+    engine.dispose()

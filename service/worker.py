@@ -25,7 +25,7 @@ from sqlalchemy import Engine, select
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from service.jobs import JobContext, execute_job
+from service.jobs import TRAINING_LEASE, JobContext, execute_job
 from service.settings import Settings
 from storage.errors import ConflictError, LeaseHeldError
 from storage.models import JobKind, RunStatus, TrainingRun, Trigger
@@ -94,15 +94,15 @@ class Worker:
                     logger.info("worker %s is the leader", self.identity)
                     self._clean_staging()
                 self.is_leader = True
-                if self.training_lease is not None:
+                if self.jobs.training_lease is not None:
                     acquire_lease(
                         session,
-                        name="training",
-                        holder=self.training_lease,
+                        name=TRAINING_LEASE,
+                        holder=self.jobs.training_lease,
                         ttl=timedelta(seconds=self.settings.stale_run_s),
                     )
-                if self.current_run is not None:
-                    run = session.get(TrainingRun, self.current_run)
+                if self.jobs.current_run is not None:
+                    run = session.get(TrainingRun, self.jobs.current_run)
                     if run is not None:
                         report_run_progress(
                             session, run_id=run.id, progress=run.progress, message=run.progress_message or "running"

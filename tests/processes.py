@@ -1,0 +1,96 @@
+"""Running `anamnesis` commands as real processes for the end-to-end and fault tests."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+
+from storage.config import StorageConfig
+
+ANAMNESIS = str(Path(sys.executable).parent / "anamnesis")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def environment(config: StorageConfig, **settings: object) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "ANAMNESIS_HOME": str(config.home),
+        "ANAMNESIS_DATABASE_URL": config.database_url,
+        "ANAMNESIS_PATIENT_KEY": "process-test-key",
+        "ANAMNESIS_MODEL_POLL_S": "0.3",
+        "ANAMNESIS_PREDICTION_FLUSH_S": "0.1",
+        "ANAMNESIS_WORKER_TICK_S": "0.5",
+        "ANAMNESIS_LEASE_TTL_S": "3",
+        "ANAMNESIS_STALE_RUN_S": "6",
+        "ANAMNESIS_DRIFT_INTERVAL_S": "3600",
+        "ANAMNESIS_MAX_LENGTH": "32",
+        "ANAMNESIS_TRAIN_MAX_LENGTH": "32",
+        "ANAMNESIS_TRAIN_BATCH_SIZE": "8",
+        "ANAMNESIS_TRAIN_EPOCHS": "3",
+        "ANAMNESIS_TRAIN_LEARNING_RATE": "0.002",
+        "PYTHONUNBUFFERED": "1",
+    }
+    env.update({f"ANAMNESIS_{name.upper()}": str(value) for name, value in settings.items()})
+    return env
+
+
+@contextmanager
+def running(
+    args: list[str], env: dict[str, str], log: Path, *, port: int | None = None, ready_timeout: float = 90.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """Starts an anamnesis process; waits for /healthz when it serves; stops it with SIGTERM."""
+    handle = log.open("ab")
+    process = subprocess.Popen(
+        [ANAMNESIS, *args], env=env, stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        if port is not None:
+            wait_healthy(port, process, log, ready_timeout)
+        yield process
+    finally:
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        handle.close()
+
+
+def wait_healthy(port: int, process: subprocess.Popen[bytes], log: Path, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"process exited early ({process.returncode}):\n{log.read_text()[-4000:]}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.3)
+    raise AssertionError(f"no /healthz on port {port} after {timeout}s:\n{log.read_text()[-4000:]}")
+
+
+def wait_for(condition, timeout: float, interval: float = 0.3, message: str = "condition"):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = condition()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {message}")

@@ -595,6 +595,133 @@ def keys_revoke(key_id: Annotated[int, typer.Argument(help="Key id (see `anamnes
     typer.echo(f"key {key_id} revoked")
 
 
+drift_app = typer.Typer(help="Drift checks and reports.", no_args_is_help=True)
+app.add_typer(drift_app, name="drift")
+
+
+@drift_app.command("check")
+def drift_check(reason: Annotated[str, typer.Option(help="Why (kept with the job).")] = "manual check") -> None:
+    """Check the recent records for drift now, store the report, and queue an update if the policy says so."""
+    import socket
+
+    from sqlmodel import Session
+
+    from service.jobs import JobContext, execute_job
+    from storage.models import JobKind, RunStatus, Trigger
+    from storage.queries import get_training_run
+    from storage.repository import claim_training_run, create_training_run
+
+    settings = Settings()
+    engine = _engine(settings)
+    _require_schema(engine)
+    identity = f"cli:{socket.gethostname()}"
+    with Session(engine) as session:
+        run = create_training_run(
+            session, kind=JobKind.drift_check, trigger=Trigger.manual, actor=ACTOR, reason=reason, config={}
+        )
+        claim_training_run(session, run_id=run.id, worker=identity)
+    typer.echo("checking drift ...", err=True)
+    execute_job(JobContext(settings=settings, engine=engine, identity=identity), run.id)
+    with Session(engine) as session:
+        finished = get_training_run(session, run.id)
+    if finished.status == RunStatus.failed:
+        fail(f"the drift check failed: {(finished.error or '').splitlines()[0]}", code=1)
+    typer.echo(finished.progress_message)
+
+
+@drift_app.command("list")
+def drift_list(limit: Annotated[int, typer.Option(min=1, max=500, help="How many reports.")] = 20) -> None:
+    """Drift reports, newest first."""
+    from sqlmodel import Session
+
+    from storage.queries import list_drift_reports
+
+    engine = _engine(Settings())
+    _require_schema(engine)
+    with Session(engine) as session:
+        reports = list_drift_reports(session, limit=limit)
+    if not reports:
+        typer.echo("no drift reports yet; run `anamnesis drift check`")
+        return
+    for r in reports:
+        flagged = ", ".join(name for name, value in r.flags.items() if value) or "-"
+        verdict = "DRIFT" if r.drift_detected else "ok"
+        update = "update" if r.decision.get("update") else "no update"
+        typer.echo(
+            f"{r.id:>5}  {r.created_at:%Y-%m-%d %H:%M:%S}  v{r.model_version_id}  {verdict:<5}  {flagged:<40}  {update}"
+        )
+
+
+@drift_app.command("show")
+def drift_show(report: Annotated[int, typer.Argument(help="Report id.")]) -> None:
+    """One report: windows, per-family scores and flags, the update decision and its HTML."""
+    import json
+
+    from sqlmodel import Session
+
+    from storage.errors import NotFoundError
+    from storage.queries import get_drift_report
+
+    engine = _engine(Settings())
+    _require_schema(engine)
+    with Session(engine) as session:
+        try:
+            r = get_drift_report(session, report)
+        except NotFoundError as error:
+            fail(str(error))
+    typer.echo(
+        f"drift report {r.id}, model v{r.model_version_id}, {r.created_at:%Y-%m-%d %H:%M:%S} UTC: "
+        f"{'drift detected' if r.drift_detected else 'no drift'}"
+    )
+    typer.echo(f"reference: {json.dumps(r.reference_window)}")
+    typer.echo(f"current:   {json.dumps(r.current_window)}")
+    for family, scores in r.scores.items():
+        if isinstance(scores, dict):
+            flag = "FLAGGED" if r.flags.get(family) else "ok"
+            shown = {k: v for k, v in scores.items() if isinstance(v, int | float | str | bool) and k != "reason"}
+            typer.echo(f"  {family:<12} {flag:<8} {scores.get('reason', '')}")
+            typer.echo(f"  {'':<12} {json.dumps(shown)[:300]}")
+    typer.echo(
+        f"decision: {'update' if r.decision.get('update') else 'no update'}: {'; '.join(r.decision.get('reasons', []))}"
+    )
+    typer.echo(f"HTML report: {r.html_path}")
+
+
+@app.command()
+def demo(
+    periods: Annotated[int, typer.Option(min=2, max=10, help="Cohort periods (the first trains version 1).")] = 4,
+    per_period: Annotated[int, typer.Option(min=40, max=5000, help="Records per period.")] = 200,
+    scenario: Annotated[str, typer.Option(help="Cohort scenario.")] = "mixed",
+    seed: Annotated[int, typer.Option(help="Cohort seed.")] = 0,
+    port: Annotated[int, typer.Option(help="Port of the demo service.")] = 8000,
+    home: Annotated[Path, typer.Option(help="Folder of the demo (replaced at each run).")] = Path("var/demo"),
+    keep_running: Annotated[bool, typer.Option(help="Keep the service running at the end.")] = True,
+) -> None:
+    """Replay a drifting cohort against a fresh service: drift is detected, models are trained, gated, promoted."""
+    from service.demo import run_demo
+
+    settings = Settings(
+        home=home,
+        database_url=None,
+        update_cooldown_s=0,
+        update_min_new_labels=max(per_period // 4, 20),
+        drift_min_rows=max(per_period // 5, 20),
+    )
+    try:
+        run_demo(
+            settings,
+            scenario=scenario,
+            periods=periods,
+            per_period=per_period,
+            seed=seed,
+            port=port,
+            keep_running=keep_running,
+            say=lambda line: typer.echo(line),
+        )
+    except (RuntimeError, TimeoutError) as error:
+        fail(str(error), code=1)
+
+
 def main() -> None:
     app()
 

@@ -58,6 +58,15 @@ class Settings(BaseSettings):
     drift_min_rows: int = Field(default=100, ge=10, description="Fewer recent records than this: no check.")
     lease_ttl_s: float = Field(default=30.0, gt=1, description="Lifetime of the worker's leader lease.")
     stale_run_s: float = Field(default=120.0, gt=1, description="A running job silent this long is marked failed.")
+    update_cooldown_s: float = Field(
+        default=3600.0, ge=0, description="No drift-triggered update within this time of the last attempt."
+    )
+    update_min_new_labels: int = Field(
+        default=200, ge=0, description="No drift-triggered update with fewer new labeled records than this."
+    )
+    update_max_model_age_days: float | None = Field(
+        default=90.0, gt=0, description="Update an older model when enough new labels exist; unset: never."
+    )
 
     # --- learner ---
     train_epochs: int = Field(default=2, ge=1, le=50, description="Epochs per update.")

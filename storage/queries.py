@@ -77,6 +77,14 @@ def labeled_records(
     ]
 
 
+def current_labels(session: Session, record_ids: Sequence[int]) -> dict[int, str]:
+    """The newest label of each record that has one."""
+    newest = (
+        select(func.max(Label.id)).where(Label.record_id.in_(record_ids)).group_by(Label.record_id).scalar_subquery()
+    )
+    return dict(session.execute(select(Label.record_id, Label.label).where(Label.id.in_(newest))).all())
+
+
 def newest_label_id(session: Session) -> int | None:
     return session.scalar(select(func.max(Label.id)))
 
@@ -153,3 +161,50 @@ def find_api_key(session: Session, key_hash: str) -> ApiKey | None:
 
 def find_prediction(session: Session, request_id: str) -> Prediction | None:
     return session.scalars(select(Prediction).where(Prediction.request_id == request_id)).first()
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """A record of a monitoring window: its content, its current label and its latest prediction."""
+
+    record: Record
+    label: str | None
+    prediction: Prediction | None
+
+
+def recent_records(
+    session: Session, *, since: datetime | None, limit: int, model_version_id: int
+) -> list[WindowRecord]:
+    """The newest records stored after `since` (at most `limit`), with their current labels and
+    the newest prediction `model_version_id` made for each, oldest first."""
+    statement = select(Record).order_by(Record.id.desc()).limit(limit)
+    if since is not None:
+        statement = statement.where(Record.created_at > since)
+    records = list(session.scalars(statement))[::-1]
+    ids = [record.id for record in records]
+    if not ids:
+        return []
+    labels = current_labels(session, ids)
+    newest = (
+        select(func.max(Prediction.id))
+        .where(Prediction.record_id.in_(ids), Prediction.model_version_id == model_version_id)
+        .group_by(Prediction.record_id)
+        .scalar_subquery()
+    )
+    predictions = {p.record_id: p for p in session.scalars(select(Prediction).where(Prediction.id.in_(newest)))}
+    return [WindowRecord(record=r, label=labels.get(r.id), prediction=predictions.get(r.id)) for r in records]
+
+
+def labeled_records_since(session: Session, label_id: int) -> int:
+    """Records that received a label after the label with id `label_id`."""
+    return session.scalar(select(func.count(func.distinct(Label.record_id))).where(Label.id > label_id)) or 0
+
+
+def last_job_since(session: Session, kind: str, since: datetime) -> TrainingRun | None:
+    statement = (
+        select(TrainingRun)
+        .where(TrainingRun.kind == kind, TrainingRun.created_at > since)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    )
+    return session.scalars(statement).first()

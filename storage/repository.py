@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, func, select, update
+from sqlalchemy import Engine, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
@@ -36,6 +36,7 @@ from storage.models import (
     Trigger,
     utcnow,
 )
+from storage.queries import current_labels
 
 
 def _audit(
@@ -115,15 +116,6 @@ def _insert_ignoring_duplicates(session: Session, table: type, rows: list[dict[s
 def _ids_by_hash(session: Session, hashes: Sequence[str]) -> dict[str, int]:
     rows = session.execute(select(Record.content_hash, Record.id).where(Record.content_hash.in_(hashes)))
     return {content_hash: record_id for content_hash, record_id in rows}
-
-
-def current_labels(session: Session, record_ids: Sequence[int]) -> dict[int, str]:
-    """The newest label of each record that has one."""
-    newest = (
-        select(func.max(Label.id)).where(Label.record_id.in_(record_ids)).group_by(Label.record_id).scalar_subquery()
-    )
-    rows = session.execute(select(Label.record_id, Label.label).where(Label.id.in_(newest)))
-    return dict(rows.all())
 
 
 def store_record_batch(session: Session, *, records: Sequence[PreparedRecord], source: str, actor: str) -> BatchOutcome:

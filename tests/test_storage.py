@@ -12,13 +12,13 @@ from sqlmodel import Session
 from storage.errors import ConflictError, LeaseHeldError, NotFoundError
 from storage.ingest import prepare_record
 from storage.models import AuditAction, AuditEvent, Label, ModelStatus, ModelVersion, Record, RunStatus, Trigger
+from storage.queries import current_labels
 from storage.repository import (
     acquire_lease,
     add_label,
     claim_training_run,
     create_model_version,
     create_training_run,
-    current_labels,
     fail_interrupted_runs,
     finish_training_run,
     promote_model_version,

@@ -447,10 +447,7 @@ def train_experience(
             _restore_ewc(ewc_plugin, state.ewc, device)
         plugins.append(ewc_plugin)
 
-    learning_rate = strategy_config.lora.learning_rate if lora else training.learning_rate
-    optimizer = torch.optim.AdamW(
-        [p for p in wrapper.parameters() if p.requires_grad], lr=learning_rate, weight_decay=training.weight_decay
-    )
+    optimizer = torch.optim.AdamW(_parameter_groups(wrapper, config), weight_decay=training.weight_decay)
     with warnings.catch_warnings():
         # Training needs no avalanche evaluator or loggers; avalanche warns about running without them.
         warnings.filterwarnings("ignore", message="No loggers specified")
@@ -487,6 +484,22 @@ def train_experience(
         stopped_early=progress.control.should_stop,
         last_ewc_penalty=ewc_plugin.last_penalty if ewc_plugin else 0.0,
     )
+
+
+def _parameter_groups(wrapper: nn.Module, config: LearnerConfig) -> list[dict[str, Any]]:
+    """The encoder at the (LoRA or full) learning rate; the classifier head at its own, faster one."""
+    training = config.training
+    encoder_rate = (
+        config.strategy.lora.learning_rate
+        if config.strategy.finetune == FinetuneMode.lora
+        else (training.learning_rate)
+    )
+    head_rate = training.head_learning_rate or encoder_rate
+    head, encoder = [], []
+    for name, parameter in wrapper.named_parameters():
+        if parameter.requires_grad:
+            (head if "classifier" in name else encoder).append(parameter)
+    return [{"params": encoder, "lr": encoder_rate}, {"params": head, "lr": head_rate}]
 
 
 def _with_lora(model: nn.Module, config: LearnerConfig) -> nn.Module:

@@ -123,9 +123,16 @@ class StrategyConfig(_Config):
 
 
 class TrainingConfig(_Config):
-    epochs: int = Field(default=2, ge=1, le=100, description="Passes over the experience per update.")
+    epochs: int = Field(default=3, ge=1, le=100, description="Passes over the experience per update.")
     batch_size: int = Field(default=16, ge=1, le=4096, description="New-data samples per minibatch.")
-    learning_rate: float = Field(default=5e-5, gt=0, lt=1, description="AdamW learning rate.")
+    learning_rate: float = Field(default=5e-5, gt=0, lt=1, description="AdamW learning rate of the encoder.")
+    head_learning_rate: float | None = Field(
+        default=1e-3,
+        gt=0,
+        lt=1,
+        description="Learning rate of the classification head, which starts from scratch for new classes; "
+        "None: the encoder's rate.",
+    )
     weight_decay: float = Field(default=0.01, ge=0, lt=1, description="AdamW weight decay.")
     max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input (fields + note).")
     seed: int = Field(default=0, description="Seeds shuffling and initialisation: same seed, same weights on CPU.")

@@ -185,9 +185,9 @@ def bench_learn(
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = ",".join(
         ("naive", "ewc", "replay", "replay_ewc", "lora_replay", "cumulative", "joint")
     ),
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per update.")] = 2,
+    epochs: Annotated[int, typer.Option(min=1, help="Epochs per update.")] = 3,
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 16,
-    learning_rate: Annotated[float, typer.Option(help="Learning rate (full fine-tuning).")] = 1e-4,
+    learning_rate: Annotated[float, typer.Option(help="Encoder learning rate (full fine-tuning).")] = 5e-5,
     max_length: Annotated[int, typer.Option(min=16, max=512, help="Tokens per input.")] = 128,
     holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="Held-out share of each period.")] = 0.2,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

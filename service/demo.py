@@ -207,7 +207,7 @@ def _replay_period(
     outcome: dict[str, Any] = {"period": period, "accuracy_before_update": correct / len(predictions)}
     check = _wait(lambda: _finished(client, "drift_check", latest_job), 600, "the drift check", server)
     outcome["drift_check"] = check["metrics"]
-    say(f"  drift check: {check['progress_message'] or check['error']}")
+    say(f"  drift check: {_outcome(check)}")
     retrain = (
         _wait(lambda: _finished(client, "retrain", latest_job, allow_missing=True), 900, "the update", server)
         if check["metrics"].get("update")
@@ -215,12 +215,18 @@ def _replay_period(
     )
     if retrain:
         outcome["update"] = retrain["metrics"]
-        say(f"  update: {retrain['progress_message'] or retrain['error']}")
+        say(f"  update: {_outcome(retrain)}")
         if retrain["metrics"].get("gate"):
             say(f"  gate: {retrain['metrics']['gate']}")
     else:
         say("  no update decided")
     return outcome
+
+
+def _outcome(job: dict[str, Any]) -> str:
+    if job["status"] == "failed":
+        return f"failed: {(job['error'] or '').splitlines()[0]}"
+    return job["progress_message"] or "done"
 
 
 def _finished(client: httpx.Client, kind: str, after: int) -> dict[str, Any] | None:

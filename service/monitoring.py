@@ -22,6 +22,7 @@ from sqlmodel import Session
 from learner.updater import holdout_of
 from monitor.config import DriftConfig, PolicyConfig
 from monitor.data import WindowData, window_from_records
+from monitor.errors import WindowTooSmallError
 from monitor.reference import ReferenceCache
 from monitor.runner import UpdateContext, run_and_store
 from service.runtime import LoadedModel, load_model
@@ -116,7 +117,7 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         )
         return {"skipped": message, "rows": len(rows)}, message
     model = load_model(version, max_length=settings.max_length, mode=settings.runtime)
-    config = DriftConfig()
+    config = DriftConfig(min_rows=settings.drift_min_rows)
     cache = ReferenceCache(storage.reports_dir / "reference", config)
     reference = cache.get_or_build(
         f"model-{version.id}-{version.artifact_sha256[:12]}", lambda: reference_window(engine, version, model)
@@ -136,17 +137,20 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         model_age=now - version.promoted_at,
         since_last_attempt=(now - last_attempt.created_at) if last_attempt else None,
     )
-    report, result, decision = run_and_store(
-        engine,
-        reports_dir=storage.reports_dir,
-        model_version_id=version.id,
-        reference=reference,
-        current=current,
-        config=config,
-        policy=policy_config(settings),
-        context=context,
-        actor=actor,
-    )
+    try:
+        report, result, decision = run_and_store(
+            engine,
+            reports_dir=storage.reports_dir,
+            model_version_id=version.id,
+            reference=reference,
+            current=current,
+            config=config,
+            policy=policy_config(settings),
+            context=context,
+            actor=actor,
+        )
+    except WindowTooSmallError as error:
+        return {"skipped": str(error)}, f"skipped: {error}"
     if decision.update:
         with Session(engine) as session:
             create_training_run(

@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     worker_tick_s: float = Field(default=2.0, gt=0, description="How often the worker looks for queued jobs.")
     drift_interval_s: float = Field(default=300.0, gt=0, description="Seconds between scheduled drift checks.")
     drift_window: int = Field(default=2000, ge=50, description="Most recent records a drift check looks at.")
-    drift_min_rows: int = Field(default=100, ge=10, description="Fewer recent records than this: no check.")
+    drift_min_rows: int = Field(
+        default=200,
+        ge=10,
+        description="Fewer recent (or reference) records than this: no check. Small windows make noisy checks.",
+    )
     lease_ttl_s: float = Field(default=30.0, gt=1, description="Lifetime of the worker's leader lease.")
     stale_run_s: float = Field(default=120.0, gt=1, description="A running job silent this long is marked failed.")
     update_cooldown_s: float = Field(
@@ -69,9 +73,11 @@ class Settings(BaseSettings):
     )
 
     # --- learner ---
-    train_epochs: int = Field(default=2, ge=1, le=50, description="Epochs per update.")
+    train_epochs: int = Field(default=3, ge=1, le=50, description="Epochs per update.")
     train_batch_size: int = Field(default=16, ge=1, le=1024, description="Training batch size.")
-    train_learning_rate: float = Field(default=1e-4, gt=0, lt=1, description="Learning rate (full fine-tuning).")
+    train_learning_rate: float = Field(
+        default=5e-5, gt=0, lt=1, description="Encoder learning rate (full fine-tuning); the head learns at 1e-3."
+    )
     train_max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input during training.")
     strategy: str = Field(default="replay_ewc", description="The strategy preset of every update.")
     gate_tolerance: float = Field(default=0.01, ge=0, le=1, description="Largest loss allowed on a past period.")

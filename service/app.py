@@ -16,7 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.auth import KeyVerifier
 from service.dashboard import render_dashboard
-from service.deps import SessionDep, StateDep
+from service.deps import RowId, SessionDep, StateDep
 from service.errors import register_error_handlers
 from service.metrics import ServiceMetrics
 from service.routes import data, drift, health, inference_v2, jobs, models, predict
@@ -177,7 +177,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         return HTMLResponse(html)
 
     @app.get("/reports/{report_id}", response_class=HTMLResponse, tags=["dashboard"], include_in_schema=False)
-    def dashboard_report(report_id: int, session: SessionDep, state: StateDep) -> Any:
+    def dashboard_report(report_id: RowId, session: SessionDep, state: StateDep) -> Any:
         """A drift report from the dashboard (aggregate scores, no patient text)."""
         if not state.settings.dashboard_public:
             raise HTTPException(404, "the dashboard is not public on this server")

@@ -5,13 +5,19 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends, HTTPException, Request, Security
+from fastapi import Depends, HTTPException, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
 from service.auth import Principal
 from service.state import ServiceState
 from storage.models import ApiRole
+
+MAX_ID = 2**31 - 1  # PostgreSQL integer keys
+
+RowId = Annotated[int, Path(ge=1, le=MAX_ID, description="A stored row's id.")]
+Limit = Annotated[int, Query(ge=1, le=500, description="How many rows.")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="How many rows to skip.")]
 
 api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An anamnesis API key.")
 bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token.")

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+from pydantic import BaseModel, ConfigDict, Field
 
-from storage.models import ApiRole, JobKind, RunStatus, Trigger
-from storage.schemas import LabelName, ModelVersionPublic, RecordBase
+from storage.models import JobKind, RunStatus, Trigger
+from storage.schemas import LabelName, ModelVersionPublic, PatientReference, RecordBase
 
 
 class PredictItem(RecordBase):
@@ -16,7 +16,7 @@ class PredictItem(RecordBase):
 
     model_config = ConfigDict(extra="forbid")
 
-    patient_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = Field(
+    patient_id: PatientReference | None = Field(
         default=None, description="Patient reference; stored only as a keyed hash."
     )
 
@@ -55,8 +55,8 @@ class LabelsRequest(BaseModel):
 class LabelItem(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    record_id: int | None = None
-    prediction_id: str | None = None
+    record_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    prediction_id: str | None = Field(default=None, min_length=1, max_length=64)
     label: LabelName
 
 
@@ -72,7 +72,7 @@ class RecordsRequest(BaseModel):
 class RecordItem(RecordBase):
     model_config = ConfigDict(extra="forbid")
 
-    patient_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = None
+    patient_id: PatientReference | None = None
     label: LabelName | None = None
 
 
@@ -137,11 +137,6 @@ class HealthStatus(BaseModel):
     model_version: int | None = None
     runtime: str | None = None
     detail: str | None = None
-
-
-class KeyCreate(BaseModel):
-    name: str = Field(min_length=1, max_length=100)
-    role: ApiRole
 
 
 # --- Open Inference Protocol v2 ---

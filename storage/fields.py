@@ -7,6 +7,7 @@ a site may add its own scalar fields (a string, number or boolean), kept as they
 from __future__ import annotations
 
 import math
+import re
 from enum import StrEnum
 from typing import Annotated
 
@@ -74,6 +75,8 @@ def is_blank(value: object) -> bool:
 
 
 MAX_EXTRA_FIELDS = 50
+_UNPRINTABLE = re.compile(r"[\x00-\x1f\x7f\ud800-\udfff]")
+MAX_FIELD_NAME = 64
 MAX_EXTRA_STRING = 200
 
 
@@ -119,12 +122,18 @@ class ClinicalFields(BaseModel):
         if len(extra) > MAX_EXTRA_FIELDS:
             raise ValueError(f"at most {MAX_EXTRA_FIELDS} site-specific fields are allowed, got {len(extra)}")
         for name, value in extra.items():
+            if not name.strip() or len(name) > MAX_FIELD_NAME or _UNPRINTABLE.search(name):
+                raise ValueError(f"field names must be printable text of 1 to {MAX_FIELD_NAME} characters")
             if is_blank(value):
                 extra[name] = None
             elif not isinstance(value, ExtraValue):
                 raise ValueError(f"field {name!r} must be a string, number or boolean")
+            elif isinstance(value, float) and math.isinf(value):
+                raise ValueError(f"field {name!r} must be a finite number")
             elif isinstance(value, str) and len(value) > MAX_EXTRA_STRING:
                 raise ValueError(f"field {name!r} is longer than {MAX_EXTRA_STRING} characters")
+            elif isinstance(value, str) and _UNPRINTABLE.search(value):
+                raise ValueError(f"field {name!r} must be printable text")
         return self
 
     def to_json(self) -> dict[str, ExtraValue]:

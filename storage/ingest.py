@@ -352,7 +352,7 @@ def prepare_record(record: RecordCreate, *, patient_key: bytes, ingested_at: dat
 def _parse_time(value: Any, column: str) -> datetime:
     try:
         moment = pd.Timestamp(value)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, OverflowError):
         raise ValueError(f"column {column!r} is not a date or time") from None
     if pd.isna(moment):
         raise ValueError(f"column {column!r} is not a date or time")

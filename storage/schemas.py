@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -27,20 +28,36 @@ MAX_NOTE_CHARS = 100_000
 """Longer than any clinical note we expect; a multi-megabyte 'note' is a file error, not a note."""
 
 _UNDECODABLE = re.compile(r"[\udc80-\udcff]")  # what surrogateescape makes of invalid UTF-8 bytes
+_SURROGATE = re.compile(r"[\ud800-\udfff]")  # lone surrogates: not text, and no database stores them
 _CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f]")
+_NAME_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
+def check_name(value: str) -> str:
+    """Short identifiers (site, period, label, patient reference): printable text only."""
+    if _SURROGATE.search(value) or _NAME_CONTROL.search(value):
+        raise ValueError("must be printable text (no control characters or invalid Unicode)")
+    return value
+
 
 LabelName = Annotated[
-    str,
-    StringConstraints(strip_whitespace=True, min_length=1, max_length=100, pattern=r"^[^\x00-\x1f]+$"),
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(check_name)
 ]
-SiteName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
-PeriodName = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100)]
+SiteName = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(check_name)
+]
+PeriodName = SiteName
+PatientReference = Annotated[
+    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(check_name)
+]
 
 
 def check_note(note: str) -> str:
     """The rules every stored note follows. Messages name the problem, never the text."""
     if _UNDECODABLE.search(note):
         raise ValueError("note contains bytes that are not valid UTF-8")
+    if _SURROGATE.search(note):
+        raise ValueError("note contains invalid Unicode (lone surrogates)")
     if _CONTROL.search(note):
         raise ValueError("note contains control characters")
     if not note.strip():
@@ -60,9 +77,19 @@ def describe_errors(error: ValidationError) -> str:
     return "; ".join(parts)
 
 
+EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
+LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
 def as_utc(moment: datetime) -> datetime:
-    """Naive datetimes are taken as UTC; aware ones are converted."""
-    return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    """Naive datetimes are taken as UTC; aware ones are converted. Dates outside 1900-2200 are refused."""
+    try:
+        converted = moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
+    except OverflowError:
+        raise ValueError("date out of range") from None
+    if not EARLIEST <= converted < LATEST:
+        raise ValueError("date must be between 1900 and 2200")
+    return converted
 
 
 class RecordBase(BaseModel):
@@ -86,7 +113,7 @@ class RecordBase(BaseModel):
 
 
 class RecordCreate(RecordBase):
-    patient_id: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200)] | None = Field(
+    patient_id: PatientReference | None = Field(
         default=None, description="Patient reference; stored only as a keyed hash."
     )
     label: LabelName | None = Field(default=None, description="Treatment plan, when already known.")

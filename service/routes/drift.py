@@ -7,7 +7,7 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from service.deps import ReaderKey, SessionDep
+from service.deps import Limit, Offset, ReaderKey, RowId, SessionDep
 from storage.errors import NotFoundError
 from storage.models import DriftReport
 from storage.queries import get_drift_report, list_drift_reports
@@ -23,13 +23,13 @@ def public(report: DriftReport) -> DriftReportPublic:
 
 
 @router.get("", response_model=list[DriftReportPublic])
-def list_reports(session: SessionDep, _: ReaderKey, limit: int = 50, offset: int = 0) -> list[DriftReportPublic]:
+def list_reports(session: SessionDep, _: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> list[DriftReportPublic]:
     """Drift checks, newest first."""
-    return [public(r) for r in list_drift_reports(session, limit=min(max(limit, 1), 500), offset=max(offset, 0))]
+    return [public(r) for r in list_drift_reports(session, limit=limit, offset=offset)]
 
 
 @router.get("/{report_id}", response_model=DriftReportPublic)
-def get_report(report_id: int, session: SessionDep, _: ReaderKey) -> DriftReportPublic:
+def get_report(report_id: RowId, session: SessionDep, _: ReaderKey) -> DriftReportPublic:
     return public(get_drift_report(session, report_id))
 
 
@@ -41,6 +41,6 @@ def report_file(session: SessionDep, report_id: int) -> FileResponse:
 
 
 @router.get("/{report_id}/report", response_class=FileResponse)
-def get_report_html(report_id: int, session: SessionDep, _: ReaderKey) -> FileResponse:
+def get_report_html(report_id: RowId, session: SessionDep, _: ReaderKey) -> FileResponse:
     """The report as a self-contained HTML page (it loads nothing from the network)."""
     return report_file(session, report_id)

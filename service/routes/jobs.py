@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
-from service.deps import AdminKey, ReaderKey, SessionDep
+from service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep
 from service.schemas import JobPublic, JobRequest
 from storage.models import JobKind, TrainingRun, Trigger
 from storage.queries import get_training_run, list_training_runs, version_of_run
@@ -39,12 +39,12 @@ def queue_drift_check(session: SessionDep, principal: AdminKey, body: JobRequest
 
 
 @router.get("", response_model=list[JobPublic])
-def list_jobs(session: SessionDep, _: ReaderKey, limit: int = 50, offset: int = 0) -> list[JobPublic]:
+def list_jobs(session: SessionDep, _: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> list[JobPublic]:
     """Jobs, newest first, with status, progress and errors."""
-    runs = list_training_runs(session, limit=min(max(limit, 1), 500), offset=max(offset, 0))
+    runs = list_training_runs(session, limit=limit, offset=offset)
     return [public(session, run) for run in runs]
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: int, session: SessionDep, _: ReaderKey) -> JobPublic:
+def get_job(job_id: RowId, session: SessionDep, _: ReaderKey) -> JobPublic:
     return public(session, get_training_run(session, job_id))

@@ -8,7 +8,7 @@ from fastapi import APIRouter
 
 from learner.modeling import load_bundle
 from learner.updater import holdout_of
-from service.deps import AdminKey, ReaderKey, SessionDep, StateDep
+from service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep, StateDep
 from service.runtime import choose_runtime
 from service.schemas import ModelDetail, PromoteRequest, RollbackRequest
 from storage.errors import NotFoundError
@@ -38,9 +38,9 @@ def detail(session: SessionDep, version: ModelVersion) -> ModelDetail:
 
 
 @router.get("", response_model=list[ModelVersionPublic])
-def list_models(session: SessionDep, _: ReaderKey, limit: int = 100, offset: int = 0) -> list[ModelVersionPublic]:
+def list_models(session: SessionDep, _: ReaderKey, limit: Limit = 100, offset: Offset = 0) -> list[ModelVersionPublic]:
     """Model versions, newest first."""
-    return [public(v) for v in list_model_versions(session, limit=min(max(limit, 1), 500), offset=max(offset, 0))]
+    return [public(v) for v in list_model_versions(session, limit=limit, offset=offset)]
 
 
 @router.get("/current", response_model=ModelDetail)
@@ -53,14 +53,14 @@ def get_current(session: SessionDep, _: ReaderKey) -> ModelDetail:
 
 
 @router.get("/{version_id}", response_model=ModelDetail)
-def get_model(version_id: int, session: SessionDep, _: ReaderKey) -> ModelDetail:
+def get_model(version_id: RowId, session: SessionDep, _: ReaderKey) -> ModelDetail:
     """One version: metrics, accuracy matrix, lineage and the gate's decision."""
     return detail(session, get_model_version(session, version_id))
 
 
 @router.post("/{version_id}/promote", response_model=ModelDetail)
 def promote(
-    version_id: int, body: PromoteRequest, state: StateDep, session: SessionDep, principal: AdminKey
+    version_id: RowId, body: PromoteRequest, state: StateDep, session: SessionDep, principal: AdminKey
 ) -> ModelDetail:
     """Make a version current (every API process switches to it within seconds)."""
     version = get_model_version(session, version_id)

@@ -59,14 +59,28 @@ def write_artifact(root: Path, name: str, fill: Callable[[Path], None]) -> tuple
         if final.exists():
             raise ArtifactWriteError(f"artifact {final} already exists")
         staging.rename(final)
-    except OSError as error:
+    except ArtifactWriteError:
         shutil.rmtree(staging, ignore_errors=True)
-        reason = "the artifact directory is full" if error.errno == errno.ENOSPC else error.strerror or str(error)
-        raise ArtifactWriteError(f"cannot write the model artifact under {root}: {reason}") from error
+        raise
+    except Exception as error:
+        # Writers other than Python's own (safetensors, ONNX) report a full disk in their own words.
+        shutil.rmtree(staging, ignore_errors=True)
+        raise ArtifactWriteError(f"cannot write the model artifact under {root}: {_reason(error)}") from error
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
     return final, digest
+
+
+def _reason(error: Exception) -> str:
+    text = str(error)
+    if getattr(error, "errno", None) == errno.ENOSPC or "No space left on device" in text:
+        return "the artifact directory is full"
+    if getattr(error, "errno", None) == errno.EROFS or "Read-only file system" in text:
+        return "the artifact directory is read-only (Read-only file system)"
+    if isinstance(error, OSError) and error.strerror:
+        return error.strerror
+    return f"{type(error).__name__}: {text[:300]}"
 
 
 def _check_no_pickles(folder: Path) -> None:

@@ -125,7 +125,7 @@ class StrategyConfig(_Config):
 class TrainingConfig(_Config):
     epochs: int = Field(default=3, ge=1, le=100, description="Passes over the experience per update.")
     batch_size: int = Field(default=16, ge=1, le=4096, description="New-data samples per minibatch.")
-    learning_rate: float = Field(default=5e-5, gt=0, lt=1, description="AdamW learning rate of the encoder.")
+    learning_rate: float = Field(default=1e-4, gt=0, lt=1, description="AdamW learning rate of the encoder.")
     head_learning_rate: float | None = Field(
         default=1e-3,
         gt=0,

@@ -187,7 +187,7 @@ def bench_learn(
     ),
     epochs: Annotated[int, typer.Option(min=1, help="Epochs per update.")] = 3,
     batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 16,
-    learning_rate: Annotated[float, typer.Option(help="Encoder learning rate (full fine-tuning).")] = 5e-5,
+    learning_rate: Annotated[float, typer.Option(help="Encoder learning rate (full fine-tuning).")] = 1e-4,
     max_length: Annotated[int, typer.Option(min=16, max=512, help="Tokens per input.")] = 128,
     holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="Held-out share of each period.")] = 0.2,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",

@@ -89,11 +89,12 @@ def measure_size(rows: int) -> dict[str, Any]:
     started = time.perf_counter()
     reference = ReferenceProfile.build(reference_window, config)
     build_s = time.perf_counter() - started
+    current = _fresh(current_window)
     started = time.perf_counter()
-    result = run_check(reference, _fresh(current_window), config)
+    result = run_check(reference, current, config)
     check_s = time.perf_counter() - started
     started = time.perf_counter()
-    page = render_html(result, reference, current_window)
+    page = render_html(result, reference, current)
     html_s = time.perf_counter() - started
     rss_after = _rss_mib()
     tracemalloc.start()

@@ -270,6 +270,31 @@ def bench_learn(
         typer.echo(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}: {target['measured']}")
 
 
+@bench_app.command("serve")
+def bench_serve(
+    requests: Annotated[int, typer.Option(min=20, help="Requests at concurrency 1; 4x that at 8 and 32.")] = 100,
+    out: Annotated[Path, typer.Option(help="Folder for serve.json and serve.md.")] = Path("docs/benchmarks"),
+) -> None:
+    """Latency (p50/p95/p99) and throughput at concurrency 1, 8, 32 against a naive PyTorch endpoint."""
+    import shlex
+
+    from service.bench_serve import run_bench, write_reports
+
+    levels = (1, 8, 32)
+    results = run_bench(
+        levels=levels,
+        requests_per_level={1: requests, 8: requests * 4, 32: requests * 4},
+        say=lambda line: typer.echo(line, err=True),
+    )
+    command = "anamnesis bench serve " + shlex.join(sys.argv[3:])
+    for path in write_reports(results, out, command.strip()):
+        typer.echo(f"wrote {path}")
+    typer.echo(
+        f"throughput ratio at 32: {results['throughput_ratio_at_max_concurrency']}x; "
+        f"p50 at 1 / bare forward: {results['p50_c1_over_bare_forward']}x"
+    )
+
+
 @app.command()
 def serve(
     api_only: Annotated[bool, typer.Option(help="Serve the API without the retraining worker (for replicas).")] = False,

@@ -141,11 +141,16 @@ def run_benchmark(
     strategies: Sequence[str] = PRESET_NAMES,
     training: TrainingConfig,
     new_bundle: BundleFactory = load_base_classifier,
+    ewc_lambda: float | None = None,
     progress: Progress = print,
 ) -> dict[str, Any]:
+    """Runs each strategy preset; `ewc_lambda` replaces the EWC strength of the presets that use EWC."""
     results: dict[str, Any] = {}
     for name in strategies:
-        config = LearnerConfig(strategy=preset(name), training=training)
+        strategy = preset(name)
+        if ewc_lambda is not None and strategy.ewc is not None:
+            strategy = strategy.model_copy(update={"ewc": strategy.ewc.model_copy(update={"ewc_lambda": ewc_lambda})})
+        config = LearnerConfig(strategy=strategy, training=training)
         results[name] = run_strategy(stream, config, new_bundle=new_bundle, progress=progress)
     return {
         "stream": stream.describe(),

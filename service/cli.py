@@ -194,6 +194,7 @@ def bench_learn(
     model: Annotated[str, typer.Option(help="minilm (the shipped model) or tiny (a random 2-layer BERT).")] = "minilm",
     out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown and PNG results.")] = Path("docs/benchmarks"),
     stem: Annotated[str, typer.Option(help="File name stem of the results.")] = "learn",
+    ewc_lambda: Annotated[float | None, typer.Option(min=0, help="EWC strength for the EWC strategies.")] = None,
 ) -> None:
     """Run every strategy over the same stream; write the accuracy matrices, forgetting, BWT and costs."""
     import shlex
@@ -261,6 +262,7 @@ def bench_learn(
         strategies=chosen,
         training=training,
         new_bundle=factories[model],
+        ewc_lambda=ewc_lambda,
         progress=lambda line: typer.echo(line, err=True),
     )
     command = "anamnesis bench learn " + shlex.join(sys.argv[3:] if sys.argv[1:3] == ["bench", "learn"] else [])

@@ -39,5 +39,15 @@ lint: install
 bench-ingest: install
 	$(BIN)/python benchmarks/ingest.py
 
+bench-learn: install
+	$(BIN)/anamnesis bench learn --scenario mixed --periods 5 --per-period 300
+
+bench-drift: install
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/drift.py timing
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/drift.py alarms
+
+bench-serve: install
+	$(BIN)/anamnesis bench serve
+
 clean:
 	rm -rf $(VENV) var .pytest_cache

@@ -13,7 +13,7 @@ period in which each drift scenario is first detected. Each part updates its sec
 docs/benchmarks/drift.json and rewrites docs/benchmarks/drift.md from it.
 
 The embeddings come from TF-IDF -> TruncatedSVD(384) and the probabilities from a TF-IDF logistic
-regression (tests/test_monitor_support.py): the monitor's cost does not depend on where they come
+regression (tests/standin_model.py): the monitor's cost does not depend on where they come
 from; the service computes them at prediction time with the real model.
 """
 
@@ -41,7 +41,7 @@ from monitor.config import DriftConfig, Family  # noqa: E402
 from monitor.data import WindowData  # noqa: E402
 from monitor.reference import ReferenceProfile  # noqa: E402
 from monitor.report import render_html  # noqa: E402
-from tests.test_monitor_support import CheapModel, stream_window, train_model  # noqa: E402
+from tests.standin_model import CheapModel, stream_window, train_model  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks"
 JSON_PATH = DOCS / "drift.json"

@@ -189,8 +189,11 @@ class ReferenceProfile:
             rows = pd.read_parquet(folder / "rows.parquet")
             with np.load(folder / "arrays.npz", allow_pickle=False) as npz:
                 arrays = {name: npz[name] for name in npz.files}
+            fields = pd.read_parquet(folder / "fields.parquet")
+            if fields.columns.empty:  # Parquet keeps no row count without columns
+                fields = pd.DataFrame(index=pd.RangeIndex(len(rows)))
             window = WindowData(
-                fields=pd.read_parquet(folder / "fields.parquet"),
+                fields=fields,
                 notes=tuple(rows["note"]),
                 sites=tuple(rows["site"]),
                 truth=tuple(rows["truth"]),

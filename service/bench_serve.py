@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import torch
+from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from cohort import generate
@@ -254,25 +255,25 @@ def write_reports(results: dict[str, Any], folder: Path, command: str) -> list[P
     return [json_path, md_path]
 
 
+class NaiveItem(BaseModel):
+    note: str
+    fields: dict[str, Any] = Field(default_factory=dict)
+
+
 def naive_app():
     """The baseline: one PyTorch forward per request, no batching, no background work."""
     from fastapi import FastAPI
-    from pydantic import BaseModel
 
     bundle = load_base_classifier(LABELS)
     bundle.model.eval()
     app = FastAPI()
-
-    class Item(BaseModel):
-        note: str
-        fields: dict[str, Any] = {}
 
     @app.get("/healthz")
     def healthz() -> dict[str, str]:
         return {"status": "ok"}
 
     @app.post("/predict")
-    def predict(item: Item) -> dict[str, Any]:
+    def predict(item: NaiveItem) -> dict[str, Any]:
         ids, mask = pad_batch(encode_inputs(bundle.tokenizer, [item.note], [item.fields], max_length=128), 0)
         with torch.inference_mode():
             probabilities = bundle.model(input_ids=ids, attention_mask=mask).logits.softmax(-1)[0]

@@ -74,7 +74,7 @@ _DRIFT_SERIES = (
     ("text (classifier AUC)", ("text", "content_auc")),
     ("embeddings (AUC)", ("embeddings", "score")),
     ("predictions (JS)", ("predictions", "class_distance")),
-    ("accuracy drop", ("performance", "drop")),
+    ("accuracy drop", ("performance", "measured_drop")),
 )
 
 

@@ -56,9 +56,10 @@ class Settings(BaseSettings):
     drift_interval_s: float = Field(default=300.0, gt=0, description="Seconds between scheduled drift checks.")
     drift_window: int = Field(default=2000, ge=50, description="Most recent records a drift check looks at.")
     drift_min_rows: int = Field(
-        default=200,
+        default=500,
         ge=10,
-        description="Fewer recent (or reference) records than this: no check. Small windows make noisy checks.",
+        description="Fewer recent (or reference) records than this: no check. The drift thresholds were "
+        "calibrated on 500-record windows; smaller windows raise more false alarms.",
     )
     lease_ttl_s: float = Field(default=30.0, gt=1, description="Lifetime of the worker's leader lease.")
     stale_run_s: float = Field(default=120.0, gt=1, description="A running job silent this long is marked failed.")

@@ -1,6 +1,6 @@
 """The drift monitor on simulated cohorts: alarm control, detection, the HTML report, storage.
 
-A cheap stand-in model (tests/test_monitor_support.py) is trained once on its own stream; each
+A cheap stand-in model (tests/standin_model.py) is trained once on its own stream; each
 check compares period 1 of a stream (the reference, labeled) with a later period. The thresholds
 are DriftConfig's defaults; docs/monitor.md gives their calibration and margins over more seeds.
 """
@@ -28,7 +28,7 @@ from monitor.report import render_html, write_html
 from monitor.result import DriftResult
 from monitor.runner import UpdateContext, run_and_store
 from storage.models import AuditAction, AuditEvent, DriftReport
-from tests.test_monitor_support import CheapModel, stream_window, train_model
+from tests.standin_model import CheapModel, stream_window, train_model
 
 CONFIG = DriftConfig()
 

@@ -14,24 +14,10 @@ from cohort.population import KNOWN_COLUMN, sample_period
 from cohort.rules import ClinicalPicture, Guideline, Preference, chosen_plan, recommended_plan
 from cohort.schedule import DriftKind, PeriodTruth, Scenario, period_truths
 from cohort.sites import BASELINE_SITES, BASELINE_WEIGHTS, NEW_SITE, NEW_SITE_SHARE, SiteProfile
-from storage.fields import Histology, KrasStatus, MarkerStatus, Stage
+from storage.fields import KNOWN_FIELDS, Histology, KrasStatus, MarkerStatus, Stage
 
 RECORD_COLUMNS: tuple[str, ...] = ("patient_id", "site", "observed_at", "period", "note", "label")
-FIELD_COLUMNS: tuple[str, ...] = (
-    "age",
-    "sex",
-    "smoking",
-    "pack_years",
-    "histology",
-    "stage",
-    "ecog",
-    "egfr",
-    "alk",
-    "ros1",
-    "kras",
-    "pdl1_tps",
-    "prior_lines",
-)
+FIELD_COLUMNS: tuple[str, ...] = KNOWN_FIELDS
 NEW_CLASS_FIELD = "her2"
 INTEGER_FIELDS = frozenset({"age", "ecog", "prior_lines"})
 CLINICIAN_VARIATION_RATE = 0.05

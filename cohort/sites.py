@@ -7,6 +7,8 @@ from dataclasses import dataclass
 from enum import StrEnum
 from types import MappingProxyType
 
+from storage.fields import KNOWN_FIELDS
+
 
 class NoteStyle(StrEnum):
     terse = "terse"  # one run-on line of abbreviations
@@ -24,22 +26,7 @@ class Dialect(StrEnum):
 
 
 # Fields a site may leave out of its structured export; the note may still carry them.
-STRUCTURED_FIELDS: tuple[str, ...] = (
-    "age",
-    "sex",
-    "smoking",
-    "pack_years",
-    "histology",
-    "stage",
-    "ecog",
-    "egfr",
-    "alk",
-    "ros1",
-    "kras",
-    "pdl1_tps",
-    "prior_lines",
-    "her2",
-)
+STRUCTURED_FIELDS: tuple[str, ...] = (*KNOWN_FIELDS, "her2")
 
 
 @dataclass(frozen=True)

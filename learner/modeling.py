@@ -18,28 +18,15 @@ from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, PreTrainedTokenizerBase
 
 from storage.artifacts import verify_artifact
+from storage.fields import KNOWN_FIELDS
 
 BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 WEIGHTS_FILE = "model.safetensors"
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "config.json"
 
-# Field order in the serialized input; the rest follow alphabetically.
-_FIELD_ORDER = (
-    "age",
-    "sex",
-    "smoking",
-    "pack_years",
-    "histology",
-    "stage",
-    "ecog",
-    "egfr",
-    "alk",
-    "ros1",
-    "kras",
-    "pdl1_tps",
-    "prior_lines",
-)
+
+
 
 
 def base_model_dir() -> Path:
@@ -118,8 +105,8 @@ def tiny_classifier(labels: Sequence[str], *, seed: int = 0, hidden_size: int = 
 
 def format_fields(fields: Mapping[str, Any]) -> str:
     """Structured fields as the text segment the model reads before the note."""
-    ordered = [name for name in _FIELD_ORDER if name in fields]
-    ordered += sorted(name for name in fields if name not in _FIELD_ORDER)
+    ordered = [name for name in KNOWN_FIELDS if name in fields]
+    ordered += sorted(name for name in fields if name not in KNOWN_FIELDS)
     parts = []
     for name in ordered:
         value = fields[name]

@@ -28,7 +28,7 @@ import torch
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
-from cohort import generate
+from cohort import Plan, generate
 from learner.modeling import BASE_MODEL_NAME, encode_inputs, load_base_classifier, pad_batch, save_bundle
 from service.runtime import choose_runtime
 from storage.artifacts import write_artifact
@@ -38,15 +38,7 @@ from storage.migrate import upgrade
 from storage.models import ApiRole
 from storage.repository import create_api_key, create_model_version, promote_model_version
 
-LABELS = (
-    "targeted_therapy",
-    "immunotherapy",
-    "chemo_immunotherapy",
-    "chemotherapy",
-    "surgery",
-    "radiotherapy",
-    "best_supportive_care",
-)
+LABELS = tuple(plan.value for plan in Plan if plan != Plan.antibody_drug_conjugate)
 Say = Callable[[str], None]
 
 

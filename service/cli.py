@@ -506,36 +506,25 @@ def promote(
     override_gate: Annotated[bool, typer.Option(help="Promote a candidate the gate rejected.")] = False,
 ) -> None:
     """Make a version the production model (API processes switch to it within seconds)."""
-    from pathlib import Path as _Path
-
     from sqlmodel import Session
 
-    from learner.modeling import load_bundle
-    from learner.updater import holdout_of
-    from service.runtime import choose_runtime
+    from service.runtime import promote_with_runtime
     from storage.errors import ConflictError, NotFoundError
-    from storage.queries import get_model_version
-    from storage.repository import promote_model_version
 
     settings = Settings()
     engine = _engine(settings)
     _require_schema(engine)
     with Session(engine) as session:
         try:
-            v = get_model_version(session, version)
-            runtime = None
-            if not v.runtime:
-                bundle = load_bundle(_Path(v.artifact_path), expected_sha256=v.artifact_sha256)
-                runtime = choose_runtime(
-                    v,
-                    bundle,
-                    holdout_of(session, v),
-                    artifacts_dir=settings.storage_config().artifacts_dir,
-                    max_length=settings.max_length,
-                    mode=settings.runtime,
-                )
-            promoted = promote_model_version(
-                session, version_id=version, actor=ACTOR, reason=reason, runtime=runtime, allow_rejected=override_gate
+            promoted = promote_with_runtime(
+                session,
+                version_id=version,
+                actor=ACTOR,
+                reason=reason,
+                allow_rejected=override_gate,
+                artifacts_dir=settings.storage_config().artifacts_dir,
+                max_length=settings.max_length,
+                mode=settings.runtime,
             )
         except (NotFoundError, ConflictError) as error:
             fail(str(error))

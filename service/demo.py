@@ -25,7 +25,7 @@ from cohort import generate, write_stream
 from learner.gate import GateConfig
 from learner.updater import run_update
 from service.jobs import learner_config
-from service.runtime import choose_runtime
+from service.runtime import runtime_preparer
 from service.settings import Settings
 from storage.engine import create_db_engine
 from storage.ingest import ColumnMapping, ingest_file
@@ -85,8 +85,8 @@ def run_demo(
         config=learner_config(settings),
         gate=GateConfig(tolerance=settings.gate_tolerance),
         actor="demo",
-        prepare_runtime=lambda version, bundle, holdout: choose_runtime(
-            version, bundle, holdout, artifacts_dir=storage.artifacts_dir, max_length=settings.max_length
+        prepare_runtime=runtime_preparer(
+            artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
         ),
     )
     accuracy = outcome.metrics["evaluation"]["overall"]["accuracy"]

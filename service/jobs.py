@@ -8,7 +8,6 @@ import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
-from functools import partial
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -18,7 +17,7 @@ from learner.errors import NothingToLearnError, TrainingStoppedError
 from learner.gate import GateConfig
 from learner.progress import ProgressHook, ProgressState, TrainingControl
 from learner.updater import run_update
-from service.runtime import choose_runtime
+from service.runtime import runtime_preparer
 from service.settings import Settings
 from storage.errors import LeaseHeldError
 from storage.models import JobKind, RunStatus, TrainingRun
@@ -124,7 +123,9 @@ def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -
             gate=GateConfig(tolerance=settings.gate_tolerance),
             actor=f"worker:{worker.identity}",
             training_run_id=run_id,
-            prepare_runtime=partial(_runtime, settings=settings, artifacts=storage.artifacts_dir),
+            prepare_runtime=runtime_preparer(
+                artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
+            ),
             hook=_progress_hook(worker, run_id, extra_hook),
         )
     except NothingToLearnError as error:
@@ -137,10 +138,4 @@ def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -
     return (
         {"version_id": outcome.version_id, "promoted": outcome.promoted, "gate": outcome.decision.summary()},
         f"model version {outcome.version_id} {verdict}",
-    )
-
-
-def _runtime(version, bundle, holdout, *, settings: Settings, artifacts):
-    return choose_runtime(
-        version, bundle, holdout, artifacts_dir=artifacts, max_length=settings.max_length, mode=settings.runtime
     )

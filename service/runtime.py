@@ -18,12 +18,14 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from sqlmodel import Session
 
 from learner.data import encode_records
 from learner.modeling import ModelBundle, encode_inputs, load_bundle, mean_pool, pad_batch
 from storage.artifacts import verify_artifact, write_artifact
 from storage.models import ModelVersion
-from storage.queries import LabeledRecord
+from storage.queries import LabeledRecord, get_model_version
+from storage.repository import promote_model_version
 
 ONNX_TOLERANCE = 0.005
 ONNX_FILE = "model.int8.onnx"
@@ -215,4 +217,38 @@ def load_model(version: ModelVersion, *, max_length: int, mode: str = "auto") ->
         tokenizer=bundle.tokenizer,
         runtime=runtime,
         max_length=max_length,
+    )
+
+
+def runtime_preparer(*, artifacts_dir: Path, max_length: int, mode: str):
+    """The promotion hook of `learner.updater.run_update`: export, validate and choose the runtime."""
+
+    def prepare(version: ModelVersion, bundle: ModelBundle, holdout: Sequence[LabeledRecord]) -> dict[str, Any]:
+        return choose_runtime(version, bundle, holdout, artifacts_dir=artifacts_dir, max_length=max_length, mode=mode)
+
+    return prepare
+
+
+def promote_with_runtime(
+    session: Session,
+    *,
+    version_id: int,
+    actor: str,
+    reason: str,
+    allow_rejected: bool,
+    artifacts_dir: Path,
+    max_length: int,
+    mode: str,
+) -> ModelVersion:
+    """A manual promotion: chooses the serving runtime first when the version never had one."""
+    from learner.updater import holdout_of
+
+    version = get_model_version(session, version_id)
+    runtime = None
+    if not version.runtime:
+        bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
+        prepare = runtime_preparer(artifacts_dir=artifacts_dir, max_length=max_length, mode=mode)
+        runtime = prepare(version, bundle, holdout_of(session, version))
+    return promote_model_version(
+        session, version_id=version_id, actor=actor, reason=reason, runtime=runtime, allow_rejected=allow_rejected
     )

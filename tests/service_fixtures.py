@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import partial
-from pathlib import Path
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -13,7 +11,7 @@ from learner.config import EWCConfig, LearnerConfig, ReplayConfig, StrategyConfi
 from learner.gate import GateConfig
 from learner.modeling import tiny_classifier
 from learner.updater import UpdateOutcome, run_update
-from service.runtime import choose_runtime
+from service.runtime import runtime_preparer
 from service.settings import Settings
 from storage.config import StorageConfig
 from storage.engine import create_db_engine
@@ -61,12 +59,8 @@ def train_version(
         gate=gate or GateConfig(tolerance=1.0, min_subgroup_size=1000),
         actor="test",
         new_bundle=tiny,
-        prepare_runtime=partial(_runtime, artifacts=config.artifacts_dir),
+        prepare_runtime=runtime_preparer(artifacts_dir=config.artifacts_dir, max_length=32, mode="auto"),
     )
-
-
-def _runtime(version, bundle, holdout, *, artifacts: Path):
-    return choose_runtime(version, bundle, holdout, artifacts_dir=artifacts, max_length=32)
 
 
 @dataclass

@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from fastapi import APIRouter
 
-from learner.modeling import load_bundle
-from learner.updater import holdout_of
 from service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep, StateDep
-from service.runtime import choose_runtime
+from service.runtime import promote_with_runtime
 from service.schemas import ModelDetail, PromoteRequest, RollbackRequest
 from storage.errors import NotFoundError
 from storage.models import ModelVersion
 from storage.queries import current_model, get_model_version, lineage, list_model_versions
-from storage.repository import promote_model_version, rollback_model
+from storage.repository import rollback_model
 from storage.schemas import ModelVersionPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -63,25 +59,15 @@ def promote(
     version_id: RowId, body: PromoteRequest, state: StateDep, session: SessionDep, principal: AdminKey
 ) -> ModelDetail:
     """Make a version current (every API process switches to it within seconds)."""
-    version = get_model_version(session, version_id)
-    runtime = None
-    if not version.runtime:
-        bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
-        runtime = choose_runtime(
-            version,
-            bundle,
-            holdout_of(session, version),
-            artifacts_dir=state.storage.artifacts_dir,
-            max_length=state.settings.max_length,
-            mode=state.settings.runtime,
-        )
-    promoted = promote_model_version(
+    promoted = promote_with_runtime(
         session,
         version_id=version_id,
         actor=principal.actor,
         reason=body.reason,
-        runtime=runtime,
         allow_rejected=body.override_gate,
+        artifacts_dir=state.storage.artifacts_dir,
+        max_length=state.settings.max_length,
+        mode=state.settings.runtime,
     )
     return detail(session, promoted)
 

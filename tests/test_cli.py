@@ -43,7 +43,33 @@ INGEST = ("--period-col", "period", "--time-col", "observed_at", "--site-col", "
 
 
 def test_every_command_has_help(sqlite_config: StorageConfig) -> None:
-    commands = [[], ["db"], ["db", "upgrade"], ["ingest"], ["cohort"], ["cohort", "generate"], ["serve"]]
+    commands = [
+        [],
+        ["db"],
+        ["db", "upgrade"],
+        ["ingest"],
+        ["cohort"],
+        ["cohort", "generate"],
+        ["serve"],
+        ["worker"],
+        ["train"],
+        ["models"],
+        ["models", "show"],
+        ["promote"],
+        ["rollback"],
+        ["keys"],
+        ["keys", "create"],
+        ["keys", "list"],
+        ["keys", "revoke"],
+        ["drift"],
+        ["drift", "check"],
+        ["drift", "list"],
+        ["drift", "show"],
+        ["demo"],
+        ["bench"],
+        ["bench", "learn"],
+        ["bench", "serve"],
+    ]
     for command in commands:
         result = run_cli(*command, "--help", config=sqlite_config)
         assert "Usage" in result.stdout
@@ -105,3 +131,50 @@ def test_commands_refuse_an_unmigrated_database(tmp_path: Path) -> None:
     run_cli("db", "upgrade", config=config)
     run_cli("ingest", str(data), config=config)
     assert _counts(config) == (1, 1)
+
+
+def test_train_models_promote_rollback_keys_and_drift_commands(sqlite_config: StorageConfig) -> None:
+    from tests.factories import store, toy_records
+    from tests.service_fixtures import LABELS, installation
+
+    engine, _ = installation(sqlite_config)  # v1, a tiny model, in production
+    store(engine, toy_records(LABELS, 60, period="2", seed=3))
+    engine.dispose()
+    small = {
+        "ANAMNESIS_TRAIN_MAX_LENGTH": "32",
+        "ANAMNESIS_TRAIN_BATCH_SIZE": "8",
+        "ANAMNESIS_MAX_LENGTH": "32",
+        "ANAMNESIS_DRIFT_MIN_ROWS": "10",
+    }
+    os.environ.update(small)
+    try:
+        trained = run_cli("train", "--reason", "cli test", "--epochs", "2", config=sqlite_config)
+        assert "model version 2" in trained.stdout and "gate:" in trained.stdout
+        listed = run_cli("models", config=sqlite_config).stdout
+        assert "v1" in listed and "v2" in listed
+        shown = run_cli("models", "show", "2", config=sqlite_config).stdout
+        assert "accuracy matrix" in shown and "gate:" in shown and "labels: surgery" in shown
+        if "v2  production" not in listed:
+            refused = run_cli("promote", "2", config=sqlite_config, check=False)
+            assert refused.returncode == 2 and "rejected" in refused.stderr
+            run_cli("promote", "2", "--override-gate", "--reason", "cli test", config=sqlite_config)
+        restored = run_cli("rollback", "--reason", "cli test", config=sqlite_config)
+        assert "v1 is in production again" in restored.stdout
+        missing = run_cli("models", "show", "99", config=sqlite_config, check=False)
+        assert missing.returncode == 2 and "not found" in missing.stderr
+        key = run_cli("keys", "create", "--name", "lab", "--role", "predict", config=sqlite_config)
+        assert key.stdout.startswith("anm_") and "stored hashed" in key.stderr
+        assert "lab" in run_cli("keys", "list", config=sqlite_config).stdout
+        bad_role = run_cli("keys", "create", "--name", "x", "--role", "root", config=sqlite_config, check=False)
+        assert bad_role.returncode == 2 and "unknown role" in bad_role.stderr
+        engine = create_db_engine(sqlite_config)
+        store(engine, toy_records(LABELS, 40, period="3", seed=4))  # records since v1 went live again
+        engine.dispose()
+        checked = run_cli("drift", "check", config=sqlite_config)
+        assert "report 1:" in checked.stdout
+        assert "v1" in run_cli("drift", "list", config=sqlite_config).stdout
+        report = run_cli("drift", "show", "1", config=sqlite_config).stdout
+        assert "HTML report:" in report and "structured" in report
+    finally:
+        for name in small:
+            os.environ.pop(name)

@@ -721,7 +721,7 @@ def demo(
         database_url=None,
         update_cooldown_s=0,
         update_min_new_labels=max(per_period // 4, 20),
-        drift_min_rows=max(per_period // 5, 20),
+        drift_min_rows=max(per_period // 8, 15),
     )
     try:
         run_demo(

@@ -146,6 +146,23 @@ def test_ewc_penalty_is_nonzero_and_pulls_toward_the_old_weights() -> None:
     assert drift[10.0] < 0.1 * drift[0.0]
 
 
+def test_lora_update_merges_its_adapters_into_plain_weights() -> None:
+    bundle = tiny_classifier(LABELS, seed=4)
+    samples = _samples(bundle, LABELS[:2], 32, 0)
+    before = {name: tensor.clone() for name, tensor in bundle.model.state_dict().items()}
+    config = LearnerConfig(strategy=preset("lora_replay"), training=FAST)
+    by_id = {s.record_id: s for s in samples}
+    result = train_experience(
+        bundle, samples, config=config, state=LearnerState(), lookup=lambda ids: {i: by_id[i] for i in ids}, device=CPU
+    )
+    after = bundle.model.state_dict()
+    assert set(after) == set(before)  # the same plain BERT: no adapter weights remain
+    changed = [name for name in before if not torch.equal(before[name], after[name])]
+    assert any("attention.self.query" in name for name in changed)  # adapters merged into the weights
+    assert not any("attention.self.key" in name for name in changed)  # untouched: no adapter there
+    assert result.state.replay is not None and result.samples_processed > 0
+
+
 def test_restored_state_continues_exactly_like_an_uninterrupted_learner(tmp_path: Path) -> None:
     bundle = tiny_classifier(LABELS, seed=2)
     config = _config(replay=ReplayConfig(mem_size=20), ewc=EWCConfig(ewc_lambda=1.0))

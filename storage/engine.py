@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from pathlib import Path
 
 from sqlalchemy import Engine, event
 from sqlalchemy.engine import make_url
-from sqlmodel import Session, create_engine
+from sqlmodel import create_engine
 
 from storage.config import StorageConfig
 
@@ -34,8 +33,6 @@ def create_db_engine(config: StorageConfig) -> Engine:
 def _sqlite_engine(config: StorageConfig) -> Engine:
     url = make_url(config.database_url)
     if url.database and url.database != ":memory:":
-        from pathlib import Path
-
         Path(url.database).parent.mkdir(parents=True, exist_ok=True)
     engine = create_engine(
         url,
@@ -52,14 +49,3 @@ def _sqlite_engine(config: StorageConfig) -> Engine:
         cursor.close()
 
     return engine
-
-
-def is_sqlite(engine: Engine) -> bool:
-    return engine.dialect.name == "sqlite"
-
-
-@contextmanager
-def session_scope(engine: Engine) -> Iterator[Session]:
-    """A session for one unit of work; repository functions commit inside it."""
-    with Session(engine, expire_on_commit=False) as session:
-        yield session

@@ -36,10 +36,6 @@ def record_content_hash(
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def text_hash(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()
-
-
 def file_sha256(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as handle:

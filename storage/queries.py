@@ -13,7 +13,6 @@ from sqlmodel import Session
 from storage.errors import NotFoundError
 from storage.models import (
     ApiKey,
-    AuditEvent,
     DriftReport,
     Label,
     ModelStatus,
@@ -149,10 +148,6 @@ def get_drift_report(session: Session, report_id: int) -> DriftReport:
     if report is None:
         raise NotFoundError("drift report", report_id)
     return report
-
-
-def list_audit_events(session: Session, *, limit: int = 100) -> list[AuditEvent]:
-    return list(session.scalars(select(AuditEvent).order_by(AuditEvent.id.desc()).limit(limit)))
 
 
 def find_api_key(session: Session, key_hash: str) -> ApiKey | None:

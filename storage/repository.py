@@ -213,15 +213,6 @@ def create_model_version(
     return version
 
 
-def update_model_metrics(session: Session, *, version_id: int, metrics: dict[str, Any]) -> ModelVersion:
-    version = _get_version(session, version_id)
-    version.metrics = metrics
-    session.add(version)
-    session.commit()
-    session.refresh(version)
-    return version
-
-
 def _get_version(session: Session, version_id: int, *, for_update: bool = False) -> ModelVersion:
     statement = select(ModelVersion).where(ModelVersion.id == version_id)
     if for_update:
@@ -331,15 +322,6 @@ def rollback_model(session: Session, *, actor: str, reason: str) -> ModelVersion
     session.commit()
     session.refresh(previous)
     return previous
-
-
-def set_model_runtime(session: Session, *, version_id: int, runtime: dict[str, Any]) -> ModelVersion:
-    version = _get_version(session, version_id, for_update=True)
-    version.runtime = runtime
-    session.add(version)
-    session.commit()
-    session.refresh(version)
-    return version
 
 
 # --- training runs --------------------------------------------------------------------------

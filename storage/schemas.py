@@ -18,11 +18,10 @@ from pydantic import (
     StringConstraints,
     ValidationError,
     field_validator,
-    model_validator,
 )
 
 from storage.fields import ClinicalFields
-from storage.models import ApiRole, ModelStatus, RunStatus, Trigger
+from storage.models import ModelStatus
 
 MAX_NOTE_CHARS = 100_000
 """Longer than any clinical note we expect; a multi-megabyte 'note' is a file error, not a note."""
@@ -119,39 +118,6 @@ class RecordCreate(RecordBase):
     label: LabelName | None = Field(default=None, description="Treatment plan, when already known.")
 
 
-class RecordPublic(BaseModel):
-    id: int
-    site: str
-    period: str | None
-    observed_at: datetime
-    fields: dict[str, Any]
-    created_at: datetime
-    label: str | None = None
-
-
-class LabelCreate(BaseModel):
-    """Delayed ground truth, addressed by record id or by the prediction id the API returned."""
-
-    record_id: int | None = None
-    prediction_id: str | None = None
-    label: LabelName
-
-    @model_validator(mode="after")
-    def _one_target(self) -> LabelCreate:
-        if (self.record_id is None) == (self.prediction_id is None):
-            raise ValueError("give exactly one of record_id and prediction_id")
-        return self
-
-
-class LabelPublic(BaseModel):
-    id: int
-    record_id: int
-    label: str
-    source: str
-    actor: str
-    labeled_at: datetime
-
-
 class ModelVersionPublic(BaseModel):
     id: int
     parent_id: int | None
@@ -169,24 +135,6 @@ class ModelVersionPublic(BaseModel):
     decision_reason: str | None
 
 
-class TrainingRunPublic(BaseModel):
-    id: int
-    trigger: Trigger
-    status: RunStatus
-    actor: str
-    reason: str | None
-    config: dict[str, Any]
-    data_window: dict[str, Any]
-    metrics: dict[str, Any]
-    progress: float
-    progress_message: str | None
-    error: str | None
-    model_version_id: int | None
-    created_at: datetime
-    started_at: datetime | None
-    finished_at: datetime | None
-
-
 class DriftReportPublic(BaseModel):
     id: int
     model_version_id: int | None
@@ -198,23 +146,3 @@ class DriftReportPublic(BaseModel):
     decision: dict[str, Any]
     has_html: bool
     created_at: datetime
-
-
-class AuditEventPublic(BaseModel):
-    id: int
-    action: str
-    actor: str
-    entity: str
-    entity_id: str | None
-    reason: str | None
-    details: dict[str, Any]
-    at: datetime
-
-
-class ApiKeyPublic(BaseModel):
-    id: int
-    name: str
-    role: ApiRole
-    prefix: str
-    created_at: datetime
-    revoked_at: datetime | None

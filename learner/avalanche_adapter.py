@@ -9,7 +9,6 @@ padded to their longest member (dynamic padding).
 from __future__ import annotations
 
 import os
-import random
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -18,14 +17,13 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
-import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from learner.config import EWCConfig, EWCMode, FinetuneMode, LearnerConfig, ReplayConfig, ReplayPolicy
 from learner.data import Sample
-from learner.modeling import ModelBundle
+from learner.modeling import ModelBundle, seed_everything
 from learner.progress import ProgressHook, ProgressState, TrainingControl
 from learner.state import BufferGroup, EWCState, LearnerState, ReplayState
 
@@ -235,7 +233,11 @@ class NormalizedEWCPlugin(EWCPlugin):
         )
         self.normalize = config.normalize_importance
         self.fisher_batches = config.fisher_batches
+        self.include_head = config.include_head
         self.last_penalty = 0.0
+
+    def _penalised(self, name: str, param: nn.Parameter) -> bool:
+        return param.requires_grad and (self.include_head or ".classifier." not in name)
 
     def before_backward(self, strategy: Naive, **kwargs: Any) -> None:
         before = float(strategy.loss.detach())
@@ -256,7 +258,7 @@ class NormalizedEWCPlugin(EWCPlugin):
         self.saved_params[counter] = {
             name: ParamData(f"params_{name}", init_tensor=param.detach().clone())
             for name, param in strategy.model.named_parameters()
-            if param.requires_grad
+            if self._penalised(name, param)
         }
         if counter > 0 and not self.keep_importance_data:
             self.saved_params.pop(counter - 1, None)
@@ -272,7 +274,7 @@ class NormalizedEWCPlugin(EWCPlugin):
         num_workers: int = 0,
     ) -> dict[str, ParamData]:
         model.eval()
-        trainable = {name: param for name, param in model.named_parameters() if param.requires_grad}
+        trainable = {name: param for name, param in model.named_parameters() if self._penalised(name, param)}
         sums = {name: torch.zeros_like(param) for name, param in trainable.items()}
         loader = DataLoader(dataset, batch_size=batch_size, collate_fn=dataset.collate_fn, shuffle=False)
         batches = 0
@@ -397,12 +399,6 @@ class ExperienceResult:
     steps: int
     stopped_early: bool
     last_ewc_penalty: float
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
 
 
 def train_experience(

@@ -75,6 +75,11 @@ class EWCConfig(_Config):
     normalize_importance: bool = Field(
         default=True, description="Scale the Fisher diagonal to mean 1, so lambda means the same on any model."
     )
+    include_head: bool = Field(
+        default=False,
+        description="Penalise the classification head too. Off: the head's Fisher mass dwarfs the encoder's, and "
+        "a head held in place cannot follow a guideline that relabels a subgroup; replay protects old classes.",
+    )
     fisher_batches: int | None = Field(
         default=4,
         ge=1,

@@ -12,7 +12,7 @@ import torch
 from learner.config import LearnerConfig, TrainingData
 from learner.data import Sample, encode_records, eval_examples, grown_labels, tokenize
 from learner.evaluation import evaluate
-from learner.modeling import ModelBundle, grow_head, predict_proba
+from learner.modeling import ModelBundle, grow_head, predict_proba, seed_everything
 from learner.progress import ProgressHook
 from learner.state import LearnerState
 from storage.queries import LabeledRecord
@@ -50,6 +50,8 @@ def train_update(
     """
     from learner.avalanche_adapter import train_experience  # avalanche stays out of the API process
 
+    # Seeded before a new head is drawn: the same stored state gives the same model in any process.
+    seed_everything(config.training.seed + state.experiences_trained)
     labels = grown_labels(parent.labels if parent else (), [*seen, *fresh])
     if parent is None or config.strategy.data == TrainingData.joint:
         bundle = new_bundle(labels)

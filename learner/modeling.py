@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
+import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast, PreTrainedTokenizerBase
@@ -24,9 +26,6 @@ BASE_MODEL_NAME = "sentence-transformers/all-MiniLM-L6-v2"
 WEIGHTS_FILE = "model.safetensors"
 LABELS_FILE = "labels.json"
 CONFIG_FILE = "config.json"
-
-
-
 
 
 def base_model_dir() -> Path:
@@ -207,6 +206,13 @@ def grow_head(bundle: ModelBundle, labels: Sequence[str]) -> ModelBundle:
 
 
 logging.getLogger("transformers.modeling_utils").setLevel(logging.ERROR)
+
+
+def seed_everything(seed: int) -> None:
+    """Seeds every generator training draws from (Python, NumPy, torch)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
 
 def resolve_device(name: str) -> torch.device:

@@ -39,7 +39,7 @@ MAPPING = ColumnMapping(
 )
 # Settings the demo's service runs with: quick checks and small updates, sized for a CPU.
 DEMO_ENV = {
-    "ANAMNESIS_DRIFT_INTERVAL_S": "20",
+    "ANAMNESIS_DRIFT_INTERVAL_S": "60",
     "ANAMNESIS_DRIFT_MIN_ROWS": "40",
     "ANAMNESIS_MODEL_POLL_S": "1",
     "ANAMNESIS_WORKER_TICK_S": "1",
@@ -197,19 +197,20 @@ def _replay_period(
         f"  predicted {len(predictions)} records in {time.perf_counter() - started:.0f}s with "
         f"v{', v'.join(map(str, versions))}: {correct / len(predictions):.1%} correct"
     )
-    latest_job = max((job["id"] for job in client.get("/v1/jobs").json()), default=0)
     truth = [
         {"prediction_id": p["prediction_id"], "label": label} for p, label in zip(predictions, labels, strict=True)
     ]
     client.post("/v1/labels", json={"labels": truth}).raise_for_status()
     say(f"  ground truth arrived for {len(truth)} records; asking the worker for a drift check")
-    client.post("/v1/jobs/drift-check", json={"reason": f"labels of period {period} arrived"}).raise_for_status()
+    queued = client.post("/v1/jobs/drift-check", json={"reason": f"labels of period {period} arrived"})
+    queued.raise_for_status()
+    check_id = queued.json()["id"]
     outcome: dict[str, Any] = {"period": period, "accuracy_before_update": correct / len(predictions)}
-    check = _wait(lambda: _finished(client, "drift_check", latest_job), 600, "the drift check", server)
+    check = _wait(lambda: _job_done(client, check_id), 600, "the drift check", server)
     outcome["drift_check"] = check["metrics"]
     say(f"  drift check: {_outcome(check)}")
     retrain = (
-        _wait(lambda: _finished(client, "retrain", latest_job, allow_missing=True), 900, "the update", server)
+        _wait(lambda: _finished(client, "retrain", check_id), 900, "the update", server)
         if check["metrics"].get("update")
         else None
     )
@@ -227,6 +228,11 @@ def _outcome(job: dict[str, Any]) -> str:
     if job["status"] == "failed":
         return f"failed: {(job['error'] or '').splitlines()[0]}"
     return job["progress_message"] or "done"
+
+
+def _job_done(client: httpx.Client, job_id: int) -> dict[str, Any] | None:
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    return job if job["status"] in {"succeeded", "failed"} else None
 
 
 def _finished(client: httpx.Client, kind: str, after: int) -> dict[str, Any] | None:

@@ -78,8 +78,9 @@ def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | N
             finish_training_run(session, run_id=run_id, status=RunStatus.failed, error=detail[:4000], actor=actor)
         return
     with Session(worker.engine) as session:
-        report_run_progress(session, run_id=run_id, progress=1.0, message=message)
-        finish_training_run(session, run_id=run_id, status=RunStatus.succeeded, metrics=metrics, actor=actor)
+        finish_training_run(
+            session, run_id=run_id, status=RunStatus.succeeded, metrics=metrics, message=message, actor=actor
+        )
 
 
 def _progress_hook(worker: JobContext, run_id: int, extra: ProgressHook | None) -> ProgressHook:

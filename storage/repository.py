@@ -381,7 +381,10 @@ def report_run_progress(
     }
     if data_window is not None:
         values["data_window"] = data_window
-    session.execute(update(TrainingRun).where(TrainingRun.id == run_id).values(**values))
+    # Only a running job reports progress: a late heartbeat must not overwrite a finished job's message.
+    session.execute(
+        update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running).values(**values)
+    )
     session.commit()
 
 
@@ -392,6 +395,7 @@ def finish_training_run(
     status: RunStatus,
     metrics: dict[str, Any] | None = None,
     error: str | None = None,
+    message: str | None = None,
     actor: str,
 ) -> TrainingRun:
     run = session.get(TrainingRun, run_id, with_for_update=True)
@@ -402,6 +406,8 @@ def finish_training_run(
     run.heartbeat_at = run.finished_at
     if status == RunStatus.succeeded:
         run.progress = 1.0
+    if message is not None:
+        run.progress_message = message[:500]
     if metrics is not None:
         run.metrics = metrics
     run.error = error

@@ -216,6 +216,33 @@ class _ProgressPlugin(SupervisedPlugin):
             strategy.stop_training()
 
 
+class _LinearScheduleWarmup(SupervisedPlugin):
+    """Linear warmup then linear decay over the update's steps (counted once the loader is known)."""
+
+    def __init__(self, warmup_fraction: float, epochs: int) -> None:
+        super().__init__()
+        self.warmup_fraction = warmup_fraction
+        self.epochs = epochs
+        self.scheduler: torch.optim.lr_scheduler.LambdaLR | None = None
+
+    def before_training_epoch(self, strategy: Naive, **_: Any) -> None:
+        if self.scheduler is not None:
+            return
+        total = max(self.epochs * len(strategy.dataloader), 1)
+        warmup = max(int(total * self.warmup_fraction), 1 if self.warmup_fraction > 0 else 0)
+
+        def factor(step: int) -> float:
+            if step < warmup:
+                return (step + 1) / (warmup + 1)
+            return max(total - step, 0) / max(total - warmup, 1)
+
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(strategy.optimizer, factor)
+
+    def after_update(self, strategy: Naive, **_: Any) -> None:
+        if self.scheduler is not None:
+            self.scheduler.step()
+
+
 class NormalizedEWCPlugin(EWCPlugin):
     """EWC on the trainable parameters with a Fisher diagonal of mean 1 and a bounded estimate.
 
@@ -425,7 +452,7 @@ def train_experience(
     wrapper = HFClassifier(model).to(device)
 
     progress = _ProgressPlugin(hook, training.epochs)
-    plugins: list[SupervisedPlugin] = [progress]
+    plugins: list[SupervisedPlugin] = [progress, _LinearScheduleWarmup(training.warmup_fraction, training.epochs)]
     replay_plugin = ewc_plugin = None
     if strategy_config.replay is not None:
         policy = make_storage_policy(strategy_config.replay)

@@ -139,6 +139,13 @@ class TrainingConfig(_Config):
         "None: the encoder's rate.",
     )
     weight_decay: float = Field(default=0.01, ge=0, lt=1, description="AdamW weight decay.")
+    warmup_fraction: float = Field(
+        default=0.1,
+        ge=0,
+        lt=1,
+        description="Share of an update's steps over which the learning rate rises from 0; it then falls linearly "
+        "to 0. The optimizer starts fresh at every update, and full-rate first steps can wreck what was learned.",
+    )
     max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input (fields + note).")
     seed: int = Field(default=0, description="Seeds shuffling and initialisation: same seed, same weights on CPU.")
     device: str = Field(default="auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto: CUDA when present.")

@@ -63,10 +63,10 @@ class ReplayConfig(_Config):
 
 class EWCConfig(_Config):
     ewc_lambda: float = Field(
-        default=100.0,
+        default=1.0,
         ge=0,
-        description="Penalty strength. With the normalised importance (mean 1 over the trained parameters) "
-        "values around 1-1000 matter; see docs/learner.md for the sweep.",
+        description="Penalty strength. With the normalised importance (mean 1 over the penalised parameters) "
+        "1 already matters and 100 costs plasticity; see docs/learner.md for the sweep.",
     )
     mode: EWCMode = Field(default=EWCMode.separate, description="Separate snapshots per experience, or online.")
     decay_factor: float | None = Field(

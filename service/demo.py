@@ -40,7 +40,6 @@ MAPPING = ColumnMapping(
 # Settings the demo's service runs with: quick checks and small updates, sized for a CPU.
 DEMO_ENV = {
     "ANAMNESIS_DRIFT_INTERVAL_S": "60",
-    "ANAMNESIS_DRIFT_MIN_ROWS": "40",
     "ANAMNESIS_MODEL_POLL_S": "1",
     "ANAMNESIS_WORKER_TICK_S": "1",
 }
@@ -153,6 +152,9 @@ def _forwarded(settings: Settings) -> dict[str, object]:
         "strategy",
         "gate_tolerance",
         "patient_key",
+        "drift_min_rows",
+        "update_min_new_labels",
+        "update_cooldown_s",
     )
     return {name: getattr(settings, name) for name in names if getattr(settings, name) is not None}
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 from typing import Annotated, NoReturn
@@ -309,6 +310,7 @@ def serve(
     from service.app import create_app
 
     settings = Settings()
+    _configure_logging(settings)
     engine = _engine(settings)
     _require_schema(engine)
     if not api_only:
@@ -322,6 +324,13 @@ def serve(
         log_level="info",
         timeout_graceful_shutdown=30,
     )
+
+
+def _configure_logging(settings: Settings) -> None:
+    logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    # APScheduler reports every heartbeat and alembic every plugin at INFO: noise, not events.
+    for chatty in ("apscheduler", "alembic"):
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.getLevelName(settings.log_level)))
 
 
 def _bootstrap_admin_key(engine) -> None:
@@ -349,6 +358,7 @@ def worker() -> None:
     from service.worker import Worker
 
     settings = Settings()
+    _configure_logging(settings)
     engine = _engine(settings)
     _require_schema(engine)
     stop = threading.Event()

@@ -62,6 +62,7 @@ def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | N
         run = session.get(TrainingRun, run_id)
         kind = run.kind if run else None
     actor = f"worker:{worker.identity}"
+    logger.info("job %s (%s) started", run_id, kind)
     try:
         if kind == JobKind.retrain:
             metrics, message = _retrain(worker, run_id, extra_hook)
@@ -81,6 +82,7 @@ def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | N
         finish_training_run(
             session, run_id=run_id, status=RunStatus.succeeded, metrics=metrics, message=message, actor=actor
         )
+    logger.info("job %s (%s) succeeded: %s", run_id, kind, message)
 
 
 def _progress_hook(worker: JobContext, run_id: int, extra: ProgressHook | None) -> ProgressHook:

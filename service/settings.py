@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import secrets
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -52,6 +53,9 @@ class Settings(BaseSettings):
     )
 
     # --- worker ---
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of the service's own log lines (never patient text at any level)."
+    )
     worker_tick_s: float = Field(default=2.0, gt=0, description="How often the worker looks for queued jobs.")
     drift_interval_s: float = Field(default=300.0, gt=0, description="Seconds between scheduled drift checks.")
     drift_window: int = Field(default=2000, ge=50, description="Most recent records a drift check looks at.")

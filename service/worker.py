@@ -52,6 +52,9 @@ class Worker:
         self.jobs = JobContext(settings=settings, engine=engine, identity=self.identity)
         self.is_leader = False
         self._busy = threading.Lock()
+        # Jobs run for minutes: their own thread keeps them off the scheduler, whose interval jobs
+        # would otherwise be skipped (and logged as skipped) every tick while one runs.
+        self._runner = threading.Thread(target=self._run_queue, name="anamnesis-jobs", daemon=True)
         self._scheduler = BackgroundScheduler(
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}, timezone="UTC"
         )
@@ -59,17 +62,19 @@ class Worker:
     def start(self) -> None:
         ttl = self.settings.lease_ttl_s
         self._scheduler.add_job(self.heartbeat, "interval", seconds=max(ttl / 3, 0.5), id="heartbeat")
-        self._scheduler.add_job(self.tick, "interval", seconds=self.settings.worker_tick_s, id="tick")
         self._scheduler.add_job(
             self.schedule_drift_check, "interval", seconds=self.settings.drift_interval_s, id="drift-schedule"
         )
         self._scheduler.start()
         self.heartbeat()
+        self._runner.start()
         logger.info("worker %s started", self.identity)
 
     def stop(self) -> None:
         self.jobs.stop.set()
         self._scheduler.shutdown(wait=True)
+        if self._runner.is_alive():
+            self._runner.join()
         if self.is_leader:
             try:
                 with Session(self.engine) as session:
@@ -116,6 +121,10 @@ class Worker:
             self.is_leader = False
         except SQLAlchemyError as error:
             logger.warning("worker heartbeat failed: %s", type(error).__name__)
+
+    def _run_queue(self) -> None:
+        while not self.jobs.stop.wait(self.settings.worker_tick_s):
+            self.tick()
 
     def tick(self) -> None:
         """Claims and runs the oldest queued job, if this worker leads and is idle."""

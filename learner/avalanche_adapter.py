@@ -216,7 +216,7 @@ class _ProgressPlugin(SupervisedPlugin):
             strategy.stop_training()
 
 
-class _LinearScheduleWarmup(SupervisedPlugin):
+class _LinearWarmupDecay(SupervisedPlugin):
     """Linear warmup then linear decay over the update's steps (counted once the loader is known)."""
 
     def __init__(self, warmup_fraction: float, epochs: int) -> None:
@@ -452,7 +452,7 @@ def train_experience(
     wrapper = HFClassifier(model).to(device)
 
     progress = _ProgressPlugin(hook, training.epochs)
-    plugins: list[SupervisedPlugin] = [progress, _LinearScheduleWarmup(training.warmup_fraction, training.epochs)]
+    plugins: list[SupervisedPlugin] = [progress, _LinearWarmupDecay(training.warmup_fraction, training.epochs)]
     replay_plugin = ewc_plugin = None
     if strategy_config.replay is not None:
         policy = make_storage_policy(strategy_config.replay)

@@ -247,8 +247,9 @@ def promote_with_runtime(
     runtime = None
     if not version.runtime:
         bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
-        prepare = runtime_preparer(artifacts_dir=artifacts_dir, max_length=max_length, mode=mode)
-        runtime = prepare(version, bundle, holdout_of(session, version))
+        runtime = choose_runtime(
+            version, bundle, holdout_of(session, version), artifacts_dir=artifacts_dir, max_length=max_length, mode=mode
+        )
     return promote_model_version(
         session, version_id=version_id, actor=actor, reason=reason, runtime=runtime, allow_rejected=allow_rejected
     )

@@ -30,6 +30,10 @@ class Settings(BaseSettings):
     )
     db_connect_timeout_s: int = Field(default=3, ge=1, le=60, description="PostgreSQL connect timeout.")
 
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
+        default="INFO", description="Level of the service's own log lines (never patient text at any level)."
+    )
+
     # --- API ---
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
@@ -53,9 +57,6 @@ class Settings(BaseSettings):
     )
 
     # --- worker ---
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
-        default="INFO", description="Level of the service's own log lines (never patient text at any level)."
-    )
     worker_tick_s: float = Field(default=2.0, gt=0, description="How often the worker looks for queued jobs.")
     drift_interval_s: float = Field(default=300.0, gt=0, description="Seconds between scheduled drift checks.")
     drift_window: int = Field(default=2000, ge=50, description="Most recent records a drift check looks at.")

@@ -51,7 +51,6 @@ class Worker:
         self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
         self.jobs = JobContext(settings=settings, engine=engine, identity=self.identity)
         self.is_leader = False
-        self._busy = threading.Lock()
         # Jobs run for minutes: their own thread keeps them off the scheduler, whose interval jobs
         # would otherwise be skipped (and logged as skipped) every tick while one runs.
         self._runner = threading.Thread(target=self._run_queue, name="anamnesis-jobs", daemon=True)
@@ -123,27 +122,19 @@ class Worker:
             logger.warning("worker heartbeat failed: %s", type(error).__name__)
 
     def _run_queue(self) -> None:
+        """The job thread: every tick, runs queued jobs one after another while this worker leads."""
         while not self.jobs.stop.wait(self.settings.worker_tick_s):
-            self.tick()
-
-    def tick(self) -> None:
-        """Claims and runs the oldest queued job, if this worker leads and is idle."""
-        if not self.is_leader or self.stopping or not self._busy.acquire(blocking=False):
-            return
-        try:
-            while not self.stopping:
-                run_id = self._claim_next()
-                if run_id is None:
-                    return
-                self.jobs.current_run = run_id
-                try:
-                    execute_job(self.jobs, run_id)
-                finally:
-                    self.jobs.current_run = None
-        except SQLAlchemyError as error:
-            logger.warning("worker tick failed: %s", type(error).__name__)
-        finally:
-            self._busy.release()
+            if not self.is_leader:
+                continue
+            try:
+                while not self.stopping and (run_id := self._claim_next()) is not None:
+                    self.jobs.current_run = run_id
+                    try:
+                        execute_job(self.jobs, run_id)
+                    finally:
+                        self.jobs.current_run = None
+            except SQLAlchemyError as error:
+                logger.warning("worker tick failed: %s", type(error).__name__)
 
     def _claim_next(self) -> int | None:
         with Session(self.engine) as session:

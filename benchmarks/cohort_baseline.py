@@ -21,13 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from sklearn.feature_extraction.text import TfidfVectorizer
-from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
-from sklearn.pipeline import Pipeline, make_pipeline
 
 from cohort import CohortStream, Scenario, generate
+from learner.reference import reference_pipeline
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cohort.md"
 START_MARKER = "<!-- cohort-baseline:start -->"
@@ -50,14 +48,6 @@ def record_texts(stream: CohortStream) -> list[str]:
     return texts
 
 
-def baseline_model() -> Pipeline:
-    # Single-character tokens matter here (ECOG 0-4, sex M/F), so the token pattern keeps them.
-    return make_pipeline(
-        TfidfVectorizer(ngram_range=(1, 2), min_df=2, sublinear_tf=True, token_pattern=r"(?u)\b\w+\b"),
-        LogisticRegression(max_iter=2000, C=4.0),
-    )
-
-
 def evaluate(scenario: Scenario, periods: int, per_period: int, seed: int) -> dict[str, object]:
     stream = generate(scenario, periods=periods, per_period=per_period, seed=seed)
     texts = np.array(record_texts(stream), dtype=object)
@@ -65,7 +55,7 @@ def evaluate(scenario: Scenario, periods: int, per_period: int, seed: int) -> di
     period = stream.frame["period"].to_numpy()
 
     train, test = train_test_split(np.arange(len(labels)), test_size=0.2, random_state=seed, stratify=labels)
-    model = baseline_model().fit(texts[train], labels[train])
+    model = reference_pipeline().fit(texts[train], labels[train])
     predicted = model.predict(texts[test])
     majority = pd.Series(labels[train]).mode()[0]
     result: dict[str, object] = {
@@ -76,7 +66,7 @@ def evaluate(scenario: Scenario, periods: int, per_period: int, seed: int) -> di
     }
     # Trained on 80% of period 1; its held-out 20% is the no-drift reference for the later periods.
     first_train, first_test = train_test_split(np.flatnonzero(period == 1), test_size=0.2, random_state=seed)
-    temporal = baseline_model().fit(texts[first_train], labels[first_train])
+    temporal = reference_pipeline().fit(texts[first_train], labels[first_train])
     result["p1_to_p1"] = accuracy_score(labels[first_test], temporal.predict(texts[first_test]))
     for later in range(2, periods + 1):
         rows = period == later

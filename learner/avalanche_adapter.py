@@ -1,9 +1,9 @@
-"""The one module that imports avalanche: the HF glue, the strategy factory and state transfer.
+"""The one module that imports avalanche: the model glue, the strategy factory and state transfer.
 
 Avalanche's stock strategies and plugins expect each sample to be one tensor and call `.to()` on
-every minibatch element, so a sample is a stacked `[2, L]` tensor (input ids, attention mask) and
-`HFClassifier` unpacks it for the transformers model. Samples have their own lengths; batches are
-padded to their longest member (dynamic padding).
+every minibatch element, so a sample is one packed `[3, W]` tensor (token ids, attention mask,
+field features) and `PackedClassifier` unpacks it for the record classifier. Samples have their
+own lengths; batches are padded to their longest member (dynamic padding).
 """
 
 from __future__ import annotations
@@ -17,13 +17,22 @@ from pathlib import Path
 from typing import Any
 from unittest import mock
 
+import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from learner.config import EWCConfig, EWCMode, FinetuneMode, LearnerConfig, ReplayConfig, ReplayPolicy
+from learner.config import (
+    EWCConfig,
+    EWCMode,
+    FinetuneMode,
+    LearnerConfig,
+    ReplayConfig,
+    ReplayPolicy,
+    ReplaySource,
+)
 from learner.data import Sample
-from learner.modeling import ModelBundle, seed_everything
+from learner.modeling import ModelBundle, RecordClassifier, is_head_parameter, seed_everything
 from learner.progress import ProgressHook, ProgressState, TrainingControl
 from learner.state import BufferGroup, EWCState, LearnerState, ReplayState
 
@@ -68,23 +77,42 @@ from avalanche.training.utils import ParamData  # noqa: E402
 # --- inputs ---------------------------------------------------------------------------------
 
 
-class HFClassifier(nn.Module):
-    """Calls a transformers classifier on stacked `[B, 2, L]` (ids, mask) inputs; bf16 on CUDA."""
+class PackedClassifier(nn.Module):
+    """Calls the record classifier on packed `[B, 3, W]` float inputs; bf16 autocast on CUDA.
 
-    def __init__(self, model: nn.Module) -> None:
+    Row 0 holds the token ids, row 1 the attention mask (both left-aligned and zero-padded), row 2
+    the field features in its first `field_dim` columns. Token ids below 2**24 are exact in float32.
+    """
+
+    def __init__(self, model: RecordClassifier) -> None:
         super().__init__()
         self.hf = model
+        self.field_dim = model.spec.field_dim if model.spec.uses_features else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        length = int(x[:, 1].sum(dim=1).max())
+        ids, mask = x[:, 0, :length].long(), x[:, 1, :length].long()
+        features = x[:, 2, : self.field_dim]
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-            logits = self.hf(input_ids=x[:, 0], attention_mask=x[:, 1]).logits
+            logits = self.hf(ids, mask, features)
         return logits.float()
+
+
+def pack_sample(sample: Sample) -> torch.Tensor:
+    """One sample as the `[3, W]` tensor `PackedClassifier` reads."""
+    features = sample.features if sample.features is not None else np.zeros(0, dtype=np.float32)
+    length = len(sample.input_ids)
+    packed = torch.zeros(3, max(length, len(features)), dtype=torch.float32)
+    packed[0, :length] = torch.tensor(sample.input_ids, dtype=torch.float32)
+    packed[1, :length] = 1.0
+    packed[2, : len(features)] = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    return packed
 
 
 class _SampleTensors(Dataset):
     def __init__(self, samples: Sequence[Sample]) -> None:
-        self._inputs = [torch.tensor([s.input_ids, [1] * len(s.input_ids)], dtype=torch.long) for s in samples]
-        self._targets = [s.target for s in samples]
+        self._inputs = [pack_sample(sample) for sample in samples]
+        self._targets = [sample.target for sample in samples]
 
     def __len__(self) -> int:
         return len(self._inputs)
@@ -94,9 +122,9 @@ class _SampleTensors(Dataset):
 
 
 def pad_collate(batch: Sequence[tuple[Any, ...]]) -> list[torch.Tensor]:
-    """Pads `[2, L_i]` samples to the longest of the batch (pad id 0, mask 0)."""
-    longest = max(item[0].shape[1] for item in batch)
-    inputs = torch.zeros(len(batch), 2, longest, dtype=torch.long)
+    """Pads `[3, W_i]` samples to the widest of the batch with zeros (pad id 0, mask 0)."""
+    widest = max(item[0].shape[1] for item in batch)
+    inputs = torch.zeros(len(batch), 3, widest, dtype=torch.float32)
     for row, item in enumerate(batch):
         inputs[row, :, : item[0].shape[1]] = item[0]
     rest = [torch.tensor([item[k] for item in batch]) for k in range(1, len(batch[0]))]
@@ -104,7 +132,7 @@ def pad_collate(batch: Sequence[tuple[Any, ...]]) -> list[torch.Tensor]:
 
 
 def make_dataset(samples: Sequence[Sample]) -> AvalancheDataset:
-    """An avalanche dataset of tokenised samples; record ids ride along as a data attribute."""
+    """An avalanche dataset of encoded samples; record ids ride along as a data attribute."""
     targets = [sample.target for sample in samples]
     return AvalancheDataset(
         [_SampleTensors(samples)],
@@ -264,7 +292,7 @@ class NormalizedEWCPlugin(EWCPlugin):
         self.last_penalty = 0.0
 
     def _penalised(self, name: str, param: nn.Parameter) -> bool:
-        return param.requires_grad and (self.include_head or ".classifier." not in name)
+        return param.requires_grad and (self.include_head or not is_head_parameter(name))
 
     def before_backward(self, strategy: Naive, **kwargs: Any) -> None:
         before = float(strategy.loss.detach())
@@ -289,6 +317,23 @@ class NormalizedEWCPlugin(EWCPlugin):
         }
         if counter > 0 and not self.keep_importance_data:
             self.saved_params.pop(counter - 1, None)
+
+    @torch.no_grad()
+    def update_importances(self, importances: dict[str, ParamData], t: int) -> None:
+        """Online mode: decay the running importance and add the new one, matched by parameter name
+        (avalanche matches by position, which breaks once the importance was restored from storage)."""
+        previous = self.importances.get(t - 1) if self.mode == "online" else None
+        if previous is None:
+            self.importances[t] = importances
+            return
+        self.importances[t] = {
+            name: ParamData(
+                f"imp_{name}",
+                init_tensor=imp.data + self.decay_factor * previous[name].data if name in previous else imp.data,
+            )
+            for name, imp in importances.items()
+        }
+        del self.importances[t - 1]
 
     def compute_importances(  # type: ignore[override]
         self,
@@ -323,6 +368,22 @@ class NormalizedEWCPlugin(EWCPlugin):
             count = sum(value.numel() for value in sums.values())
             scale = count / total if total > 0 else 1.0
         return {name: ParamData(f"imp_{name}", init_tensor=value * scale) for name, value in sums.items()}
+
+
+class HistoryReplayPlugin(SupervisedPlugin):
+    """Replays records drawn from the stored history: they join the experience's training data.
+
+    The draw (`learner.replay.select_replay`) is made per update from every labeled record, with
+    current labels; mixed into the experience, replayed samples are shuffled and length-bucketed
+    with the new ones, so every minibatch holds both in proportion.
+    """
+
+    def __init__(self, replayed: Sequence[Sample]) -> None:
+        super().__init__()
+        self.replayed = make_dataset(replayed)
+
+    def after_train_dataset_adaptation(self, strategy: Naive, **_: Any) -> None:
+        strategy.adapted_dataset = strategy.adapted_dataset.concat(self.replayed)
 
 
 class _ReplayPlugin(ReplayPlugin):
@@ -374,7 +435,30 @@ SampleLookup = Callable[[Sequence[int]], Mapping[int, Sample]]
 """Returns the tokenised samples of the given record ids (the replay buffer's members)."""
 
 
+def _regrouped_by_current_class(groups: Sequence[BufferGroup], members: Mapping[int, Sample]) -> list[BufferGroup]:
+    """Class-balanced groups after relabels: each member moves to the group of its current class."""
+    entries: dict[int, list[tuple[float, int]]] = {group.key: [] for group in groups}
+    sizes = {group.key: group.max_size for group in groups}
+    for group in groups:
+        for record_id, weight in zip(group.record_ids, group.weights.tolist(), strict=True):
+            entries.setdefault(members[record_id].target, []).append((weight, record_id))
+    regrouped = []
+    for key, members_of_class in entries.items():
+        members_of_class.sort(reverse=True)  # reservoir weights stay sorted descending
+        regrouped.append(
+            BufferGroup(
+                key=key,
+                max_size=max(sizes.get(key, 0), len(members_of_class)),
+                record_ids=[record_id for _, record_id in members_of_class],
+                targets=[members[record_id].target for _, record_id in members_of_class],
+                weights=torch.tensor([weight for weight, _ in members_of_class], dtype=torch.float32),
+            )
+        )
+    return [group for group in regrouped if group.record_ids or group.key in sizes]
+
+
 def _restore_replay(policy: ExemplarsBuffer, state: ReplayState, lookup: SampleLookup) -> None:
+    """Rebuilds the buffer from stored membership; samples carry each record's *current* label."""
     members = lookup(state.record_ids())
     missing = [record_id for record_id in state.record_ids() if record_id not in members]
     if missing:
@@ -382,18 +466,16 @@ def _restore_replay(policy: ExemplarsBuffer, state: ReplayState, lookup: SampleL
 
     def group_buffer(group: BufferGroup) -> ReservoirSamplingBuffer:
         buffer = ReservoirSamplingBuffer(group.max_size)
-        samples = [
-            Sample(record_id=r, input_ids=members[r].input_ids, target=t, period=members[r].period)
-            for r, t in zip(group.record_ids, group.targets, strict=True)
-        ]
-        buffer.buffer = make_dataset(samples)
+        buffer.buffer = make_dataset([members[record_id] for record_id in group.record_ids])
         buffer._buffer_weights = group.weights.clone()
         return buffer
 
     if isinstance(policy, BalancedExemplarsBuffer):
-        policy.buffer_groups = {group.key: group_buffer(group) for group in state.groups}
+        groups = state.groups
         if isinstance(policy, ClassBalancedBuffer):
-            policy.seen_classes = set(state.seen_classes)
+            groups = _regrouped_by_current_class(groups, members)
+            policy.seen_classes = set(state.seen_classes) | {group.key for group in groups}
+        policy.buffer_groups = {group.key: group_buffer(group) for group in groups}
         if isinstance(policy, ExperienceBalancedBuffer):
             policy._num_exps = state.experiences
     elif state.groups:
@@ -436,9 +518,14 @@ def train_experience(
     state: LearnerState,
     lookup: SampleLookup,
     device: torch.device,
+    replayed: Sequence[Sample] = (),
     hook: ProgressHook | None = None,
 ) -> ExperienceResult:
-    """Trains `bundle.model` in place on one experience and returns the learner's next state."""
+    """Trains `bundle.model` in place on one experience and returns the learner's next state.
+
+    replayed: samples drawn from the stored history (replay source `history`), trained on with the
+    new ones; lookup: finds the stored members of a replay buffer (source `buffer`).
+    """
     if not samples:
         raise ValueError("an experience needs at least one sample")
     training, strategy_config = config.training, config.strategy
@@ -449,12 +536,14 @@ def train_experience(
     lora = strategy_config.finetune == FinetuneMode.lora
     if lora:
         model = _with_lora(model, config)
-    wrapper = HFClassifier(model).to(device)
+    wrapper = PackedClassifier(model).to(device)
 
     progress = _ProgressPlugin(hook, training.epochs)
     plugins: list[SupervisedPlugin] = [progress, _LinearWarmupDecay(training.warmup_fraction, training.epochs)]
     replay_plugin = ewc_plugin = None
-    if strategy_config.replay is not None:
+    if replayed:
+        plugins.append(HistoryReplayPlugin(replayed))
+    if strategy_config.replay is not None and strategy_config.replay.source == ReplaySource.buffer:
         policy = make_storage_policy(strategy_config.replay)
         if state.replay is not None:
             _restore_replay(policy, state.replay, lookup)
@@ -485,7 +574,7 @@ def train_experience(
             device=device,
             plugins=plugins,
             evaluator=EvaluationPlugin(),
-            lengths_by_record={s.record_id: len(s.input_ids) for s in samples},
+            lengths_by_record={s.record_id: len(s.input_ids) for s in [*samples, *replayed]},
             bucket=training.bucket_by_length,
             seed=training.seed + state.experiences_trained,
         )
@@ -510,7 +599,8 @@ def train_experience(
 
 
 def _parameter_groups(wrapper: nn.Module, config: LearnerConfig) -> list[dict[str, Any]]:
-    """The encoder at the (LoRA or full) learning rate; the classifier head at its own, faster one."""
+    """The encoder at the (LoRA or full) learning rate; the parts that start from scratch (field tower,
+    fusion layer, classifier) at their own, faster one."""
     training = config.training
     encoder_rate = (
         config.strategy.lora.learning_rate
@@ -521,19 +611,20 @@ def _parameter_groups(wrapper: nn.Module, config: LearnerConfig) -> list[dict[st
     head, encoder = [], []
     for name, parameter in wrapper.named_parameters():
         if parameter.requires_grad:
-            (head if "classifier" in name else encoder).append(parameter)
+            (head if is_head_parameter(name) else encoder).append(parameter)
     return [{"params": encoder, "lr": encoder_rate}, {"params": head, "lr": head_rate}]
 
 
-def _with_lora(model: nn.Module, config: LearnerConfig) -> nn.Module:
-    from peft import LoraConfig, TaskType, get_peft_model
+def _with_lora(model: RecordClassifier, config: LearnerConfig) -> nn.Module:
+    """Adapters on the encoder's attention; the field tower, fusion layer and head train fully."""
+    from peft import LoraConfig, get_peft_model
 
     lora = config.strategy.lora
     peft_config = LoraConfig(
-        task_type=TaskType.SEQ_CLS,
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
+        modules_to_save=[name for name in ("field_tower", "fusion", "classifier") if getattr(model, name) is not None],
     )
     return get_peft_model(model, peft_config)

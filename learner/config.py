@@ -14,8 +14,47 @@ class _Config(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, use_enum_values=False)
 
 
+class FieldInput(StrEnum):
+    """How the structured fields reach the model."""
+
+    features = "features"
+    """Hashed features into the field tower; the note has the whole token budget."""
+    text = "text"
+    """Written as 'name: value; ...' before the note (shares the token budget; no field tower)."""
+    both = "both"
+    """Both of the above."""
+
+
+class ModelSpec(_Config):
+    """The classifier's shape beyond the encoder: decided when a model is created, stored with it."""
+
+    fields: FieldInput = Field(default=FieldInput.features, description="How structured fields reach the model.")
+    field_dim: int = Field(default=512, ge=16, le=65_536, description="Hash buckets of the field features.")
+    hidden: int = Field(default=256, ge=8, le=4096, description="Width of the field tower and the fusion layer.")
+    dropout: float = Field(default=0.1, ge=0, lt=1, description="Dropout before the fusion layer and the classifier.")
+
+    @property
+    def uses_features(self) -> bool:
+        return self.fields in (FieldInput.features, FieldInput.both)
+
+    @property
+    def fields_in_text(self) -> bool:
+        return self.fields in (FieldInput.text, FieldInput.both)
+
+
+class ReplaySource(StrEnum):
+    """Where replayed samples come from."""
+
+    history = "history"
+    """A fresh draw from every stored labeled record at each update (balanced over periods and classes,
+    current labels): the service keeps every record, so replay need not forget any."""
+    buffer = "buffer"
+    """A bounded buffer filled as records stream past (avalanche's storage policies), as if old data
+    were lost; its membership is stored with each version."""
+
+
 class ReplayPolicy(StrEnum):
-    """How the bounded replay buffer chooses which past samples to keep."""
+    """How the bounded replay buffer chooses which past samples to keep (source `buffer`)."""
 
     class_balanced = "class_balanced"
     """An equal share of the buffer per class seen so far (protects rare and old classes)."""
@@ -51,14 +90,32 @@ class TrainingData(StrEnum):
 
 
 class ReplayConfig(_Config):
-    mem_size: int = Field(default=400, ge=1, le=1_000_000, description="Samples kept in the replay buffer.")
-    policy: ReplayPolicy = Field(default=ReplayPolicy.class_balanced, description="Which samples the buffer keeps.")
+    source: ReplaySource = Field(default=ReplaySource.history, description="Where replayed samples come from.")
+    ratio: float = Field(
+        default=0.5,
+        gt=0,
+        le=20,
+        description="history: records replayed per new record in an update (0.5: half as many as the new ones, "
+        "so an update costs 1.5x training on the new data alone, whatever the history's length).",
+    )
+    max_records: int | None = Field(
+        default=None, ge=1, description="history: at most this many replayed records per update; None: no cap."
+    )
+    mem_size: int = Field(default=400, ge=1, le=1_000_000, description="buffer: samples kept in the buffer.")
+    policy: ReplayPolicy = Field(
+        default=ReplayPolicy.class_balanced, description="buffer: which samples the buffer keeps."
+    )
     batch_size_mem: int | None = Field(
         default=4,
         ge=1,
-        description="Replayed samples appended to each minibatch (the update's cost grows by this share of the "
-        "batch); None: as many as the training batch (avalanche's default, twice the cost).",
+        description="buffer: replayed samples appended to each minibatch (the update's cost grows by this share of "
+        "the batch); None: as many as the training batch (avalanche's default, twice the cost).",
     )
+
+    def budget(self, new_records: int) -> int:
+        """history: how many records an update with `new_records` new ones replays."""
+        wanted = round(self.ratio * new_records)
+        return min(wanted, self.max_records) if self.max_records is not None else wanted
 
 
 class EWCConfig(_Config):
@@ -68,17 +125,22 @@ class EWCConfig(_Config):
         description="Penalty strength. With the normalised importance (mean 1 over the penalised parameters) "
         "1 already matters and 100 costs plasticity; see docs/learner.md for the sweep.",
     )
-    mode: EWCMode = Field(default=EWCMode.separate, description="Separate snapshots per experience, or online.")
-    decay_factor: float | None = Field(
-        default=None, gt=0, le=1, description="Online mode only: how much old importance is kept at each step."
+    mode: EWCMode = Field(
+        default=EWCMode.online,
+        description="online: one running importance and one anchor (constant-size state, constant step cost); "
+        "separate: one snapshot per past update (state and step cost grow with every update).",
+    )
+    decay_factor: float = Field(
+        default=0.5, gt=0, le=1, description="online mode: share of the old importance kept at each update."
     )
     normalize_importance: bool = Field(
         default=True, description="Scale the Fisher diagonal to mean 1, so lambda means the same on any model."
     )
     include_head: bool = Field(
         default=False,
-        description="Penalise the classification head too. Off: the head's Fisher mass dwarfs the encoder's, and "
-        "a head held in place cannot follow a guideline that relabels a subgroup; replay protects old classes.",
+        description="Penalise the parts trained from scratch too (field tower, fusion, classifier). Off: their "
+        "Fisher mass dwarfs the encoder's, and a head held in place cannot follow a guideline that relabels a "
+        "subgroup; replay protects old classes.",
     )
     fisher_batches: int | None = Field(
         default=4,
@@ -86,14 +148,6 @@ class EWCConfig(_Config):
         description="Minibatches used to estimate the Fisher diagonal (an extra forward and backward pass each); "
         "None: the whole experience.",
     )
-
-    @model_validator(mode="after")
-    def _decay_only_online(self) -> EWCConfig:
-        if self.mode == EWCMode.online and self.decay_factor is None:
-            raise ValueError("online EWC needs a decay_factor")
-        if self.mode == EWCMode.separate and self.decay_factor is not None:
-            raise ValueError("decay_factor applies to online EWC only")
-        return self
 
 
 class LoRAConfig(_Config):
@@ -165,6 +219,7 @@ class TrainingConfig(_Config):
 
 
 class LearnerConfig(_Config):
+    model: ModelSpec = Field(default_factory=ModelSpec, description="The shape of a newly created classifier.")
     strategy: StrategyConfig = Field(default_factory=StrategyConfig)
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 

@@ -4,25 +4,42 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from enum import StrEnum
 
-from transformers import PreTrainedTokenizerBase
+import numpy as np
 
 from learner.evaluation import EvalExample
-from learner.modeling import encode_inputs
+from learner.modeling import ModelBundle, ModelInputs, encode_records
 from storage.queries import LabeledRecord
 
 
-def is_holdout(content_hash: str, fraction: float) -> bool:
-    """Deterministic split by content: a record stays on the same side across every update."""
-    return int(content_hash[:8], 16) % 10_000 < round(fraction * 10_000)
+class SplitUnit(StrEnum):
+    """What the held-out split keeps together."""
+
+    patient = "patient"
+    """Every record of a patient on one side (when patient references are mapped)."""
+    record = "record"
+    """Each record on its own (no patient reference)."""
+
+
+def is_holdout(key: str, fraction: float) -> bool:
+    """Deterministic split by a hash: the same key stays on the same side across every update."""
+    return int(key[:8], 16) % 10_000 < round(fraction * 10_000)
+
+
+def split_unit(records: Iterable[LabeledRecord]) -> SplitUnit:
+    return SplitUnit.patient if any(record.patient_hash for record in records) else SplitUnit.record
 
 
 def split_holdout(records: Iterable[LabeledRecord], fraction: float) -> tuple[list[LabeledRecord], list[LabeledRecord]]:
+    """Training and held-out records. A record with a patient reference goes where its patient goes,
+    so no patient's notes sit on both sides; one without goes by its own content hash."""
     train: list[LabeledRecord] = []
     holdout: list[LabeledRecord] = []
     for record in records:
-        (holdout if is_holdout(record.content_hash, fraction) else train).append(record)
+        key = record.patient_hash or record.content_hash
+        (holdout if is_holdout(key, fraction) else train).append(record)
     return train, holdout
 
 
@@ -41,41 +58,40 @@ def order_periods(records: Iterable[LabeledRecord]) -> list[str]:
 
 
 def grown_labels(known: Sequence[str], records: Iterable[LabeledRecord]) -> tuple[str, ...]:
-    """The known labels in their order, then labels first seen now, in order of appearance."""
-    labels = list(known)
-    for record in records:
-        if record.label not in labels:
-            labels.append(record.label)
-    return tuple(labels)
+    """The known labels in their order, then the labels first seen now, sorted by name."""
+    new = sorted({record.label for record in records} - set(known))
+    return (*known, *new)
 
 
 @dataclass(frozen=True)
 class Sample:
-    """One tokenised training or evaluation example."""
+    """One encoded training or evaluation example."""
 
     record_id: int
     input_ids: tuple[int, ...]
     target: int
     period: str
+    features: np.ndarray | None = field(default=None, compare=False)
+    """Field features (float32), when the model has a field tower."""
 
 
-def encode_records(
-    records: Sequence[LabeledRecord], tokenizer: PreTrainedTokenizerBase, *, max_length: int
-) -> list[list[int]]:
-    return encode_inputs(tokenizer, [r.note for r in records], [r.fields for r in records], max_length=max_length)
+def encode_labeled(bundle: ModelBundle, records: Sequence[LabeledRecord], *, max_length: int) -> ModelInputs:
+    return encode_records(bundle, [r.note for r in records], [r.fields for r in records], max_length=max_length)
 
 
-def tokenize(
-    records: Sequence[LabeledRecord],
-    tokenizer: PreTrainedTokenizerBase,
-    label_index: dict[str, int],
-    *,
-    max_length: int,
-) -> list[Sample]:
-    ids = encode_records(records, tokenizer, max_length=max_length)
+def tokenize(records: Sequence[LabeledRecord], bundle: ModelBundle, *, max_length: int) -> list[Sample]:
+    """Training samples of labeled records (every label must be in the bundle's label set)."""
+    inputs = encode_labeled(bundle, records, max_length=max_length)
+    index = bundle.label_index
     return [
-        Sample(record_id=r.record_id, input_ids=tuple(sequence), target=label_index[r.label], period=r.period)
-        for r, sequence in zip(records, ids, strict=True)
+        Sample(
+            record_id=r.record_id,
+            input_ids=tuple(ids),
+            target=index[r.label],
+            period=r.period,
+            features=features,
+        )
+        for r, ids, features in zip(records, inputs.token_ids, inputs.features, strict=True)
     ]
 
 

@@ -4,21 +4,24 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
-from learner.config import LearnerConfig, TrainingData
-from learner.data import Sample, encode_records, eval_examples, grown_labels, tokenize
+from learner.config import LearnerConfig, ModelSpec, ReplaySource, TrainingData
+from learner.data import Sample, encode_labeled, eval_examples, grown_labels, tokenize
 from learner.evaluation import evaluate
+from learner.features import extend_encoding
+from learner.gate import Predictions
 from learner.modeling import ModelBundle, grow_head, predict_proba, seed_everything
 from learner.progress import ProgressHook
+from learner.replay import select_replay
 from learner.state import LearnerState
 from storage.queries import LabeledRecord
 
-BundleFactory = Callable[[Sequence[str]], ModelBundle]
-"""Builds a fresh classifier for a label set (the shipped MiniLM; a tiny BERT in tests)."""
+BundleFactory = Callable[[Sequence[str], ModelSpec], ModelBundle]
+"""Builds a fresh classifier for a label set and spec (the shipped MiniLM; a tiny BERT in tests)."""
 
 
 @dataclass
@@ -26,6 +29,7 @@ class TrainedUpdate:
     bundle: ModelBundle
     state: LearnerState
     experience_records: int
+    replayed_records: int
     samples_processed: int
     steps: int
     last_ewc_penalty: float
@@ -46,33 +50,46 @@ def train_update(
     """Trains the next model from `parent` (left untouched).
 
     fresh: the training records that arrived since the parent; seen: every training record so far
-    (what cumulative and joint training use, and where replayed records are looked up).
+    (what cumulative and joint training use, and where replayed records are drawn from).
     """
     from learner.avalanche_adapter import train_experience  # avalanche stays out of the API process
 
     # Seeded before a new head is drawn: the same stored state gives the same model in any process.
-    seed_everything(config.training.seed + state.experiences_trained)
+    seed = config.training.seed + state.experiences_trained
+    seed_everything(seed)
     labels = grown_labels(parent.labels if parent else (), [*seen, *fresh])
     if parent is None or config.strategy.data == TrainingData.joint:
-        bundle = new_bundle(labels)
+        bundle = new_bundle(labels, config.model)
+        bundle = replace(bundle, encoding=extend_encoding(bundle.encoding, [r.fields for r in seen]))
         state = LearnerState(experiences_trained=state.experiences_trained)
     else:
         bundle = grow_head(copy.deepcopy(parent), labels)
+        # Numeric fields first seen now get their scales; known ones keep theirs.
+        bundle = replace(bundle, encoding=extend_encoding(bundle.encoding, [r.fields for r in fresh]))
     experience = fresh if config.strategy.data == TrainingData.incremental else seen
-    index = bundle.label_index
     max_length = config.training.max_length
-    samples = tokenize(experience, bundle.tokenizer, index, max_length=max_length)
+    samples = tokenize(experience, bundle, max_length=max_length)
+    replay = config.strategy.replay
+    replayed: list[Sample] = []
+    if replay is not None and replay.source == ReplaySource.history and parent is not None:
+        fresh_ids = {record.record_id for record in fresh}
+        history = [record for record in seen if record.record_id not in fresh_ids]
+        chosen = select_replay(history, budget=replay.budget(len(fresh)), seed=seed)
+        replayed = tokenize(chosen, bundle, max_length=max_length)
     by_id = {record.record_id: record for record in seen}
 
     def lookup(record_ids: Sequence[int]) -> dict[int, Sample]:
         wanted = [by_id[i] for i in record_ids if i in by_id]
-        return {s.record_id: s for s in tokenize(wanted, bundle.tokenizer, index, max_length=max_length)}
+        return {s.record_id: s for s in tokenize(wanted, bundle, max_length=max_length)}
 
-    result = train_experience(bundle, samples, config=config, state=state, lookup=lookup, device=device, hook=hook)
+    result = train_experience(
+        bundle, samples, config=config, state=state, lookup=lookup, device=device, replayed=replayed, hook=hook
+    )
     return TrainedUpdate(
         bundle=bundle,
         state=result.state,
         experience_records=len(samples),
+        replayed_records=len(replayed),
         samples_processed=result.samples_processed,
         steps=result.steps,
         last_ewc_penalty=result.last_ewc_penalty,
@@ -80,11 +97,23 @@ def train_update(
     )
 
 
-def evaluate_bundle(
+def predict_labels(
     bundle: ModelBundle, records: Sequence[LabeledRecord], *, max_length: int, device: torch.device
-) -> dict[str, Any]:
-    """Scores per period and subgroup on held-out records (labels unknown to the model are errors)."""
-    sequences = encode_records(records, bundle.tokenizer, max_length=max_length)
-    probabilities = predict_proba(bundle, sequences, device=device)
-    predicted = [bundle.labels[int(i)] for i in probabilities.argmax(-1)]
-    return evaluate(eval_examples(records), predicted)
+) -> list[str]:
+    """The bundle's predicted label for each record."""
+    if not records:
+        return []
+    probabilities = predict_proba(bundle, encode_labeled(bundle, records, max_length=max_length), device=device)
+    return [bundle.labels[int(i)] for i in probabilities.argmax(-1)]
+
+
+def held_out_predictions(
+    bundle: ModelBundle, records: Sequence[LabeledRecord], *, max_length: int, device: torch.device
+) -> Predictions:
+    """The bundle's predictions on held-out records, as the gate compares them."""
+    return Predictions(eval_examples(records), predict_labels(bundle, records, max_length=max_length, device=device))
+
+
+def evaluate_predictions(predictions: Predictions) -> dict[str, Any]:
+    """Scores per period and subgroup (labels unknown to the model are errors)."""
+    return evaluate(predictions.examples, predictions.predicted)

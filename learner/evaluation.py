@@ -53,18 +53,25 @@ def score(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
 SUBGROUPS = ("site", "sex", "age_band")
 
 
+def subgroup_of(example: EvalExample, name: str) -> str | None:
+    """The example's group under one of SUBGROUPS (None when unknown)."""
+    if name == "site":
+        return example.site
+    if name == "sex":
+        return example.sex
+    return age_band(example.age)
+
+
 def evaluate(examples: Sequence[EvalExample], predicted: Sequence[str]) -> dict[str, Any]:
     """Scores per period, per subgroup (site, sex, age band) and overall."""
     by_period: dict[str, list[int]] = defaultdict(list)
     by_group: dict[str, dict[str, list[int]]] = {name: defaultdict(list) for name in SUBGROUPS}
     for index, example in enumerate(examples):
         by_period[example.period].append(index)
-        by_group["site"][example.site].append(index)
-        if example.sex is not None:
-            by_group["sex"][example.sex].append(index)
-        band = age_band(example.age)
-        if band is not None:
-            by_group["age_band"][band].append(index)
+        for name in SUBGROUPS:
+            group = subgroup_of(example, name)
+            if group is not None:
+                by_group[name][group].append(index)
 
     def subset(indices: list[int]) -> dict[str, float]:
         return score([examples[i].label for i in indices], [predicted[i] for i in indices])

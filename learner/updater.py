@@ -21,11 +21,17 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from learner.config import LearnerConfig
-from learner.data import order_periods, split_holdout
-from learner.engine import BundleFactory, TrainedUpdate, evaluate_bundle, train_update
+from learner.data import order_periods, split_holdout, split_unit
+from learner.engine import (
+    BundleFactory,
+    TrainedUpdate,
+    evaluate_predictions,
+    held_out_predictions,
+    train_update,
+)
 from learner.errors import NothingToLearnError, TrainingStoppedError
 from learner.evaluation import continual_metrics
-from learner.gate import GateConfig, GateDecision, decide
+from learner.gate import GateConfig, GateDecision, Predictions, decide
 from learner.modeling import (
     BASE_MODEL_NAME,
     ModelBundle,
@@ -35,6 +41,7 @@ from learner.modeling import (
     save_bundle,
 )
 from learner.progress import ProgressHook, ProgressState, TrainingControl
+from learner.reference import reference_predictions
 from learner.state import LearnerState
 from storage.artifacts import write_artifact
 from storage.models import ModelVersion
@@ -113,18 +120,37 @@ def run_update(
     if trained.stopped_early:
         raise TrainingStoppedError("training was stopped before it finished; nothing was stored")
     _notify(hook, "evaluate", f"evaluating on {len(holdout_records)} held-out records")
-    candidate_eval = evaluate_bundle(trained.bundle, holdout_records, max_length=max_length, device=device)
-    parent_eval = (
-        evaluate_bundle(parent_bundle, holdout_records, max_length=max_length, device=device) if parent_bundle else None
+    candidate_predictions = held_out_predictions(trained.bundle, holdout_records, max_length=max_length, device=device)
+    parent_predictions = (
+        held_out_predictions(parent_bundle, holdout_records, max_length=max_length, device=device)
+        if parent_bundle
+        else None
     )
+    reference = None
+    if parent_bundle is None and gate.first_model_beats_reference:
+        _notify(hook, "evaluate", "fitting the TF-IDF reference the first model must beat")
+        reference = Predictions(candidate_predictions.examples, reference_predictions(train_records, holdout_records))
+    candidate_eval = evaluate_predictions(candidate_predictions)
+    parent_eval = evaluate_predictions(parent_predictions) if parent_predictions else None
     periods = order_periods(records)
     new_periods = [p for p in periods if any(r.period == p for r in fresh)]
     trained_periods = sorted(
         set(parent.data_window.get("periods", []) if parent else []) | {r.period for r in fresh}, key=periods.index
     )
-    decision = decide(candidate=candidate_eval, current=parent_eval, new_periods=new_periods, config=gate)
+    decision = decide(
+        candidate=candidate_predictions,
+        current=parent_predictions,
+        new_periods=new_periods,
+        config=gate,
+        reference=reference,
+    )
     metrics = _metrics(ancestors, candidate_eval, parent_eval, periods, trained_periods, decision, trained, device)
     metrics["training"]["new_records"] = len(fresh)
+    if reference is not None:
+        metrics["reference"] = {
+            "model": "tfidf+logistic_regression",
+            "evaluation": evaluate_predictions(reference),
+        }
 
     _notify(hook, "save", "writing the model artifact")
 
@@ -151,6 +177,7 @@ def run_update(
                 "new_periods": new_periods,
                 "train_records": len(train_records),
                 "holdout_records": len(holdout_records),
+                "split_by": split_unit(records).value,
             },
             training_run_id=training_run_id,
             actor=actor,
@@ -197,6 +224,7 @@ def _metrics(
             "device": str(device),
             "last_ewc_penalty": trained.last_ewc_penalty,
             "replay_buffer_size": len(trained.state.replay.record_ids()) if trained.state.replay else 0,
+            "replayed_records": trained.replayed_records,
         },
     }
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from cohort import Plan, generate
-from learner.modeling import BASE_MODEL_NAME, encode_inputs, load_base_classifier, pad_batch, save_bundle
+from learner.modeling import BASE_MODEL_NAME, encode_records, load_base_classifier, pad_batch, save_bundle
 from service.runtime import choose_runtime
 from storage.artifacts import write_artifact
 from storage.config import StorageConfig
@@ -86,8 +86,9 @@ def bare_forward_ms(samples: list[dict[str, Any]], repeats: int = 30) -> float:
         for index in range(repeats + 5):
             item = samples[index % len(samples)]
             started = time.perf_counter()
-            ids, mask = pad_batch(encode_inputs(bundle.tokenizer, [item["note"]], [item["fields"]], max_length=128), 0)
-            bundle.model(input_ids=ids, attention_mask=mask)
+            inputs = encode_records(bundle, [item["note"]], [item["fields"]], max_length=128)
+            ids, mask = pad_batch(inputs.token_ids, 0)
+            bundle.model(ids, mask, torch.from_numpy(inputs.features))
             if index >= 5:
                 timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings)
@@ -266,9 +267,10 @@ def naive_app():
 
     @app.post("/predict")
     def predict(item: NaiveItem) -> dict[str, Any]:
-        ids, mask = pad_batch(encode_inputs(bundle.tokenizer, [item.note], [item.fields], max_length=128), 0)
+        inputs = encode_records(bundle, [item.note], [item.fields], max_length=128)
+        ids, mask = pad_batch(inputs.token_ids, 0)
         with torch.inference_mode():
-            probabilities = bundle.model(input_ids=ids, attention_mask=mask).logits.softmax(-1)[0]
+            probabilities = bundle.model(ids, mask, torch.from_numpy(inputs.features)).softmax(-1)[0]
         best = int(probabilities.argmax())
         return {"label": LABELS[best], "confidence": float(probabilities[best])}
 

@@ -175,58 +175,82 @@ def cohort_generate(
 def bench_learn(
     scenario: Annotated[str, typer.Option(help="Cohort scenario to generate (ignored with --data).")] = "mixed",
     periods: Annotated[int, typer.Option(min=1, max=40, help="Cohort periods.")] = 5,
-    per_period: Annotated[int, typer.Option(min=10, help="Cohort records per period.")] = 300,
-    seed: Annotated[int, typer.Option(help="Cohort seed and training seed.")] = 0,
+    per_period: Annotated[int, typer.Option(min=10, help="Cohort records per period.")] = 700,
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds; each draws the cohort (unless --data) and the training.")
+    ] = "0,1,2",
     data: Annotated[Path | None, typer.Option(help="Your own CSV, JSONL or Parquet file instead of a cohort.")] = None,
     text_col: Annotated[str, typer.Option(help="With --data: the text column.")] = "note",
     label_col: Annotated[str, typer.Option(help="With --data: the label column.")] = "label",
     period_col: Annotated[str, typer.Option(help="With --data: the period column.")] = "period",
     site_col: Annotated[str | None, typer.Option(help="With --data: the site column.")] = None,
+    patient_col: Annotated[
+        str | None, typer.Option(help="With --data: the patient column (the held-out split keeps patients whole).")
+    ] = None,
     fields: Annotated[str | None, typer.Option(help="With --data: comma-separated structured columns.")] = None,
+    class_incremental: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Regroup the labels into this many periods (sorted by name, label i -> period i mod K + 1): "
+            "every period brings only new classes.",
+        ),
+    ] = None,
     strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = ",".join(
-        ("naive", "ewc", "replay", "replay_ewc", "lora_replay", "cumulative", "joint")
+        ("naive", "ewc", "replay", "replay_ewc", "joint")
     ),
-    epochs: Annotated[int, typer.Option(min=1, help="Epochs per update.")] = 3,
-    batch_size: Annotated[int, typer.Option(min=1, help="Training batch size.")] = 16,
-    learning_rate: Annotated[float, typer.Option(help="Encoder learning rate (full fine-tuning).")] = 1e-4,
-    max_length: Annotated[int, typer.Option(min=16, max=512, help="Tokens per input.")] = 128,
-    holdout: Annotated[float, typer.Option(min=0.05, max=0.5, help="Held-out share of each period.")] = 0.2,
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per update (default: the learner's).")] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Training batch size.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Encoder learning rate (full fine-tuning).")] = None,
+    max_length: Annotated[int | None, typer.Option(min=16, max=512, help="Tokens per input.")] = None,
+    field_input: Annotated[
+        str, typer.Option(help="How structured fields reach the model: features, text or both.")
+    ] = "features",
+    holdout: Annotated[float, typer.Option(min=0.05, max=0.6, help="Held-out share of each period.")] = 0.5,
     device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
     model: Annotated[str, typer.Option(help="minilm (the shipped model) or tiny (a random 2-layer BERT).")] = "minilm",
     out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown and PNG results.")] = Path("docs/benchmarks"),
     stem: Annotated[str, typer.Option(help="File name stem of the results.")] = "learn",
     ewc_lambda: Annotated[float | None, typer.Option(min=0, help="EWC strength for the EWC strategies.")] = None,
 ) -> None:
-    """Run every strategy over the same stream; write the accuracy matrices, forgetting, BWT and costs."""
+    """Run every strategy and the TF-IDF reference over the same streams, on several seeds; write the
+    accuracy matrices, forgetting, BWT, costs and the targets, each as a mean with its 95% interval."""
     import shlex
-    import tempfile
 
-    from learner.benchmark import read_stream, run_benchmark, write_reports
-    from learner.config import PRESET_NAMES, TrainingConfig
+    from learner.benchmark import cohort_records, make_stream, read_records, run_benchmark, write_reports
+    from learner.config import PRESET_NAMES, FieldInput, ModelSpec, TrainingConfig
     from learner.modeling import load_base_classifier, tiny_classifier
+    from storage.errors import IngestFileError
     from storage.ingest import ColumnMapping
 
     chosen = [name.strip() for name in strategies.split(",") if name.strip()]
     unknown = [name for name in chosen if name not in PRESET_NAMES]
     if unknown:
         fail(f"unknown strategies {', '.join(unknown)}; choose from {', '.join(PRESET_NAMES)}")
-    factories = {"minilm": load_base_classifier, "tiny": lambda labels: tiny_classifier(labels, seed=seed)}
+    factories = {"minilm": load_base_classifier, "tiny": lambda labels, spec: tiny_classifier(labels, spec)}
     if model not in factories:
         fail(f"unknown model {model!r}; use minilm or tiny")
     try:
+        seed_values = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    except ValueError:
+        fail("--seeds must be comma-separated integers")
+    if not seed_values:
+        fail("--seeds needs at least one seed")
+    overrides = {
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_length": max_length,
+    }
+    try:
         training = TrainingConfig(
-            epochs=epochs,
-            batch_size=batch_size,
-            learning_rate=learning_rate,
-            max_length=max_length,
+            **{key: value for key, value in overrides.items() if value is not None},
             holdout_fraction=holdout,
             device=device,
-            seed=seed,
         )
+        spec = ModelSpec(fields=FieldInput(field_input))
     except ValueError as error:
         fail(str(error))
-    from storage.errors import IngestFileError
-
     try:
         if data is not None:
             mapping = ColumnMapping(
@@ -234,36 +258,40 @@ def bench_learn(
                 label=label_col,
                 period=period_col,
                 site=site_col,
+                patient=patient_col,
                 fields=tuple(f.strip() for f in fields.split(",")) if fields else None,
             )
-            stream = read_stream(data, mapping=mapping, holdout_fraction=holdout, name=data.name)
+            records = read_records(data, mapping=mapping)
+            streams = {
+                seed: make_stream(
+                    records, holdout_fraction=holdout, name=data.name, class_incremental=class_incremental
+                )
+                for seed in seed_values
+            }
         else:
-            from cohort import Scenario, generate, write_stream
+            from cohort import Scenario
 
-            try:
-                chosen_scenario = Scenario(scenario)
-            except ValueError:
+            if scenario not in Scenario.__members__:
                 fail(f"unknown scenario {scenario!r}")
-            cohort = generate(scenario=chosen_scenario, periods=periods, per_period=per_period, seed=seed)
-            with tempfile.TemporaryDirectory() as folder:
-                path = write_stream(cohort, Path(folder) / "cohort.parquet")[0]
-                mapping = ColumnMapping(
-                    text="note", label="label", period="period", time="observed_at", site="site", patient="patient_id"
-                )
-                stream = read_stream(
-                    path,
-                    mapping=mapping,
+            streams = {
+                seed: make_stream(
+                    cohort_records(scenario, periods=periods, per_period=per_period, seed=seed),
                     holdout_fraction=holdout,
-                    name=f"cohort {scenario}, {periods} periods x {per_period}, seed {seed}",
+                    name=f"cohort {scenario}, {periods} periods x {per_period}",
+                    class_incremental=class_incremental,
                 )
+                for seed in seed_values
+            }
     except (IngestFileError, ValueError) as error:
         fail(str(error))
     result = run_benchmark(
-        stream,
+        streams,
         strategies=chosen,
         training=training,
+        model=spec,
         new_bundle=factories[model],
         ewc_lambda=ewc_lambda,
+        class_incremental=class_incremental is not None,
         progress=lambda line: typer.echo(line, err=True),
     )
     command = "anamnesis bench learn " + shlex.join(sys.argv[3:] if sys.argv[1:3] == ["bench", "learn"] else [])

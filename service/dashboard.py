@@ -11,7 +11,13 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlmodel import Session
 
 from storage.models import DriftReport, ModelVersion, TrainingRun
-from storage.queries import current_model, list_drift_reports, list_model_versions, list_training_runs
+from storage.queries import (
+    current_model,
+    list_drift_reports,
+    list_model_versions,
+    list_training_runs,
+    why_no_model_serves,
+)
 
 _environment = Environment(loader=PackageLoader("service", "templates"), autoescape=select_autoescape(default=True))
 
@@ -115,8 +121,10 @@ def render_dashboard(session: Session, *, now: str, report_href: Any) -> str:
     versions = list_model_versions(session, limit=50)
     reports = list_drift_reports(session, limit=50)
     jobs: list[TrainingRun] = list_training_runs(session, limit=20)
+    current = current_model(session)
     return _environment.get_template("dashboard.html").render(
-        current=current_model(session),
+        current=current,
+        no_model_reason=None if current is not None else why_no_model_serves(session),
         versions=versions,
         reports=reports,
         jobs=jobs,

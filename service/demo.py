@@ -22,9 +22,8 @@ import httpx
 from sqlmodel import Session
 
 from cohort import generate, write_stream
-from learner.gate import GateConfig
 from learner.updater import run_update
-from service.jobs import learner_config
+from service.jobs import gate_config, learner_config
 from service.runtime import runtime_preparer
 from service.settings import Settings
 from storage.engine import create_db_engine
@@ -82,7 +81,7 @@ def run_demo(
         engine,
         artifacts_dir=storage.artifacts_dir,
         config=learner_config(settings),
-        gate=GateConfig(tolerance=settings.gate_tolerance),
+        gate=gate_config(settings),
         actor="demo",
         prepare_runtime=runtime_preparer(
             artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
@@ -151,6 +150,8 @@ def _forwarded(settings: Settings) -> dict[str, object]:
         "max_length",
         "strategy",
         "gate_tolerance",
+        "gate_significance",
+        "gate_min_accuracy",
         "patient_key",
         "drift_min_rows",
         "update_min_new_labels",

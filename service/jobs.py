@@ -40,6 +40,14 @@ def learner_config(settings: Settings) -> LearnerConfig:
     )
 
 
+def gate_config(settings: Settings) -> GateConfig:
+    return GateConfig(
+        tolerance=settings.gate_tolerance,
+        significance=settings.gate_significance,
+        min_accuracy=settings.gate_min_accuracy,
+    )
+
+
 @dataclass
 class JobContext:
     """What running a job needs: shared by the worker and by `anamnesis train`."""
@@ -123,7 +131,7 @@ def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -
             worker.engine,
             artifacts_dir=storage.artifacts_dir,
             config=learner_config(settings),
-            gate=GateConfig(tolerance=settings.gate_tolerance),
+            gate=gate_config(settings),
             actor=f"worker:{worker.identity}",
             training_run_id=run_id,
             prepare_runtime=runtime_preparer(

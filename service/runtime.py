@@ -20,8 +20,8 @@ import numpy as np
 import torch
 from sqlmodel import Session
 
-from learner.data import encode_records
-from learner.modeling import ModelBundle, encode_inputs, load_bundle, mean_pool, pad_batch
+from learner.data import encode_labeled
+from learner.modeling import ModelBundle, ModelInputs, RecordClassifier, encode_records, load_bundle, pad_batch
 from storage.artifacts import verify_artifact, write_artifact
 from storage.models import ModelVersion
 from storage.queries import LabeledRecord, get_model_version
@@ -35,19 +35,20 @@ logger = logging.getLogger("anamnesis.runtime")
 class Runtime(Protocol):
     kind: str
 
-    def infer(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities and mean-pooled embeddings for a padded batch."""
+    def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and mean-pooled note embeddings for a padded batch and its field features."""
         ...
 
 
 class _LogitsAndEmbeddings(torch.nn.Module):
-    def __init__(self, model: torch.nn.Module) -> None:
+    def __init__(self, model: RecordClassifier) -> None:
         super().__init__()
         self.model = model
 
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        output = self.model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True)
-        return output.logits, mean_pool(output.hidden_states[-1], attention_mask)
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, field_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_embeddings(input_ids, attention_mask, field_features)
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
@@ -63,9 +64,9 @@ class PyTorchRuntime:
         self._lock = threading.Lock()  # one forward at a time: torch already uses every core
 
     @torch.inference_mode()
-    def infer(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
-            logits, embeddings = self._module(torch.from_numpy(ids), torch.from_numpy(mask))
+            logits, embeddings = self._module(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(features))
         return _softmax(logits.float().numpy()), embeddings.float().numpy()
 
 
@@ -81,8 +82,10 @@ class OnnxRuntime:
         options.log_severity_level = 3
         self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
 
-    def infer(self, ids: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        logits, embeddings = self._session.run(None, {"input_ids": ids, "attention_mask": mask})
+    def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = self._session.run(
+            None, {"input_ids": ids, "attention_mask": mask, "field_features": features}
+        )
         return _softmax(logits), embeddings
 
 
@@ -91,20 +94,22 @@ def export_onnx_int8(bundle: ModelBundle, folder: Path) -> None:
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     module = _LogitsAndEmbeddings(bundle.model).eval()
-    ids, mask = pad_batch(encode_inputs(bundle.tokenizer, ["example note"] * 2, [{}, {}], max_length=16), 0)
+    example = encode_records(bundle, ["example note"] * 2, [{}, {}], max_length=16)
+    ids, mask = pad_batch(example.token_ids, 0)
     full = folder / "model.fp32.onnx"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(
             module,
-            (ids, mask),
+            (ids, mask, torch.from_numpy(example.features)),
             str(full),
             dynamo=False,
-            input_names=["input_ids", "attention_mask"],
+            input_names=["input_ids", "attention_mask", "field_features"],
             output_names=["logits", "embeddings"],
             dynamic_axes={
                 "input_ids": {0: "batch", 1: "length"},
                 "attention_mask": {0: "batch", 1: "length"},
+                "field_features": {0: "batch"},
                 "logits": {0: "batch"},
                 "embeddings": {0: "batch"},
             },
@@ -120,11 +125,10 @@ def export_onnx_int8(bundle: ModelBundle, folder: Path) -> None:
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model version ready to serve: its runtime, tokenizer and label order."""
+    """A model version ready to serve: its runtime, and the bundle's encoding of records."""
 
     version_id: int
-    labels: tuple[str, ...]
-    tokenizer: Any
+    bundle: ModelBundle
     runtime: Runtime
     max_length: int
 
@@ -132,26 +136,31 @@ class LoadedModel:
     def kind(self) -> str:
         return self.runtime.kind
 
-    def encode(self, notes: Sequence[str], fields: Sequence[dict[str, Any]]) -> list[list[int]]:
-        return encode_inputs(self.tokenizer, notes, fields, max_length=self.max_length)
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.bundle.labels
 
-    def infer(self, sequences: Sequence[Sequence[int]]) -> tuple[np.ndarray, np.ndarray]:
-        ids, mask = pad_batch(sequences, self.tokenizer.pad_token_id or 0)
-        return self.runtime.infer(ids.numpy(), mask.numpy())
+    def encode(self, notes: Sequence[str], fields: Sequence[dict[str, Any]]) -> ModelInputs:
+        return encode_records(self.bundle, notes, fields, max_length=self.max_length)
+
+    def infer(self, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray]:
+        return _infer(self.runtime, self.bundle, inputs)
+
+
+def _infer(runtime: Runtime, bundle: ModelBundle, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = pad_batch(inputs.token_ids, bundle.tokenizer.pad_token_id or 0)
+    return runtime.infer(ids.numpy(), mask.numpy(), inputs.features)
 
 
 def _accuracy(runtime: Runtime, bundle: ModelBundle, records: Sequence[LabeledRecord], max_length: int) -> float:
     """Accuracy of `runtime` on labeled records (at least one)."""
-    sequences = encode_records(records, bundle.tokenizer, max_length=max_length)
+    inputs = encode_labeled(bundle, records, max_length=max_length)
     correct = 0
-    for start in range(0, len(sequences), 64):
-        chunk = sequences[start : start + 64]
-        ids, mask = pad_batch(chunk, bundle.tokenizer.pad_token_id or 0)
-        probabilities, _ = runtime.infer(ids.numpy(), mask.numpy())
+    for start in range(0, len(records), 64):
+        chunk = list(range(start, min(start + 64, len(records))))
+        probabilities, _ = _infer(runtime, bundle, inputs.rows(chunk))
         predicted = probabilities.argmax(axis=1)
-        correct += sum(
-            bundle.labels[int(p)] == r.label for p, r in zip(predicted, records[start : start + 64], strict=True)
-        )
+        correct += sum(bundle.labels[int(p)] == records[i].label for p, i in zip(predicted, chunk, strict=True))
     return correct / len(records)
 
 
@@ -211,13 +220,7 @@ def load_model(version: ModelVersion, *, max_length: int, mode: str = "auto") ->
         runtime = OnnxRuntime(folder / ONNX_FILE)
     else:
         runtime = PyTorchRuntime(bundle)
-    return LoadedModel(
-        version_id=version.id,
-        labels=bundle.labels,
-        tokenizer=bundle.tokenizer,
-        runtime=runtime,
-        max_length=max_length,
-    )
+    return LoadedModel(version_id=version.id, bundle=bundle, runtime=runtime, max_length=max_length)
 
 
 def runtime_preparer(*, artifacts_dir: Path, max_length: int, mode: str):

@@ -228,8 +228,8 @@ class MicroBatcher:
 
 
 def _run_batch(model: LoadedModel, batch: Sequence[_Pending]) -> list[ItemResult]:
-    sequences = model.encode([item.note for item in batch], [item.fields for item in batch])
-    probabilities, embeddings = model.infer(sequences)
+    inputs = model.encode([item.note for item in batch], [item.fields for item in batch])
+    probabilities, embeddings = model.infer(inputs)
     results = []
     for row, embedding in zip(probabilities, embeddings, strict=True):
         best = int(row.argmax())

@@ -86,7 +86,18 @@ class Settings(BaseSettings):
     )
     train_max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input during training.")
     strategy: str = Field(default="replay_ewc", description="The strategy preset of every update.")
-    gate_tolerance: float = Field(default=0.01, ge=0, le=1, description="Largest loss allowed on a past period.")
+    gate_tolerance: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="A loss on a past period or subgroup larger than this, and significant, rejects a candidate.",
+    )
+    gate_significance: float = Field(
+        default=0.05, gt=0, lt=1, description="Family-wise level of the gate's paired loss tests."
+    )
+    gate_min_accuracy: float = Field(
+        default=0.5, ge=0, le=1, description="Held-out accuracy the first model must reach (besides beating TF-IDF)."
+    )
     device: str = Field(default="auto", description="Training device: auto, cpu or cuda.")
 
     def storage_config(self) -> StorageConfig:

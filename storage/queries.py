@@ -37,6 +37,8 @@ class LabeledRecord:
     fields: dict[str, Any]
     label: str
     label_id: int
+    patient_hash: str | None = None
+    """The keyed hash of the patient reference, when one was mapped."""
 
 
 def period_key(period: str | None, observed_at: datetime) -> str:
@@ -71,6 +73,7 @@ def labeled_records(
             fields=record.fields,
             label=label,
             label_id=label_id,
+            patient_hash=record.patient_hash,
         )
         for record, label, label_id in rows
     ]
@@ -94,6 +97,14 @@ def count_rows(session: Session, table: type) -> int:
 
 def current_model(session: Session) -> ModelVersion | None:
     return session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.production)).one_or_none()
+
+
+def why_no_model_serves(session: Session) -> str:
+    """Why nothing is in production: the newest version's gate decision, or that none was trained."""
+    newest = session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)).first()
+    if newest is None:
+        return "no model version has been trained yet: ingest labeled records and run `anamnesis train`"
+    return f"no model version is in production: version {newest.id} is {newest.status}: {newest.decision_reason}"
 
 
 def get_model_version(session: Session, version_id: int) -> ModelVersion:

@@ -9,10 +9,17 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from learner.config import ModelSpec
+from learner.gate import GateConfig
 from storage.ingest import prepare_record
 from storage.repository import BatchOutcome, store_record_batch
 from storage.schemas import RecordCreate
 from tests.conftest import PATIENT_KEY
+
+# A gate for tests of the update mechanics: every candidate is promoted, the first without a reference.
+MECHANICS_GATE = GateConfig(tolerance=1.0, min_subgroup_size=1000, min_accuracy=0.0, first_model_beats_reference=False)
+# The tiny test models' field tower.
+TINY_SPEC = ModelSpec(field_dim=64, hidden=32)
 
 # Toy classes with their own vocabulary: learnable in seconds by a tiny BERT.
 TOY_WORDS = {

@@ -17,17 +17,18 @@ from storage.config import StorageConfig
 from storage.engine import create_db_engine
 from storage.models import ApiRole
 from storage.repository import create_api_key
-from tests.factories import TOY_WORDS, store, toy_records
+from tests.factories import MECHANICS_GATE, TINY_SPEC, TOY_WORDS, store, toy_records
 
 LABELS = tuple(TOY_WORDS)
 TINY_CONFIG = LearnerConfig(
-    strategy=StrategyConfig(replay=ReplayConfig(mem_size=24), ewc=EWCConfig(ewc_lambda=1.0)),
+    model=TINY_SPEC,
+    strategy=StrategyConfig(replay=ReplayConfig(), ewc=EWCConfig(ewc_lambda=1.0)),
     training=TrainingConfig(epochs=3, batch_size=8, learning_rate=2e-3, max_length=32, holdout_fraction=0.25),
 )
 
 
-def tiny(labels):
-    return tiny_classifier(labels, seed=0)
+def tiny(labels, spec=TINY_SPEC):
+    return tiny_classifier(labels, spec, seed=0)
 
 
 def settings_for(config: StorageConfig, **overrides: object) -> Settings:
@@ -56,7 +57,7 @@ def train_version(
         engine,
         artifacts_dir=config.artifacts_dir,
         config=TINY_CONFIG,
-        gate=gate or GateConfig(tolerance=1.0, min_subgroup_size=1000),
+        gate=gate or MECHANICS_GATE,
         actor="test",
         new_bundle=tiny,
         prepare_runtime=runtime_preparer(artifacts_dir=config.artifacts_dir, max_length=32, mode="auto"),

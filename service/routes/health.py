@@ -6,9 +6,11 @@ from fastapi import APIRouter, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
 
 from service.deps import StateDep
 from service.schemas import HealthStatus
+from storage.queries import why_no_model_serves
 from storage.repository import ensure_engine_ready
 
 router = APIRouter(tags=["health"])
@@ -32,7 +34,12 @@ def readyz(state: StateDep) -> JSONResponse:
         database = f"unavailable ({type(error).__name__})"
     model = state.registry.current
     ready = database == "ok" and model is not None
-    detail = None if model is not None else "no model version is in production yet"
+    detail = None
+    if model is None:
+        detail = "no model version is in production yet"
+        if database == "ok":
+            with Session(state.engine) as session:
+                detail = why_no_model_serves(session)
     body = HealthStatus(
         status="ready" if ready else "not ready",
         database=database,

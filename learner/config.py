@@ -92,11 +92,11 @@ class TrainingData(StrEnum):
 class ReplayConfig(_Config):
     source: ReplaySource = Field(default=ReplaySource.history, description="Where replayed samples come from.")
     ratio: float = Field(
-        default=0.5,
+        default=0.4,
         gt=0,
         le=20,
-        description="history: records replayed per new record in an update (0.5: half as many as the new ones, "
-        "so an update costs 1.5x training on the new data alone, whatever the history's length).",
+        description="history: records replayed per new record in an update (0.4: an update costs 1.4x training on "
+        "the new data alone, whatever the history's length).",
     )
     max_records: int | None = Field(
         default=None, ge=1, description="history: at most this many replayed records per update; None: no cap."
@@ -182,15 +182,20 @@ class StrategyConfig(_Config):
 
 
 class TrainingConfig(_Config):
-    epochs: int = Field(default=3, ge=1, le=100, description="Passes over the experience per update.")
+    epochs: int = Field(
+        default=4,
+        ge=1,
+        le=100,
+        description="Passes over the experience per update (4: the tuned recipe, docs/learner.md).",
+    )
     batch_size: int = Field(default=16, ge=1, le=4096, description="New-data samples per minibatch.")
     learning_rate: float = Field(default=1e-4, gt=0, lt=1, description="AdamW learning rate of the encoder.")
     head_learning_rate: float | None = Field(
         default=1e-3,
         gt=0,
         lt=1,
-        description="Learning rate of the classification head, which starts from scratch for new classes; "
-        "None: the encoder's rate.",
+        description="Learning rate of the parts that start from scratch (field tower, fusion layer, classifier; "
+        "new classes get new rows); None: the encoder's rate.",
     )
     weight_decay: float = Field(default=0.01, ge=0, lt=1, description="AdamW weight decay.")
     warmup_fraction: float = Field(

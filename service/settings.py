@@ -79,10 +79,13 @@ class Settings(BaseSettings):
     )
 
     # --- learner ---
-    train_epochs: int = Field(default=3, ge=1, le=50, description="Epochs per update.")
+    train_epochs: int = Field(default=4, ge=1, le=50, description="Epochs per update.")
     train_batch_size: int = Field(default=16, ge=1, le=1024, description="Training batch size.")
     train_learning_rate: float = Field(
-        default=1e-4, gt=0, lt=1, description="Encoder learning rate (full fine-tuning); the head learns at 1e-3."
+        default=1e-4,
+        gt=0,
+        lt=1,
+        description="Encoder learning rate (full fine-tuning); the field tower and head learn at 1e-3.",
     )
     train_max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input during training.")
     strategy: str = Field(default="replay_ewc", description="The strategy preset of every update.")

@@ -1,0 +1,79 @@
+"""The learner learns what it is shown, and `bench learn` measures it against a bag-of-words reference."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from learner.benchmark import cohort_records, make_stream, run_reference, run_strategy
+from learner.config import LearnerConfig, TrainingConfig, preset
+from learner.modeling import load_base_classifier
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+@pytest.mark.slow
+def test_naive_learns_every_period_of_a_class_incremental_stream() -> None:
+    """Each period brings only new classes; the model must learn the period it was just trained on.
+
+    Forgetting the old classes is expected of naive; failing to learn the new ones is a defect (new
+    head rows that start identical never separate).
+    """
+    records = cohort_records("stable", periods=1, per_period=600, seed=5)
+    stream = make_stream(records, holdout_fraction=0.3, name="class-incremental", class_incremental=3)
+    assert all(
+        not set(stream.describe()["labels_per_period"][a]) & set(stream.describe()["labels_per_period"][b])
+        for a in stream.periods
+        for b in stream.periods
+        if a != b
+    )
+    config = LearnerConfig(strategy=preset("naive"), training=TrainingConfig(epochs=3, max_length=64, seed=0))
+    result = run_strategy(stream, config, new_bundle=load_base_classifier, progress=lambda _: None)
+    reference = run_reference(stream, progress=lambda _: None)
+    for period in stream.periods:
+        learned, bag_of_words = result["just_trained"][period], reference["alone_per_period"][period]
+        assert learned >= 0.8 * bag_of_words, (period, learned, bag_of_words)
+
+
+def test_bench_learn_writes_seeds_intervals_and_the_tfidf_row(tmp_path: Path) -> None:
+    command = [
+        sys.executable,
+        "-m",
+        "service.cli",
+        "bench",
+        "learn",
+        "--model",
+        "tiny",
+        "--scenario",
+        "mixed",
+        "--periods",
+        "2",
+        "--per-period",
+        "80",
+        "--seeds",
+        "0,1",
+        "--strategies",
+        "naive,replay_ewc,joint",
+        "--epochs",
+        "1",
+        "--max-length",
+        "32",
+        "--out",
+        str(tmp_path),
+    ]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
+    assert finished.returncode == 0, finished.stderr[-2000:]
+    result = json.loads((tmp_path / "learn.json").read_text())
+    assert result["seeds"] == [0, 1] and set(result["per_seed"]) == {"0", "1"}
+    assert list(result["summary"]) == ["tfidf", "naive", "replay_ewc", "joint"]
+    accuracy = result["summary"]["joint"]["final_average_accuracy"]
+    assert len(accuracy["values"]) == 2 and accuracy["half_width"] is not None
+    table = (tmp_path / "learn.md").read_text()
+    assert "| tfidf |" in table and " ± " in table and "seeds 0, 1" in table
+    assert "split by patient" in table
+    assert any(line.startswith("NOT met") or line.startswith("met") for line in finished.stdout.splitlines())
+    assert (tmp_path / "learn_accuracy.png").stat().st_size > 1000

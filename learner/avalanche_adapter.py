@@ -8,6 +8,7 @@ own lengths; batches are padded to their longest member (dynamic padding).
 
 from __future__ import annotations
 
+import math
 import os
 import tempfile
 import warnings
@@ -30,6 +31,7 @@ from learner.config import (
     ReplayConfig,
     ReplayPolicy,
     ReplaySource,
+    TrainingConfig,
 )
 from learner.data import Sample
 from learner.modeling import ModelBundle, RecordClassifier, is_head_parameter, seed_everything
@@ -283,7 +285,7 @@ class NormalizedEWCPlugin(EWCPlugin):
         super().__init__(
             ewc_lambda=config.ewc_lambda,
             mode=config.mode.value,
-            decay_factor=config.decay_factor,
+            decay_factor=config.decay_factor if config.mode == EWCMode.online else None,
             keep_importance_data=config.mode == EWCMode.separate,
         )
         self.normalize = config.normalize_importance
@@ -538,8 +540,9 @@ def train_experience(
         model = _with_lora(model, config)
     wrapper = PackedClassifier(model).to(device)
 
-    progress = _ProgressPlugin(hook, training.epochs)
-    plugins: list[SupervisedPlugin] = [progress, _LinearWarmupDecay(training.warmup_fraction, training.epochs)]
+    epochs = update_epochs(training, len(samples) + len(replayed))
+    progress = _ProgressPlugin(hook, epochs)
+    plugins: list[SupervisedPlugin] = [progress, _LinearWarmupDecay(training.warmup_fraction, epochs)]
     replay_plugin = ewc_plugin = None
     if replayed:
         plugins.append(HistoryReplayPlugin(replayed))
@@ -569,7 +572,7 @@ def train_experience(
             optimizer=optimizer,
             criterion=nn.CrossEntropyLoss(),
             train_mb_size=training.batch_size,
-            train_epochs=training.epochs,
+            train_epochs=epochs,
             eval_mb_size=training.batch_size * 4,
             device=device,
             plugins=plugins,
@@ -596,6 +599,12 @@ def train_experience(
         stopped_early=progress.control.should_stop,
         last_ewc_penalty=ewc_plugin.last_penalty if ewc_plugin else 0.0,
     )
+
+
+def update_epochs(training: TrainingConfig, samples: int) -> int:
+    """The configured epochs, or more when that many would take fewer than `min_steps` steps."""
+    steps_per_epoch = max(math.ceil(samples / training.batch_size), 1)
+    return max(training.epochs, math.ceil(training.min_steps / steps_per_epoch))
 
 
 def _parameter_groups(wrapper: nn.Module, config: LearnerConfig) -> list[dict[str, Any]]:

@@ -188,6 +188,13 @@ class TrainingConfig(_Config):
         le=100,
         description="Passes over the experience per update (4: the tuned recipe, docs/learner.md).",
     )
+    min_steps: int = Field(
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description="Fewest optimizer steps an update takes: a small experience gets more epochs, so the parts "
+        "trained from scratch (new classes' rows) move far enough to learn (docs/learner.md).",
+    )
     batch_size: int = Field(default=16, ge=1, le=4096, description="New-data samples per minibatch.")
     learning_rate: float = Field(default=1e-4, gt=0, lt=1, description="AdamW learning rate of the encoder.")
     head_learning_rate: float | None = Field(

@@ -744,7 +744,10 @@ def drift_show(report: Annotated[int, typer.Argument(help="Report id.")]) -> Non
 @app.command()
 def demo(
     periods: Annotated[int, typer.Option(min=2, max=10, help="Cohort periods (the first trains version 1).")] = 4,
-    per_period: Annotated[int, typer.Option(min=40, max=5000, help="Records per period.")] = 200,
+    per_period: Annotated[int, typer.Option(min=40, max=5000, help="Records per later period.")] = 200,
+    history: Annotated[
+        int, typer.Option(min=40, max=20000, help="Labeled records of the first period, that version 1 learns.")
+    ] = 600,
     scenario: Annotated[str, typer.Option(help="Cohort scenario.")] = "mixed",
     seed: Annotated[int, typer.Option(help="Cohort seed.")] = 0,
     port: Annotated[int, typer.Option(help="Port of the demo service.")] = 8000,
@@ -772,6 +775,7 @@ def demo(
             scenario=scenario,
             periods=periods,
             per_period=per_period,
+            history=history,
             seed=seed,
             port=port,
             keep_running=keep_running,

@@ -1,7 +1,10 @@
 """`anamnesis demo`: a drifting cohort replayed against the running service.
 
-1. A fresh SQLite database; the cohort's first period is ingested with labels and version 1 is
-   trained from the shipped MiniLM.
+1. A fresh SQLite database; the cohort's first period (the history a hospital starts from, larger
+   than the later periods) is ingested with labels and version 1 is trained from the shipped
+   MiniLM. It must pass the first-model gate (beat TF-IDF on the same rows, reach the floor); if
+   it does not, the demo says why and promotes it explicitly, as an admin would, so the loop can
+   still be shown.
 2. The service (API + worker) starts as a separate process.
 3. Each later period is replayed over HTTP: predictions first, the ground truth a little later.
    The worker checks drift, decides to update, trains, gates and promotes; the demo reports what
@@ -19,12 +22,13 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pandas as pd
 from sqlmodel import Session
 
 from cohort import generate, write_stream
 from learner.updater import run_update
 from service.jobs import gate_config, learner_config
-from service.runtime import runtime_preparer
+from service.runtime import promote_with_runtime, runtime_preparer
 from service.settings import Settings
 from storage.engine import create_db_engine
 from storage.ingest import ColumnMapping, ingest_file
@@ -50,6 +54,7 @@ def run_demo(
     scenario: str,
     periods: int,
     per_period: int,
+    history: int,
     seed: int,
     port: int,
     keep_running: bool,
@@ -64,15 +69,21 @@ def run_demo(
     engine = create_db_engine(storage)
     upgrade(engine)
 
-    stream = generate(scenario=scenario, periods=periods, per_period=per_period, seed=seed)
+    # Every period is generated at the history's size; later periods keep a seeded sample.
+    stream = generate(scenario=scenario, periods=periods, per_period=max(history, per_period), seed=seed)
     data = write_stream(stream, home / "cohort.parquet")[0]
     frame = stream.frame
-    say(f"cohort '{scenario}': {periods} periods of {per_period} records; ground truth per period:")
+    later = frame[frame.period > 1].groupby("period", group_keys=False).sample(n=per_period, random_state=seed)
+    frame = pd.concat([frame[frame.period == 1].sample(n=history, random_state=seed), later]).sort_values("observed_at")
+    say(
+        f"cohort '{scenario}': a history of {history} records, then {periods - 1} periods of {per_period}; "
+        "ground truth per period:"
+    )
     for truth in stream.periods:
         say(f"  period {truth.period}: {truth.description}")
 
     first = home / "period-1.parquet"
-    frame[frame.period == 1].to_parquet(first)
+    frame[frame.period == 1].to_parquet(first, index=False)
     report = ingest_file(engine, first, mapping=MAPPING, patient_key=settings.patient_key_bytes(), actor="demo")
     say(f"ingested period 1: {report.inserted} labeled records")
     say("training version 1 from the shipped MiniLM (the first update takes a minute on a CPU) ...")
@@ -90,9 +101,21 @@ def run_demo(
     accuracy = outcome.metrics["evaluation"]["overall"]["accuracy"]
     say(
         f"version {outcome.version_id} trained in {time.perf_counter() - started:.0f}s: held-out accuracy "
-        f"{accuracy:.1%}"
+        f"{accuracy:.1%}; gate: {outcome.decision.summary()}"
     )
     with Session(engine) as session:
+        if not outcome.promoted:
+            say(f"the demo promotes version {outcome.version_id} explicitly (an admin's --override-gate) to go on")
+            promote_with_runtime(
+                session,
+                version_id=outcome.version_id,
+                actor="demo",
+                reason="demo: promoted over the gate's rejection to show the loop",
+                allow_rejected=True,
+                artifacts_dir=storage.artifacts_dir,
+                max_length=settings.max_length,
+                mode=settings.runtime,
+            )
         _, admin_key = create_api_key(session, name="demo", role=ApiRole.admin, actor="demo")
     engine.dispose()
     (home / "admin.key").write_text(admin_key + "\n")
@@ -145,6 +168,7 @@ def _forwarded(settings: Settings) -> dict[str, object]:
     names = (
         "train_epochs",
         "train_batch_size",
+        "train_min_steps",
         "train_learning_rate",
         "train_max_length",
         "max_length",

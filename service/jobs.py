@@ -33,6 +33,7 @@ def learner_config(settings: Settings) -> LearnerConfig:
         training=TrainingConfig(
             epochs=settings.train_epochs,
             batch_size=settings.train_batch_size,
+            min_steps=settings.train_min_steps,
             learning_rate=settings.train_learning_rate,
             max_length=settings.train_max_length,
             device=settings.device,

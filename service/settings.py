@@ -81,6 +81,12 @@ class Settings(BaseSettings):
     # --- learner ---
     train_epochs: int = Field(default=4, ge=1, le=50, description="Epochs per update.")
     train_batch_size: int = Field(default=16, ge=1, le=1024, description="Training batch size.")
+    train_min_steps: int = Field(
+        default=100,
+        ge=0,
+        le=1_000_000,
+        description="Fewest optimizer steps per update (small updates get more epochs).",
+    )
     train_learning_rate: float = Field(
         default=1e-4,
         gt=0,

@@ -43,6 +43,7 @@ def environment(config: StorageConfig, **settings: object) -> dict[str, str]:
         "ANAMNESIS_TRAIN_BATCH_SIZE": "8",
         "ANAMNESIS_TRAIN_EPOCHS": "3",
         "ANAMNESIS_TRAIN_LEARNING_RATE": "0.002",
+        "ANAMNESIS_TRAIN_MIN_STEPS": "0",
         "PYTHONUNBUFFERED": "1",
     }
     env.update({f"ANAMNESIS_{name.upper()}": str(value) for name, value in settings.items()})

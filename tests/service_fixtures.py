@@ -23,7 +23,9 @@ LABELS = tuple(TOY_WORDS)
 TINY_CONFIG = LearnerConfig(
     model=TINY_SPEC,
     strategy=StrategyConfig(replay=ReplayConfig(), ewc=EWCConfig(ewc_lambda=1.0)),
-    training=TrainingConfig(epochs=3, batch_size=8, learning_rate=2e-3, max_length=32, holdout_fraction=0.25),
+    training=TrainingConfig(
+        epochs=3, min_steps=0, batch_size=8, learning_rate=2e-3, max_length=32, holdout_fraction=0.25
+    ),
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import random
 import time
 from collections.abc import Iterator
 
@@ -12,12 +13,15 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlmodel import Session
 
+from learner.gate import GateConfig
+from learner.updater import run_update
 from service.app import create_app
 from storage.config import StorageConfig
 from storage.engine import create_db_engine
 from storage.migrate import upgrade
 from storage.models import Label, ModelStatus, ModelVersion, Prediction, Record, TrainingRun
-from tests.service_fixtures import LABELS, Keys, installation, settings_for, train_version
+from tests.factories import store, toy_records
+from tests.service_fixtures import LABELS, TINY_CONFIG, Keys, installation, settings_for, tiny, train_version
 
 NOTE = {"note": "resectable early tumour in the lobe, follow-up in 4 weeks", "fields": {"age": 61, "sex": "F"}}
 
@@ -281,7 +285,7 @@ def test_open_inference_protocol_v2(deployment) -> None:
     assert client.get("/v2/health/ready").status_code == 200
     metadata = client.get("/v2/models/anamnesis").json()
     assert metadata["name"] == "anamnesis" and metadata["versions"] == ["1"]
-    assert metadata["parameters"]["labels"] == list(LABELS[:3])
+    assert metadata["parameters"]["labels"] == sorted(LABELS[:3])
     assert client.get("/v2/models/other").status_code == 404
     request = {
         "id": "r1",
@@ -339,7 +343,39 @@ def test_promotion_elsewhere_is_hot_swapped_without_failed_requests(sqlite_confi
             assert response.status_code == 200
             seen.add(response.json()["predictions"][0]["model_version"])
         assert 2 in seen
-        assert client.get("/v2/models/anamnesis").json()["parameters"]["labels"] == list(LABELS)
+        # Old labels keep their order; the new one is appended.
+        assert client.get("/v2/models/anamnesis").json()["parameters"]["labels"] == [
+            *sorted(LABELS[:3]),
+            "immunotherapy",
+        ]
         rolled = client.post("/v1/models/rollback", json={"reason": "test"}, headers=keys.header())
         assert rolled.status_code == 200 and rolled.json()["id"] == 1
+    engine.dispose()
+
+
+def test_a_first_model_below_the_floor_does_not_serve_and_readiness_says_why(sqlite_config: StorageConfig) -> None:
+    engine = create_db_engine(sqlite_config)
+    upgrade(engine)
+    # Labels drawn at random: nothing to learn, so the first model stays below the accuracy floor.
+    rng = random.Random(3)
+    records = [r.model_copy(update={"label": rng.choice(LABELS)}) for r in toy_records(LABELS, 80, period="1", seed=1)]
+    store(engine, records)
+    outcome = run_update(
+        engine,
+        artifacts_dir=sqlite_config.artifacts_dir,
+        config=TINY_CONFIG,
+        gate=GateConfig(min_accuracy=0.6),
+        actor="test",
+        new_bundle=tiny,
+    )
+    assert not outcome.promoted
+    names = {check.name for check in outcome.decision.checks}
+    assert names == {"floor", "reference"}
+    with TestClient(create_app(settings_for(sqlite_config))) as client:
+        ready = client.get("/readyz")
+        assert ready.status_code == 503
+        detail = ready.json()["detail"]
+        assert f"version {outcome.version_id} is rejected" in detail and "below the floor" in detail
+        page = client.get("/")
+        assert "below the floor" in page.text and "--override-gate" in page.text
     engine.dispose()

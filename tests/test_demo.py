@@ -13,7 +13,7 @@ from cohort import generate
 from tests.processes import ANAMNESIS, free_port
 
 pytestmark = pytest.mark.slow
-PERIODS, PER_PERIOD, SEED = 3, 100, 4
+PERIODS, PER_PERIOD, HISTORY, SEED = 3, 100, 300, 4
 
 
 def _fragments(text: str, size: int = 30) -> set[str]:
@@ -32,6 +32,7 @@ def test_demo_detects_drift_updates_the_model_and_logs_no_patient_text(tmp_path:
     env.update(
         {
             "ANAMNESIS_TRAIN_EPOCHS": "2",
+            "ANAMNESIS_TRAIN_MIN_STEPS": "30",
             "ANAMNESIS_TRAIN_MAX_LENGTH": "96",
             "ANAMNESIS_MAX_LENGTH": "96",
             "PYTHONUNBUFFERED": "1",
@@ -45,6 +46,8 @@ def test_demo_detects_drift_updates_the_model_and_logs_no_patient_text(tmp_path:
             str(PERIODS),
             "--per-period",
             str(PER_PERIOD),
+            "--history",
+            str(HISTORY),
             "--seed",
             str(SEED),
             "--home",
@@ -61,14 +64,14 @@ def test_demo_detects_drift_updates_the_model_and_logs_no_patient_text(tmp_path:
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
-    assert "version 1 trained" in output
+    assert "version 1 trained" in output and "gate: " in output
     assert output.count("drift check:") == PERIODS - 1
     assert re.search(r"report \d+: (drift in|no drift)", output)
     assert "update: model version" in output  # the worker trained at least one update and gated it
     assert re.search(r"versions: v1 \w+, v2 \w+", output)
     serve_log = (home / "serve.log").read_text()
     assert "serving model version 1" in serve_log
-    notes = generate("mixed", periods=PERIODS, per_period=PER_PERIOD, seed=SEED).frame.note
+    notes = generate("mixed", periods=PERIODS, per_period=max(HISTORY, PER_PERIOD), seed=SEED).frame.note
     fragments = set().union(*(_fragments(note) for note in notes))
     logs = output + serve_log
     leaked = [fragment for fragment in fragments if fragment in logs]

@@ -47,7 +47,7 @@ from tests.factories import MECHANICS_GATE, TINY_SPEC, store, toy_records
 
 CPU = torch.device("cpu")
 LABELS = ("surgery", "radiotherapy", "targeted_therapy", "immunotherapy")
-FAST = TrainingConfig(epochs=2, batch_size=8, learning_rate=1e-3, max_length=32, holdout_fraction=0.25)
+FAST = TrainingConfig(epochs=2, min_steps=0, batch_size=8, learning_rate=1e-3, max_length=32, holdout_fraction=0.25)
 
 
 def _samples(bundle, labels, n, start, seed=0) -> list[Sample]:
@@ -253,7 +253,7 @@ def test_update_from_storage_grows_the_head_and_records_everything(engine, tmp_p
     state = LearnerState.load(Path(versions[1].artifact_path))
     assert state.experiences_trained == 2 and state.replay is None  # history replay stores no buffer
     training = versions[1].metrics["training"]
-    assert training["replayed_records"] == round(0.5 * training["new_records"]) > 0
+    assert training["replayed_records"] == ReplayConfig().budget(training["new_records"]) > 0
     assert versions[1].data_window["split_by"] == "patient"
     assert AuditAction.promote in actions
     loaded = load_bundle(Path(versions[1].artifact_path), expected_sha256=versions[1].artifact_sha256)
@@ -343,7 +343,7 @@ def test_real_minilm_trains_two_periods_and_stores_a_promoted_version(sqlite_con
             engine,
             artifacts_dir=tmp_path / "artifacts",
             config=config,
-            gate=GateConfig(tolerance=0.05),
+            gate=MECHANICS_GATE,
             actor="test",
         )
     with Session(engine) as session:

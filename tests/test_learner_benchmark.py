@@ -7,21 +7,24 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from learner.benchmark import cohort_records, make_stream, run_reference, run_strategy
 from learner.config import LearnerConfig, TrainingConfig, preset
-from learner.modeling import load_base_classifier
+from learner.modeling import tiny_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
-@pytest.mark.slow
+def _tiny(labels, spec):
+    return tiny_classifier(labels, spec, seed=0)
+
+
 def test_naive_learns_every_period_of_a_class_incremental_stream() -> None:
     """Each period brings only new classes; the model must learn the period it was just trained on.
 
-    Forgetting the old classes is expected of naive; failing to learn the new ones is a defect (new
-    head rows that start identical never separate).
+    Forgetting the old classes is expected of naive; failing to learn the new ones is a defect: new
+    head rows that start identical never separate, and a few dozen steps on a small experience
+    leave the from-scratch layers where they started (the model then predicts each period's
+    majority class). The tiny BERT shows both like MiniLM does (docs/benchmarks/learn_class_incremental.md).
     """
     records = cohort_records("stable", periods=1, per_period=600, seed=5)
     stream = make_stream(records, holdout_fraction=0.3, name="class-incremental", class_incremental=3)
@@ -31,8 +34,8 @@ def test_naive_learns_every_period_of_a_class_incremental_stream() -> None:
         for b in stream.periods
         if a != b
     )
-    config = LearnerConfig(strategy=preset("naive"), training=TrainingConfig(epochs=3, max_length=64, seed=0))
-    result = run_strategy(stream, config, new_bundle=load_base_classifier, progress=lambda _: None)
+    config = LearnerConfig(strategy=preset("naive"), training=TrainingConfig(max_length=32, seed=0))
+    result = run_strategy(stream, config, new_bundle=_tiny, progress=lambda _: None)
     reference = run_reference(stream, progress=lambda _: None)
     for period in stream.periods:
         learned, bag_of_words = result["just_trained"][period], reference["alone_per_period"][period]

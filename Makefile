@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint bench-learn bench-drift bench-serve bench-ingest clean
+.PHONY: install run test lint bench-learn bench-learn-ci bench-ewc-state bench-drift bench-serve bench-ingest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -40,7 +40,15 @@ bench-ingest: install
 	$(BIN)/python benchmarks/ingest.py
 
 bench-learn: install
-	$(BIN)/anamnesis bench learn --scenario mixed --periods 5 --per-period 300
+	$(BIN)/anamnesis bench learn --scenario mixed --periods 5 --per-period 600 --seeds 0,1,2 \
+		--strategies replay,replay_ewc,joint --holdout 0.5
+
+bench-learn-ci: install
+	$(BIN)/anamnesis bench learn --scenario stable --periods 1 --per-period 1500 --class-incremental 3 \
+		--seeds 0,1,2 --strategies naive,replay,replay_ewc,joint --holdout 0.5 --stem learn_class_incremental
+
+bench-ewc-state: install
+	$(BIN)/python benchmarks/ewc_state.py --updates 10 --per-period 80
 
 bench-drift: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/drift.py timing

@@ -24,8 +24,8 @@ import pandas as pd
 from sklearn.metrics import accuracy_score, f1_score
 from sklearn.model_selection import train_test_split
 
-from cohort import CohortStream, Scenario, generate
-from learner.reference import reference_pipeline
+from anamnesis.cohort import CohortStream, Scenario, generate
+from anamnesis.learner.reference import reference_pipeline
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "cohort.md"
 START_MARKER = "<!-- cohort-baseline:start -->"

@@ -35,12 +35,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from cohort import DriftKind, generate  # noqa: E402
-from monitor.checks import run_check  # noqa: E402
-from monitor.config import DriftConfig, Family  # noqa: E402
-from monitor.data import WindowData  # noqa: E402
-from monitor.reference import ReferenceProfile  # noqa: E402
-from monitor.report import render_html  # noqa: E402
+from anamnesis.cohort import DriftKind, generate  # noqa: E402
+from anamnesis.monitor.checks import run_check  # noqa: E402
+from anamnesis.monitor.config import DriftConfig, Family  # noqa: E402
+from anamnesis.monitor.data import WindowData  # noqa: E402
+from anamnesis.monitor.reference import ReferenceProfile  # noqa: E402
+from anamnesis.monitor.report import render_html  # noqa: E402
 from tests.standin_model import CheapModel, stream_window, train_model  # noqa: E402
 
 DOCS = ROOT / "docs" / "benchmarks"

@@ -19,11 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from learner.benchmark import cohort_records, make_stream
-from learner.config import EWCConfig, EWCMode, LearnerConfig, TrainingConfig, preset
-from learner.engine import train_update
-from learner.modeling import load_base_classifier, resolve_device
-from learner.state import LearnerState
+from anamnesis.learner.benchmark import cohort_records, make_stream
+from anamnesis.learner.config import EWCConfig, EWCMode, LearnerConfig, TrainingConfig, preset
+from anamnesis.learner.engine import train_update
+from anamnesis.learner.modeling import load_base_classifier, resolve_device
+from anamnesis.learner.state import LearnerState
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "benchmarks"
 

@@ -17,11 +17,11 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from cohort import generate, write_stream
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
-from storage.ingest import ColumnMapping, ingest_file
-from storage.migrate import upgrade
+from anamnesis.cohort import generate, write_stream
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.ingest import ColumnMapping, ingest_file
+from anamnesis.storage.migrate import upgrade
 
 MAPPING = ColumnMapping(
     text="note", label="label", period="period", time="observed_at", site="site", patient="patient_id"

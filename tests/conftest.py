@@ -11,9 +11,9 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
-from storage.migrate import upgrade
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.migrate import upgrade
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")

@@ -9,11 +9,11 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from learner.config import ModelSpec
-from learner.gate import GateConfig
-from storage.ingest import prepare_record
-from storage.repository import BatchOutcome, store_record_batch
-from storage.schemas import RecordCreate
+from anamnesis.learner.config import ModelSpec
+from anamnesis.learner.gate import GateConfig
+from anamnesis.storage.ingest import prepare_record
+from anamnesis.storage.repository import BatchOutcome, store_record_batch
+from anamnesis.storage.schemas import RecordCreate
 from tests.conftest import PATIENT_KEY
 
 # A gate for tests of the update mechanics: every candidate is promoted, the first without a reference.

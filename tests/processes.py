@@ -15,7 +15,7 @@ from pathlib import Path
 
 import httpx
 
-from storage.config import StorageConfig
+from anamnesis.storage.config import StorageConfig
 
 ANAMNESIS = str(Path(sys.executable).parent / "anamnesis")
 

@@ -7,16 +7,16 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from learner.config import EWCConfig, LearnerConfig, ReplayConfig, StrategyConfig, TrainingConfig
-from learner.gate import GateConfig
-from learner.modeling import tiny_classifier
-from learner.updater import UpdateOutcome, run_update
-from service.runtime import runtime_preparer
-from service.settings import Settings
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
-from storage.models import ApiRole
-from storage.repository import create_api_key
+from anamnesis.learner.config import EWCConfig, LearnerConfig, ReplayConfig, StrategyConfig, TrainingConfig
+from anamnesis.learner.gate import GateConfig
+from anamnesis.learner.modeling import tiny_classifier
+from anamnesis.learner.updater import UpdateOutcome, run_update
+from anamnesis.service.runtime import runtime_preparer
+from anamnesis.service.settings import Settings
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.models import ApiRole
+from anamnesis.storage.repository import create_api_key
 from tests.factories import MECHANICS_GATE, TINY_SPEC, TOY_WORDS, store, toy_records
 
 LABELS = tuple(TOY_WORDS)

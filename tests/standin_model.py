@@ -17,8 +17,8 @@ from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
 
-from cohort import CohortStream, generate
-from monitor.data import WindowData, window_from_records
+from anamnesis.cohort import CohortStream, generate
+from anamnesis.monitor.data import WindowData, window_from_records
 
 TRAIN_SEED = 999
 

@@ -13,13 +13,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from learner.gate import GateConfig
-from learner.updater import run_update
-from service.app import create_app
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
-from storage.migrate import upgrade
-from storage.models import Label, ModelStatus, ModelVersion, Prediction, Record, TrainingRun
+from anamnesis.learner.gate import GateConfig
+from anamnesis.learner.updater import run_update
+from anamnesis.service.app import create_app
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.migrate import upgrade
+from anamnesis.storage.models import Label, ModelStatus, ModelVersion, Prediction, Record, TrainingRun
 from tests.factories import store, toy_records
 from tests.service_fixtures import LABELS, TINY_CONFIG, Keys, installation, settings_for, tiny, train_version
 
@@ -325,7 +325,7 @@ def test_promotion_elsewhere_is_hot_swapped_without_failed_requests(sqlite_confi
         outcome = train_version(engine, sqlite_config, period="2", seed=2, labels=LABELS)
         with Session(engine) as session:
             if not outcome.promoted:
-                from storage.repository import promote_model_version
+                from anamnesis.storage.repository import promote_model_version
 
                 promote_model_version(
                     session,

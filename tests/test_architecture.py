@@ -25,10 +25,10 @@ def test_ruff_finds_nothing() -> None:
 def test_prediction_path_imports_neither_avalanche_nor_evidently(tmp_path: Path) -> None:
     code = (
         "import sys\n"
-        "from service.settings import Settings\n"
-        "from service.app import create_app\n"
+        "from anamnesis.service.settings import Settings\n"
+        "from anamnesis.service.app import create_app\n"
         f"create_app(Settings(home={str(tmp_path)!r}))\n"
-        "import learner.modeling\n"
+        "import anamnesis.learner.modeling\n"
         "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'avalanche', 'evidently'})\n"
         "print(','.join(heavy))\n"
     )
@@ -42,7 +42,7 @@ def test_only_the_service_reads_the_environment() -> None:
     offenders = [
         str(path.relative_to(ROOT))
         for package in ("storage", "learner", "monitor", "cohort")
-        for path in (ROOT / package).rglob("*.py")
+        for path in (ROOT / "src" / "anamnesis" / package).rglob("*.py")
         if pattern.search(path.read_text())
     ]
     assert offenders == []

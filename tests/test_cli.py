@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from sqlmodel import Session
 
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
-from storage.models import Label, Record
-from storage.queries import count_rows
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.models import Label, Record
+from anamnesis.storage.queries import count_rows
 
 ANAMNESIS = str(Path(sys.executable).parent / "anamnesis")
 

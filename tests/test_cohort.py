@@ -9,11 +9,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cohort import DriftKind, PeriodTruth, Plan, Scenario, StreamTruth, generate, read_truth, write_stream
-from cohort.io import truth_path
-from cohort.rules import ClinicalPicture, Guideline, recommended_plan
-from cohort.schedule import drift_starts
-from storage.fields import ClinicalFields, Histology, KrasStatus, MarkerStatus, Stage
+from anamnesis.cohort import DriftKind, PeriodTruth, Plan, Scenario, StreamTruth, generate, read_truth, write_stream
+from anamnesis.cohort.io import truth_path
+from anamnesis.cohort.rules import ClinicalPicture, Guideline, recommended_plan
+from anamnesis.cohort.schedule import drift_starts
+from anamnesis.storage.fields import ClinicalFields, Histology, KrasStatus, MarkerStatus, Stage
 
 COLUMNS = [
     "patient_id",

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from storage.config import StorageConfig
+from anamnesis.storage.config import StorageConfig
 from tests.processes import environment, free_port, running, wait_for
 from tests.service_fixtures import installation, train_version
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cohort import generate
+from anamnesis.cohort import generate
 from tests.processes import ANAMNESIS, free_port
 
 pytestmark = pytest.mark.slow

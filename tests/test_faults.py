@@ -20,13 +20,13 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from service.app import create_app
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
-from storage.migrate import upgrade
-from storage.models import JobKind, ModelStatus, ModelVersion, Prediction, RunStatus, TrainingRun, Trigger
-from storage.queries import current_model
-from storage.repository import create_training_run, promote_model_version
+from anamnesis.service.app import create_app
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.migrate import upgrade
+from anamnesis.storage.models import JobKind, ModelStatus, ModelVersion, Prediction, RunStatus, TrainingRun, Trigger
+from anamnesis.storage.queries import current_model
+from anamnesis.storage.repository import create_training_run, promote_model_version
 from tests.processes import ANAMNESIS, PrivatePostgres, environment, free_port, running, wait_for
 from tests.service_fixtures import installation, settings_for, train_version
 

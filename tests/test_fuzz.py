@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 
-from service.app import create_app
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
-from storage.migrate import upgrade
+from anamnesis.service.app import create_app
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.migrate import upgrade
 from tests.service_fixtures import installation, settings_for
 
 pytestmark = pytest.mark.slow

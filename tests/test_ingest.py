@@ -12,9 +12,9 @@ from hypothesis import strategies as st
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from storage.errors import IngestFileError
-from storage.ingest import ColumnMapping, ingest_file
-from storage.models import Label, Record
+from anamnesis.storage.errors import IngestFileError
+from anamnesis.storage.ingest import ColumnMapping, ingest_file
+from anamnesis.storage.models import Label, Record
 from tests.conftest import PATIENT_KEY
 
 MAPPING = ColumnMapping(text="note", label="label", period="period", time="observed_at", site="site", patient="mrn")
@@ -219,7 +219,7 @@ notes = st.text(st.characters(blacklist_categories=("Cs", "Cc")), min_size=1, ma
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(note_list=st.lists(notes, min_size=1, max_size=5, unique=True))
 def test_any_note_text_is_stored_exactly(sqlite_config, tmp_path_factory, suffix: str, note_list: list[str]) -> None:
-    from storage.engine import create_db_engine
+    from anamnesis.storage.engine import create_db_engine
 
     engine = create_db_engine(sqlite_config)
     folder = tmp_path_factory.mktemp("prop")

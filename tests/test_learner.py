@@ -16,8 +16,8 @@ import pytest
 import torch
 from sqlmodel import Session, select
 
-from learner.avalanche_adapter import PackedClassifier, pack_sample, pad_collate, train_experience
-from learner.config import (
+from anamnesis.learner.avalanche_adapter import PackedClassifier, pack_sample, pad_collate, train_experience
+from anamnesis.learner.config import (
     PRESET_NAMES,
     EWCConfig,
     EWCMode,
@@ -31,18 +31,18 @@ from learner.config import (
     TrainingConfig,
     preset,
 )
-from learner.data import Sample, SplitUnit, split_holdout, split_unit
-from learner.engine import train_update
-from learner.errors import NothingToLearnError
-from learner.gate import GateConfig
-from learner.modeling import encode_records, load_base_classifier, load_bundle, pad_batch, tiny_classifier
-from learner.replay import select_replay
-from learner.state import LearnerState
-from learner.updater import run_update
-from storage.engine import create_db_engine
-from storage.models import AuditAction, AuditEvent, ModelStatus, ModelVersion
-from storage.queries import LabeledRecord
-from storage.repository import rollback_model
+from anamnesis.learner.data import Sample, SplitUnit, split_holdout, split_unit
+from anamnesis.learner.engine import train_update
+from anamnesis.learner.errors import NothingToLearnError
+from anamnesis.learner.gate import GateConfig
+from anamnesis.learner.modeling import encode_records, load_base_classifier, load_bundle, pad_batch, tiny_classifier
+from anamnesis.learner.replay import select_replay
+from anamnesis.learner.state import LearnerState
+from anamnesis.learner.updater import run_update
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.models import AuditAction, AuditEvent, ModelStatus, ModelVersion
+from anamnesis.storage.queries import LabeledRecord
+from anamnesis.storage.repository import rollback_model
 from tests.factories import MECHANICS_GATE, TINY_SPEC, store, toy_records
 
 CPU = torch.device("cpu")
@@ -278,8 +278,8 @@ def test_gate_rejection_keeps_the_candidate_and_the_current_model(engine, tmp_pa
 RESTART_SCRIPT = """
 import json, sys
 from pathlib import Path
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
 from tests.test_learner import _update
 config = StorageConfig(database_url=sys.argv[1], home=Path(sys.argv[2]))
 outcome = _update(create_db_engine(config), Path(sys.argv[2]))
@@ -319,7 +319,7 @@ def test_learner_restarted_from_storage_continues_exactly(sqlite_config, tmp_pat
 def test_avalanche_imports_with_a_read_only_home(tmp_path: Path) -> None:
     # /proc cannot hold a .avalanche folder, even for root.
     result = subprocess.run(
-        [sys.executable, "-c", "import learner.avalanche_adapter; print('ok')"],
+        [sys.executable, "-c", "import anamnesis.learner.avalanche_adapter; print('ok')"],
         env={"HOME": "/proc", "PATH": "/usr/bin:/bin", "HF_HUB_OFFLINE": "1"},
         capture_output=True,
         text=True,
@@ -432,7 +432,7 @@ def test_history_replay_teaches_each_record_its_current_label() -> None:
         replayed.extend(kwargs["replayed"])
         return train_experience(*args, **kwargs)
 
-    with mock.patch("learner.avalanche_adapter.train_experience", spy):
+    with mock.patch("anamnesis.learner.avalanche_adapter.train_experience", spy):
         update = train_update(
             first.bundle,
             first.state,

@@ -7,9 +7,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-from learner.benchmark import cohort_records, make_stream, run_reference, run_strategy
-from learner.config import LearnerConfig, TrainingConfig, preset
-from learner.modeling import tiny_classifier
+from anamnesis.learner.benchmark import cohort_records, make_stream, run_reference, run_strategy
+from anamnesis.learner.config import LearnerConfig, TrainingConfig, preset
+from anamnesis.learner.modeling import tiny_classifier
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +46,7 @@ def test_bench_learn_writes_seeds_intervals_and_the_tfidf_row(tmp_path: Path) ->
     command = [
         sys.executable,
         "-m",
-        "service.cli",
+        "anamnesis.service.cli",
         "bench",
         "learn",
         "--model",

@@ -10,8 +10,8 @@ import pytest
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from storage.config import StorageConfig
-from storage.models import ModelVersion, Prediction
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.models import ModelVersion, Prediction
 from tests.factories import toy_records
 from tests.processes import environment, free_port, running, wait_for
 from tests.service_fixtures import LABELS, installation

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from learner.config import FieldInput, ModelSpec
-from learner.features import FieldEncoding, encode_fields, extend_encoding
-from learner.modeling import (
+from anamnesis.learner.config import FieldInput, ModelSpec
+from anamnesis.learner.features import FieldEncoding, encode_fields, extend_encoding
+from anamnesis.learner.modeling import (
     encode_records,
     format_fields,
     grow_head,
@@ -19,8 +19,8 @@ from learner.modeling import (
     save_bundle,
     tiny_classifier,
 )
-from storage.artifacts import write_artifact
-from storage.errors import ArtifactIntegrityError, ArtifactWriteError
+from anamnesis.storage.artifacts import write_artifact
+from anamnesis.storage.errors import ArtifactIntegrityError, ArtifactWriteError
 
 LABELS = ("surgery", "radiotherapy", "targeted_therapy")
 NOTES = ["Stage IA adenocarcinoma, fit for resection.", "Stage IV, EGFR exon 19 deletion, ECOG 1."]

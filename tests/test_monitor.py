@@ -18,16 +18,16 @@ import pytest
 from sqlalchemy import Engine, select
 from sqlmodel import Session
 
-from cohort import CohortStream, DriftKind, generate
-from monitor.checks import run_check
-from monitor.config import DriftConfig, Family, PolicyConfig
-from monitor.data import WindowData
-from monitor.policy import UpdateDecision, UpdateTrigger
-from monitor.reference import ReferenceProfile
-from monitor.report import render_html, write_html
-from monitor.result import DriftResult
-from monitor.runner import UpdateContext, run_and_store
-from storage.models import AuditAction, AuditEvent, DriftReport
+from anamnesis.cohort import CohortStream, DriftKind, generate
+from anamnesis.monitor.checks import run_check
+from anamnesis.monitor.config import DriftConfig, Family, PolicyConfig
+from anamnesis.monitor.data import WindowData
+from anamnesis.monitor.policy import UpdateDecision, UpdateTrigger
+from anamnesis.monitor.reference import ReferenceProfile
+from anamnesis.monitor.report import render_html, write_html
+from anamnesis.monitor.result import DriftResult
+from anamnesis.monitor.runner import UpdateContext, run_and_store
+from anamnesis.storage.models import AuditAction, AuditEvent, DriftReport
 from tests.standin_model import CheapModel, stream_window, train_model
 
 CONFIG = DriftConfig()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import random
 
-from monitor.evidently_adapter import MIN_NOTES_PER_WORD, text_content_drift
+from anamnesis.monitor.evidently_adapter import MIN_NOTES_PER_WORD, text_content_drift
 
 
 def test_rare_words_such_as_names_never_reach_the_report() -> None:

@@ -15,9 +15,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from cohort import generate
-from monitor.checks import run_check
-from monitor.config import (
+from anamnesis.cohort import generate
+from anamnesis.monitor.checks import run_check
+from anamnesis.monitor.config import (
     DriftConfig,
     EmbeddingDriftConfig,
     EmbeddingMethod,
@@ -28,11 +28,16 @@ from monitor.config import (
     TextDescriptor,
     TextDriftConfig,
 )
-from monitor.data import WindowData, window_from_records
-from monitor.errors import InvalidWindowError, ReferenceMismatchError, ReferenceProfileError, WindowTooSmallError
-from monitor.policy import PolicyInputs, UpdateBlocker, UpdateDecision, UpdateTrigger, decide_update
-from monitor.reference import ReferenceCache, ReferenceProfile
-from monitor.result import DriftResult, FamilyResult, PerformanceSummary, json_safe
+from anamnesis.monitor.data import WindowData, window_from_records
+from anamnesis.monitor.errors import (
+    InvalidWindowError,
+    ReferenceMismatchError,
+    ReferenceProfileError,
+    WindowTooSmallError,
+)
+from anamnesis.monitor.policy import PolicyInputs, UpdateBlocker, UpdateDecision, UpdateTrigger, decide_update
+from anamnesis.monitor.reference import ReferenceCache, ReferenceProfile
+from anamnesis.monitor.result import DriftResult, FamilyResult, PerformanceSummary, json_safe
 
 CLASSES = ("chemotherapy", "radiotherapy", "surgery")
 SMALL = DriftConfig(min_rows=20, performance=PerformanceConfig(min_labels=20))
@@ -364,7 +369,7 @@ def test_missing_nltk_data_leaves_those_descriptors_out(monkeypatch: pytest.Monk
 
 
 def test_descriptors_use_local_nltk_data_and_never_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
-    from monitor import evidently_adapter
+    from anamnesis.monitor import evidently_adapter
 
     attempts: list[object] = []
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from storage.config import StorageConfig
+from anamnesis.storage.config import StorageConfig
 from tests.factories import toy_records
 from tests.processes import environment, free_port, running, wait_for
 from tests.service_fixtures import LABELS, installation
@@ -65,8 +65,8 @@ def test_serve_drives_the_whole_loop_over_http(sqlite_config: StorageConfig, tmp
 
 
 def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
-    from storage.engine import create_db_engine
-    from storage.migrate import upgrade
+    from anamnesis.storage.engine import create_db_engine
+    from anamnesis.storage.migrate import upgrade
 
     config = StorageConfig.embedded(tmp_path / "fresh")
     upgrade(create_db_engine(config))

@@ -9,11 +9,20 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session
 
-from storage.errors import ConflictError, LeaseHeldError, NotFoundError
-from storage.ingest import prepare_record
-from storage.models import AuditAction, AuditEvent, Label, ModelStatus, ModelVersion, Record, RunStatus, Trigger
-from storage.queries import current_labels
-from storage.repository import (
+from anamnesis.storage.errors import ConflictError, LeaseHeldError, NotFoundError
+from anamnesis.storage.ingest import prepare_record
+from anamnesis.storage.models import (
+    AuditAction,
+    AuditEvent,
+    Label,
+    ModelStatus,
+    ModelVersion,
+    Record,
+    RunStatus,
+    Trigger,
+)
+from anamnesis.storage.queries import current_labels
+from anamnesis.storage.repository import (
     acquire_lease,
     add_label,
     claim_training_run,
@@ -28,7 +37,7 @@ from storage.repository import (
     rollback_model,
     store_record_batch,
 )
-from storage.schemas import RecordCreate
+from anamnesis.storage.schemas import RecordCreate
 from tests.conftest import PATIENT_KEY
 
 NOW = datetime(2025, 3, 1, tzinfo=UTC)

@@ -10,9 +10,9 @@ import httpx
 import pytest
 from sqlmodel import Session, select
 
-from storage.config import StorageConfig
-from storage.engine import create_db_engine
-from storage.models import Lease
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.models import Lease
 from tests.factories import toy_records
 from tests.processes import environment, free_port, running, wait_for
 from tests.service_fixtures import LABELS, installation

@@ -1,0 +1,119 @@
+"""One update of a learner, independent of where the data lives (storage or a benchmark file)."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from anamnesis.learner.config import LearnerConfig, ModelSpec, ReplaySource, TrainingData
+from anamnesis.learner.data import Sample, encode_labeled, eval_examples, grown_labels, tokenize
+from anamnesis.learner.evaluation import evaluate
+from anamnesis.learner.features import extend_encoding
+from anamnesis.learner.gate import Predictions
+from anamnesis.learner.modeling import ModelBundle, grow_head, predict_proba, seed_everything
+from anamnesis.learner.progress import ProgressHook
+from anamnesis.learner.replay import select_replay
+from anamnesis.learner.state import LearnerState
+from anamnesis.storage.queries import LabeledRecord
+
+BundleFactory = Callable[[Sequence[str], ModelSpec], ModelBundle]
+"""Builds a fresh classifier for a label set and spec (the shipped MiniLM; a tiny BERT in tests)."""
+
+
+@dataclass
+class TrainedUpdate:
+    bundle: ModelBundle
+    state: LearnerState
+    experience_records: int
+    replayed_records: int
+    samples_processed: int
+    steps: int
+    last_ewc_penalty: float
+    stopped_early: bool
+
+
+def train_update(
+    parent: ModelBundle | None,
+    state: LearnerState,
+    *,
+    fresh: Sequence[LabeledRecord],
+    seen: Sequence[LabeledRecord],
+    config: LearnerConfig,
+    new_bundle: BundleFactory,
+    device: torch.device,
+    hook: ProgressHook | None = None,
+) -> TrainedUpdate:
+    """Trains the next model from `parent` (left untouched).
+
+    fresh: the training records that arrived since the parent; seen: every training record so far
+    (what cumulative and joint training use, and where replayed records are drawn from).
+    """
+    from anamnesis.learner.avalanche_adapter import train_experience  # avalanche stays out of the API process
+
+    # Seeded before a new head is drawn: the same stored state gives the same model in any process.
+    seed = config.training.seed + state.experiences_trained
+    seed_everything(seed)
+    labels = grown_labels(parent.labels if parent else (), [*seen, *fresh])
+    if parent is None or config.strategy.data == TrainingData.joint:
+        bundle = new_bundle(labels, config.model)
+        bundle = replace(bundle, encoding=extend_encoding(bundle.encoding, [r.fields for r in seen]))
+        state = LearnerState(experiences_trained=state.experiences_trained)
+    else:
+        bundle = grow_head(copy.deepcopy(parent), labels)
+        # Numeric fields first seen now get their scales; known ones keep theirs.
+        bundle = replace(bundle, encoding=extend_encoding(bundle.encoding, [r.fields for r in fresh]))
+    experience = fresh if config.strategy.data == TrainingData.incremental else seen
+    max_length = config.training.max_length
+    samples = tokenize(experience, bundle, max_length=max_length)
+    replay = config.strategy.replay
+    replayed: list[Sample] = []
+    if replay is not None and replay.source == ReplaySource.history and parent is not None:
+        fresh_ids = {record.record_id for record in fresh}
+        history = [record for record in seen if record.record_id not in fresh_ids]
+        chosen = select_replay(history, budget=replay.budget(len(fresh)), seed=seed)
+        replayed = tokenize(chosen, bundle, max_length=max_length)
+    by_id = {record.record_id: record for record in seen}
+
+    def lookup(record_ids: Sequence[int]) -> dict[int, Sample]:
+        wanted = [by_id[i] for i in record_ids if i in by_id]
+        return {s.record_id: s for s in tokenize(wanted, bundle, max_length=max_length)}
+
+    result = train_experience(
+        bundle, samples, config=config, state=state, lookup=lookup, device=device, replayed=replayed, hook=hook
+    )
+    return TrainedUpdate(
+        bundle=bundle,
+        state=result.state,
+        experience_records=len(samples),
+        replayed_records=len(replayed),
+        samples_processed=result.samples_processed,
+        steps=result.steps,
+        last_ewc_penalty=result.last_ewc_penalty,
+        stopped_early=result.stopped_early,
+    )
+
+
+def predict_labels(
+    bundle: ModelBundle, records: Sequence[LabeledRecord], *, max_length: int, device: torch.device
+) -> list[str]:
+    """The bundle's predicted label for each record."""
+    if not records:
+        return []
+    probabilities = predict_proba(bundle, encode_labeled(bundle, records, max_length=max_length), device=device)
+    return [bundle.labels[int(i)] for i in probabilities.argmax(-1)]
+
+
+def held_out_predictions(
+    bundle: ModelBundle, records: Sequence[LabeledRecord], *, max_length: int, device: torch.device
+) -> Predictions:
+    """The bundle's predictions on held-out records, as the gate compares them."""
+    return Predictions(eval_examples(records), predict_labels(bundle, records, max_length=max_length, device=device))
+
+
+def evaluate_predictions(predictions: Predictions) -> dict[str, Any]:
+    """Scores per period and subgroup (labels unknown to the model are errors)."""
+    return evaluate(predictions.examples, predictions.predicted)

@@ -1,0 +1,542 @@
+"""One drift check: a current window against a reference profile, family by family.
+
+Every family uses a fixed distance or score with a fixed threshold (no p-values that tighten as
+windows grow), so a score means the same amount of change at 500 rows and at 50,000. Each family
+returns its verdict, a severity in [0, 1] (0.5 = at its flag threshold) and its measurements; the
+result never contains note text.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import pandas as pd
+
+from anamnesis.monitor.config import (
+    DriftConfig,
+    EmbeddingMethod,
+    Family,
+    PerformanceConfig,
+    StructuredDriftConfig,
+    TextDescriptor,
+)
+from anamnesis.monitor.data import WindowData
+from anamnesis.monitor.errors import NotComputableError, ReferenceMismatchError, WindowTooSmallError
+from anamnesis.monitor.quality import classification_quality, drop_p_value
+from anamnesis.monitor.reference import ReferenceProfile, sample_rows
+from anamnesis.monitor.result import DriftResult, FamilyResult, PerformanceSummary, json_safe
+
+if TYPE_CHECKING:
+    from anamnesis.monitor.evidently_adapter import ColumnDrift, ColumnSpec, TextContentDrift
+
+PREDICTED_CLASS = "predicted_class"
+CONFIDENCE = "confidence"
+# Seeds of the current side's samples differ from the reference side's, drawn with random_seed.
+CURRENT_SEED_OFFSET = 1
+
+
+def _severity(score: float | None, threshold: float, baseline: float = 0.0) -> float:
+    """0 at `baseline` (no drift), 0.5 at `threshold`, 1 at twice the threshold's distance."""
+    if score is None or not math.isfinite(score):
+        return 0.0
+    return float(min(1.0, max(0.0, (score - baseline) / (threshold - baseline) / 2)))
+
+
+def _not_computed(reason: str) -> FamilyResult:
+    return FamilyResult(computed=False, flagged=False, severity=0.0, scores={}, reason=reason)
+
+
+def _names(columns: Sequence[str], limit: int = 6) -> str:
+    shown = ", ".join(columns[:limit])
+    return shown + (f" and {len(columns) - limit} more" if len(columns) > limit else "")
+
+
+# --- structured fields --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StructuredPlan:
+    """Which structured columns are compared how, and which changed schema."""
+
+    reference: pd.DataFrame
+    current: pd.DataFrame
+    specs: tuple[ColumnSpec, ...]
+    present_reference: dict[str, float]
+    present_current: dict[str, float]
+    new_fields: tuple[str, ...]
+    dropped_fields: tuple[str, ...]
+    sparse: tuple[str, ...]
+    """Populated in both windows but too rarely to compare distributions: judged on missingness only."""
+
+
+def _present_share(frame: pd.DataFrame, column: str) -> float:
+    if column not in frame.columns or len(frame) == 0:
+        return 0.0
+    return float(frame[column].notna().mean())
+
+
+def plan_structured(reference: pd.DataFrame, current: pd.DataFrame, config: StructuredDriftConfig) -> StructuredPlan:
+    from anamnesis.monitor.evidently_adapter import ColumnKind, ColumnSpec
+
+    columns = [c for c in dict.fromkeys([*reference.columns, *current.columns]) if c not in config.ignore_columns]
+    ref = pd.DataFrame(index=reference.index)
+    cur = pd.DataFrame(index=current.index)
+    specs: list[ColumnSpec] = []
+    present_ref: dict[str, float] = {}
+    present_cur: dict[str, float] = {}
+    new_fields: list[str] = []
+    dropped: list[str] = []
+    sparse: list[str] = []
+    for column in columns:
+        present_ref[column] = _present_share(reference, column)
+        present_cur[column] = _present_share(current, column)
+        absent_ref = present_ref[column] <= config.new_field_max_reference_share
+        absent_cur = present_cur[column] <= config.new_field_max_reference_share
+        if absent_ref or absent_cur:
+            if absent_ref and present_cur[column] >= config.new_field_min_current_share:
+                new_fields.append(column)
+            elif absent_cur and present_ref[column] >= config.new_field_min_current_share:
+                dropped.append(column)
+            continue
+        ref_values, cur_values = reference[column], current[column]
+        if min(ref_values.notna().sum(), cur_values.notna().sum()) < config.min_values:
+            sparse.append(column)
+            continue
+        numeric = pd.api.types.is_float_dtype(ref_values) and pd.api.types.is_float_dtype(cur_values)
+        if not numeric and (ref_values.dtype != object or cur_values.dtype != object):
+            # One side numbers, the other strings: compare both as categories.
+            ref_values = ref_values.map(lambda value: None if pd.isna(value) else str(value)).astype(object)
+            cur_values = cur_values.map(lambda value: None if pd.isna(value) else str(value)).astype(object)
+        ref[column] = ref_values
+        cur[column] = cur_values
+        if numeric:
+            kind, method, threshold = ColumnKind.numerical, config.numerical_method, config.numerical_threshold
+        else:
+            kind, method, threshold = ColumnKind.categorical, config.categorical_method, config.categorical_threshold
+        specs.append(ColumnSpec(column, kind, method.value, threshold))
+    return StructuredPlan(
+        ref, cur, tuple(specs), present_ref, present_cur, tuple(new_fields), tuple(dropped), tuple(sparse)
+    )
+
+
+def _structured(reference: ReferenceProfile, current: WindowData, config: StructuredDriftConfig) -> FamilyResult:
+    from anamnesis.monitor import evidently_adapter
+
+    plan = plan_structured(reference.window.fields, current.fields, config)
+    drift = evidently_adapter.column_drift(plan.reference, plan.current, plan.specs)
+    columns: dict[str, Any] = {}
+    drifted: list[str] = []
+    for spec in plan.specs:
+        result = drift[spec.name]
+        missing_change = abs(plan.present_reference[spec.name] - plan.present_current[spec.name])
+        missing_drift = config.missing_share_threshold is not None and missing_change >= config.missing_share_threshold
+        columns[spec.name] = {
+            "kind": spec.kind.value,
+            "method": result.method,
+            "threshold": result.threshold,
+            "score": result.score,
+            "value_drift": result.drifted,
+            "present_reference": plan.present_reference[spec.name],
+            "present_current": plan.present_current[spec.name],
+            "missing_drift": missing_drift,
+            "drifted": result.drifted or missing_drift,
+        }
+        if result.drifted or missing_drift:
+            drifted.append(spec.name)
+    for name in plan.sparse:
+        missing_change = abs(plan.present_reference[name] - plan.present_current[name])
+        missing_drift = config.missing_share_threshold is not None and missing_change >= config.missing_share_threshold
+        columns[name] = {
+            "kind": "sparse",
+            "method": "missing share only",
+            "present_reference": plan.present_reference[name],
+            "present_current": plan.present_current[name],
+            "missing_drift": missing_drift,
+            "drifted": missing_drift,
+        }
+        if missing_drift:
+            drifted.append(name)
+    for name, change in [*((n, "new") for n in plan.new_fields), *((n, "dropped") for n in plan.dropped_fields)]:
+        columns[name] = {
+            "kind": "schema",
+            "method": f"{change} field",
+            "present_reference": plan.present_reference[name],
+            "present_current": plan.present_current[name],
+            "drifted": True,
+        }
+        drifted.append(name)
+    compared = len(columns)
+    if compared == 0:
+        return _not_computed("no structured column is populated in both windows")
+    share = len(drifted) / compared
+    schema = [*plan.new_fields, *plan.dropped_fields]
+    flagged = share >= config.drift_share or bool(schema)
+    severity = 1.0 if schema else _severity(share, config.drift_share)
+    reason = f"{len(drifted)} of {compared} columns drifted ({share:.0%}; the family flags at {config.drift_share:.0%})"
+    if drifted:
+        reason += f": {_names(drifted)}"
+    if plan.new_fields:
+        reason += f"; new fields: {_names(list(plan.new_fields))}"
+    if plan.dropped_fields:
+        reason += f"; fields no longer populated: {_names(list(plan.dropped_fields))}"
+    scores = {
+        "drifted_share": share,
+        "drifted_columns": drifted,
+        "new_fields": list(plan.new_fields),
+        "dropped_fields": list(plan.dropped_fields),
+        "columns": columns,
+    }
+    return FamilyResult(computed=True, flagged=flagged, severity=severity, scores=json_safe(scores), reason=reason)
+
+
+# --- text ---------------------------------------------------------------------------------------
+
+_descriptor_cache: weakref.WeakKeyDictionary[WindowData, dict[TextDescriptor, pd.Series]] = weakref.WeakKeyDictionary()
+
+
+def window_descriptors(window: WindowData, descriptors: Sequence[TextDescriptor]) -> pd.DataFrame:
+    """The window's note descriptors, computed once per (immutable) window and reused by the HTML."""
+    from anamnesis.monitor import evidently_adapter
+
+    known = _descriptor_cache.setdefault(window, {})
+    missing = [descriptor for descriptor in descriptors if descriptor not in known]
+    if missing:
+        computed = evidently_adapter.text_descriptors(window.notes, missing)
+        for descriptor in missing:
+            known[descriptor] = computed[descriptor.value]
+    return pd.DataFrame({descriptor.value: known[descriptor] for descriptor in descriptors})
+
+
+def descriptor_specs(reference: ReferenceProfile, config: DriftConfig) -> tuple[list[TextDescriptor], list[str]]:
+    """(descriptors compared, configured descriptors the reference could not compute here)."""
+    usable = [d for d in config.text.descriptors if d.value in reference.descriptors.columns]
+    return usable, [d.value for d in config.text.descriptors if d not in usable]
+
+
+def _text(reference: ReferenceProfile, current: WindowData, config: DriftConfig) -> FamilyResult:
+    from anamnesis.monitor import evidently_adapter
+
+    text = config.text
+    usable, unavailable = descriptor_specs(reference, config)
+    specs = [
+        evidently_adapter.ColumnSpec(
+            d.value, evidently_adapter.ColumnKind.numerical, text.descriptor_method.value, text.descriptor_threshold
+        )
+        for d in usable
+    ]
+    current_descriptors = window_descriptors(current, usable)
+    drift: dict[str, ColumnDrift] = {}
+    if specs:
+        drift = evidently_adapter.column_drift(reference.descriptors, current_descriptors, specs)
+    drifted = [name for name, result in drift.items() if result.drifted]
+    scores: dict[str, Any] = {
+        "descriptors": {
+            name: {
+                "method": result.method,
+                "threshold": result.threshold,
+                "score": result.score,
+                "drifted": result.drifted,
+                "mean_reference": float(reference.descriptors[name].mean()),
+                "mean_current": float(current_descriptors[name].mean()),
+            }
+            for name, result in drift.items()
+        },
+        "descriptors_unavailable": unavailable,
+    }
+    parts: list[str] = []
+    flagged = False
+    severity = 0.0
+    if drift:
+        share = len(drifted) / len(drift)
+        scores["descriptor_drifted_share"] = share
+        flagged = share >= text.descriptor_drift_share
+        severity = _severity(share, text.descriptor_drift_share)
+        listed = f" ({_names(drifted)})" if drifted else ""
+        parts.append(f"{len(drifted)} of {len(drift)} descriptors drifted{listed}")
+    if unavailable:
+        parts.append(f"not available here: {_names(unavailable)}")
+    auc = None
+    if text.content:
+        try:
+            content = _content_drift(reference, current, config, top_words=0)
+            auc = content.auc
+        except NotComputableError as error:
+            scores["content_error"] = str(error)
+            parts.append(f"content drift not computable: {error}")
+    if auc is not None:
+        scores["content_auc"] = auc
+        scores["content_threshold"] = text.content_auc_threshold
+        flagged = flagged or auc > text.content_auc_threshold
+        severity = max(severity, _severity(auc, text.content_auc_threshold, baseline=0.5))
+        parts.append(f"domain classifier ROC AUC {auc:.3f} (flags above {text.content_auc_threshold:.2f})")
+    if not drift and auc is None:
+        return _not_computed("; ".join(parts) or "no descriptor or content signal configured")
+    return FamilyResult(
+        computed=True, flagged=flagged, severity=severity, scores=json_safe(scores), reason="; ".join(parts)
+    )
+
+
+def _content_drift(
+    reference: ReferenceProfile, current: WindowData, config: DriftConfig, *, top_words: int
+) -> TextContentDrift:
+    from anamnesis.monitor import evidently_adapter
+
+    limit = config.text.content_max_rows
+    ref_rows = sample_rows(reference.window.rows, limit, config.random_seed)
+    cur_rows = sample_rows(current.rows, limit, config.random_seed + CURRENT_SEED_OFFSET)
+    return evidently_adapter.text_content_drift(
+        [reference.window.notes[i] for i in ref_rows], [current.notes[i] for i in cur_rows], top_words=top_words
+    )
+
+
+def content_words(
+    reference: ReferenceProfile, current: WindowData, config: DriftConfig, *, top_words: int = 15
+) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
+    """(words marking current notes, words marking reference notes) from the domain classifier."""
+    try:
+        content = _content_drift(reference, current, config, top_words=top_words)
+    except NotComputableError:
+        return None
+    return content.words_current, content.words_reference
+
+
+# --- embeddings ---------------------------------------------------------------------------------
+
+
+def _embeddings(reference: ReferenceProfile, current: WindowData, config: DriftConfig) -> FamilyResult:
+    from anamnesis.monitor import evidently_adapter
+
+    settings = config.embeddings
+    if reference.embedding_sample is None or current.embeddings is None:
+        side = "reference" if reference.embedding_sample is None else "current window"
+        return _not_computed(f"the {side} carries no embeddings")
+    sample = current.embeddings[sample_rows(current.rows, settings.max_rows, config.random_seed + CURRENT_SEED_OFFSET)]
+    score, flagged = evidently_adapter.embedding_drift(
+        reference.embedding_sample,
+        sample,
+        method=settings.method,
+        threshold=settings.threshold,
+        metric=settings.distance_metric,
+    )
+    baseline = 0.5 if settings.method == EmbeddingMethod.model else 0.0
+    label = {
+        EmbeddingMethod.model: "domain classifier ROC AUC",
+        EmbeddingMethod.ratio: "share of drifted dimensions",
+        EmbeddingMethod.distance: f"{settings.distance_metric.value} distance between means",
+    }[settings.method]
+    scores = {
+        "method": settings.method.value,
+        "score": score,
+        "threshold": settings.threshold,
+        "rows_reference": int(reference.embedding_sample.shape[0]),
+        "rows_current": int(sample.shape[0]),
+        "dimensions": int(sample.shape[1]),
+    }
+    return FamilyResult(
+        computed=True,
+        flagged=flagged,
+        severity=_severity(score, settings.threshold, baseline=baseline),
+        scores=json_safe(scores),
+        reason=f"{label} {score:.3f} (flags above {settings.threshold:.2f})",
+    )
+
+
+# --- predictions --------------------------------------------------------------------------------
+
+
+def prediction_frame(window: WindowData) -> pd.DataFrame:
+    return pd.DataFrame({PREDICTED_CLASS: list(window.predicted), CONFIDENCE: window.confidence.astype("float64")})
+
+
+def prediction_specs(config: DriftConfig) -> list[ColumnSpec]:
+    from anamnesis.monitor.evidently_adapter import ColumnKind, ColumnSpec
+
+    settings = config.predictions
+    return [
+        ColumnSpec(PREDICTED_CLASS, ColumnKind.categorical, "jensenshannon", settings.class_threshold),
+        ColumnSpec(CONFIDENCE, ColumnKind.numerical, "wasserstein", settings.confidence_threshold),
+    ]
+
+
+def _shares(values: Sequence[str], class_names: Sequence[str]) -> dict[str, float]:
+    counts = Counter(values)
+    return {name: counts[name] / max(len(values), 1) for name in class_names}
+
+
+def _predictions(reference: ReferenceProfile, current: WindowData, config: DriftConfig) -> FamilyResult:
+    from anamnesis.monitor import evidently_adapter
+
+    drift = evidently_adapter.column_drift(
+        prediction_frame(reference.window), prediction_frame(current), prediction_specs(config)
+    )
+    classes, confidence = drift[PREDICTED_CLASS], drift[CONFIDENCE]
+    scores = {
+        "class_distance": classes.score,
+        "class_threshold": classes.threshold,
+        "confidence_distance": confidence.score,
+        "confidence_threshold": confidence.threshold,
+        "mean_confidence_reference": float(reference.window.confidence.mean()),
+        "mean_confidence_current": float(current.confidence.mean()),
+        "class_share_reference": _shares(reference.window.predicted, current.class_names),
+        "class_share_current": _shares(current.predicted, current.class_names),
+    }
+    severity = max(_severity(classes.score, classes.threshold), _severity(confidence.score, confidence.threshold))
+    reason = (
+        f"predicted-class Jensen-Shannon distance {classes.score:.3f} (flags at {classes.threshold:.2f}); "
+        f"confidence Wasserstein distance {confidence.score:.3f} (flags at {confidence.threshold:.2f})"
+    )
+    return FamilyResult(
+        computed=True,
+        flagged=classes.drifted or confidence.drifted,
+        severity=severity,
+        scores=json_safe(scores),
+        reason=reason,
+    )
+
+
+# --- performance --------------------------------------------------------------------------------
+
+
+def _performance(
+    reference: ReferenceProfile, current: WindowData, config: PerformanceConfig
+) -> tuple[FamilyResult, PerformanceSummary, tuple[str, ...]]:
+    labeled = [index for index, label in enumerate(current.truth) if label is not None]
+    known = set(current.class_names)
+    unknown_rows = Counter(current.truth[index] for index in labeled if current.truth[index] not in known)
+    new_labels = tuple(sorted(unknown_rows))
+    summary: dict[str, Any] = {
+        "labeled_rows": len(labeled),
+        "reference_accuracy": reference.accuracy,
+        "reference_macro_f1": reference.macro_f1,
+        "reference_estimated_accuracy": reference.estimated_accuracy,
+    }
+    parts: list[str] = []
+    flagged = False
+    severity = 0.0
+    computed = False
+    if reference.accuracy is not None and len(labeled) >= config.min_labels:
+        computed = True
+        truth = [current.truth[index] for index in labeled]
+        predicted = [current.predicted[index] for index in labeled]
+        accuracy, macro_f1 = classification_quality(truth, predicted)
+        drop = reference.accuracy - accuracy
+        reference_labeled = reference.window.labeled_rows
+        p_value = drop_p_value(reference.accuracy, reference_labeled, accuracy, len(labeled))
+        significant = p_value < config.significance
+        measured_flag = significant and drop >= config.max_accuracy_drop
+        summary |= {
+            "measured_accuracy": accuracy,
+            "measured_macro_f1": macro_f1,
+            "measured_drop": drop,
+            "drop_p_value": p_value,
+        }
+        flagged |= measured_flag
+        if significant:  # a drop that sampling noise explains has no severity
+            severity = max(severity, _severity(drop, config.max_accuracy_drop))
+        parts.append(
+            f"measured accuracy {accuracy:.3f} on {len(labeled)} labels vs {reference.accuracy:.3f} "
+            f"(drop {drop:+.3f}, p={p_value:.3g}; flags at {config.max_accuracy_drop:.2f} with p<{config.significance})"
+        )
+    elif reference.accuracy is None:
+        parts.append("the reference has too few labels for accuracy")
+    else:
+        parts.append(f"{len(labeled)} labels arrived (measured accuracy needs {config.min_labels})")
+    if reference.calibration is not None and reference.estimated_accuracy is not None:
+        computed = True
+        estimated = float(reference.calibration.estimate(current.confidence).mean())
+        estimated_drop = reference.estimated_accuracy - estimated
+        summary |= {"estimated_accuracy": estimated, "estimated_drop": estimated_drop}
+        flagged |= estimated_drop >= config.max_estimated_drop
+        severity = max(severity, _severity(estimated_drop, config.max_estimated_drop))
+        parts.append(
+            f"estimated accuracy {estimated:.3f} vs {reference.estimated_accuracy:.3f} "
+            f"(drop {estimated_drop:+.3f}; flags at {config.max_estimated_drop:.2f})"
+        )
+    if new_labels:
+        rows = sum(unknown_rows.values())
+        computed = True
+        if rows >= config.min_new_label_rows:
+            flagged = True
+            severity = 1.0
+        parts.append(f"{rows} labels name classes the model does not know: {_names(list(new_labels))}")
+    scores = {**summary, "new_label_rows": sum(unknown_rows.values())}
+    performance = PerformanceSummary.model_validate(json_safe(summary))
+    if not computed:
+        return _not_computed("; ".join(parts)), performance, new_labels
+    family = FamilyResult(
+        computed=True, flagged=flagged, severity=severity, scores=json_safe(scores), reason="; ".join(parts)
+    )
+    return family, performance, new_labels
+
+
+# --- the check ----------------------------------------------------------------------------------
+
+
+def validate_windows(reference: ReferenceProfile, current: WindowData, config: DriftConfig) -> None:
+    for name, rows in (("reference", reference.window.rows), ("current", current.rows)):
+        if rows < config.min_rows:
+            raise WindowTooSmallError(f"the {name} window has {rows} rows; a check needs at least {config.min_rows}")
+    if current.class_names != reference.window.class_names:
+        raise ReferenceMismatchError(
+            "the current window's class names differ from the reference's: "
+            f"{list(current.class_names)} vs {list(reference.window.class_names)}"
+        )
+    if reference.embedding_sample is not None and current.embeddings is not None:
+        ref_dim, cur_dim = reference.embedding_sample.shape[1], current.embeddings.shape[1]
+        if ref_dim != cur_dim:
+            raise ReferenceMismatchError(f"embeddings have {cur_dim} dimensions; the reference's have {ref_dim}")
+
+
+def run_check(reference: ReferenceProfile, current: WindowData, config: DriftConfig) -> DriftResult:
+    """Compares `current` with the reference profile on every enabled family."""
+    validate_windows(reference, current, config)
+    timings: dict[str, float] = {}
+    families: dict[Family, FamilyResult] = {}
+
+    def timed(family: Family, compute: Callable[[], FamilyResult]) -> None:
+        started = time.perf_counter()
+        families[family] = compute()
+        timings[family.value] = round(time.perf_counter() - started, 3)
+
+    enabled = {
+        Family.structured: config.structured.enabled,
+        Family.text: config.text.enabled,
+        Family.embeddings: config.embeddings.enabled,
+        Family.predictions: config.predictions.enabled,
+    }
+    computations: dict[Family, Callable[[], FamilyResult]] = {
+        Family.structured: lambda: _structured(reference, current, config.structured),
+        Family.text: lambda: _text(reference, current, config),
+        Family.embeddings: lambda: _embeddings(reference, current, config),
+        Family.predictions: lambda: _predictions(reference, current, config),
+    }
+    for family, compute in computations.items():
+        timed(family, compute if enabled[family] else lambda: _not_computed("disabled"))
+    started = time.perf_counter()
+    if config.performance.enabled:
+        families[Family.performance], performance, new_labels = _performance(reference, current, config.performance)
+    else:
+        families[Family.performance] = _not_computed("disabled")
+        performance = PerformanceSummary(labeled_rows=current.labeled_rows)
+        new_labels = tuple(sorted({label for label in current.truth if label and label not in current.class_names}))
+    timings[Family.performance.value] = round(time.perf_counter() - started, 3)
+    structured = families[Family.structured]
+    new_fields = tuple(structured.scores.get("new_fields", ())) if structured.computed else ()
+    return DriftResult(
+        reference_window=json_safe(reference.window.summary()),
+        current_window=json_safe(current.summary()),
+        drift_detected=any(result.flagged for result in families.values()),
+        flags={family: result.flagged for family, result in families.items()},
+        families={family: families[family] for family in Family},
+        performance=performance,
+        new_labels=new_labels,
+        new_fields=new_fields,
+        timings=timings,
+        config=config,
+    )

@@ -1,0 +1,266 @@
+"""Everything the monitor asks of Evidently, and the only module that imports it.
+
+Importing evidently takes 3-4 s, so the rest of the monitor imports this module lazily, inside the
+functions that compute. Evidently's conventions are kept in here: `Report.run(current, reference)`
+takes the current window first, drift flags come from the tests (`include_tests=True`), the
+embedding methods are called directly (the `EmbeddingsDrift` metric always runs t-SNE for its plot)
+and NLTK's `download()` is disabled while descriptors compute (Evidently calls it on every use; the
+data comes from the local NLTK_DATA or the descriptor is not used).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import warnings
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+import nltk
+import numpy as np
+import pandas as pd
+from evidently import DataDefinition, Dataset, Report
+from evidently.descriptors import (
+    NonLetterCharacterPercentage,
+    OOVWordsPercentage,
+    SentenceCount,
+    Sentiment,
+    TextLength,
+    WordCount,
+)
+from evidently.legacy.metrics.data_drift import embedding_drift_methods
+from evidently.legacy.utils.data_drift_utils import get_typical_words, roc_auc_domain_classifier
+from evidently.metrics import ValueDrift
+from evidently.presets import DataDriftPreset
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+
+from anamnesis.monitor.config import DistanceMetric, EmbeddingMethod, TextDescriptor
+from anamnesis.monitor.errors import NotComputableError
+
+NOTE = "note"
+# The data each NLTK-based descriptor loads (nltk.data.find paths).
+NLTK_RESOURCES: dict[TextDescriptor, tuple[str, ...]] = {
+    TextDescriptor.oov_share: ("corpora/wordnet", "corpora/words"),
+    TextDescriptor.sentiment: ("sentiment/vader_lexicon.zip/vader_lexicon/vader_lexicon.txt",),
+}
+
+
+class ColumnKind(StrEnum):
+    numerical = "numerical"
+    categorical = "categorical"
+
+
+@dataclass(frozen=True)
+class ColumnSpec:
+    """One column to compare, with its fixed method and threshold."""
+
+    name: str
+    kind: ColumnKind
+    method: str
+    threshold: float
+
+
+@dataclass(frozen=True)
+class ColumnDrift:
+    score: float
+    drifted: bool
+    method: str
+    """Evidently's display name of the method, e.g. "Wasserstein distance (normed)"."""
+    threshold: float
+
+
+@dataclass(frozen=True)
+class TextContentDrift:
+    auc: float
+    words_current: tuple[str, ...]
+    """Words that most mark a note as current (for the HTML; never stored)."""
+    words_reference: tuple[str, ...]
+
+
+@contextlib.contextmanager
+def _no_nltk_downloads() -> Iterator[None]:
+    original = nltk.download
+    nltk.download = lambda *args, **kwargs: True  # the data is local or the descriptor is not used
+    try:
+        yield
+    finally:
+        nltk.download = original
+
+
+def descriptor_available(descriptor: TextDescriptor) -> bool:
+    """Whether the descriptor can compute here (NLTK-based ones need their data locally)."""
+    for resource in NLTK_RESOURCES.get(descriptor, ()):
+        try:
+            nltk.data.find(resource)
+        except LookupError:
+            return False
+    return True
+
+
+def _descriptor(descriptor: TextDescriptor) -> Any:
+    factories = {
+        TextDescriptor.text_length: TextLength,
+        TextDescriptor.word_count: WordCount,
+        TextDescriptor.sentence_count: SentenceCount,
+        TextDescriptor.non_letter_share: NonLetterCharacterPercentage,
+        TextDescriptor.oov_share: OOVWordsPercentage,
+        TextDescriptor.sentiment: Sentiment,
+    }
+    return factories[descriptor](NOTE, alias=descriptor.value)
+
+
+def text_descriptors(notes: Sequence[str], descriptors: Sequence[TextDescriptor]) -> pd.DataFrame:
+    """One float column per descriptor (named by its value), one row per note."""
+    if not descriptors:
+        return pd.DataFrame(index=pd.RangeIndex(len(notes)))
+    frame = pd.DataFrame({NOTE: list(notes)})
+    with _no_nltk_downloads():
+        dataset = Dataset.from_pandas(
+            frame,
+            data_definition=DataDefinition(text_columns=[NOTE]),
+            descriptors=[_descriptor(descriptor) for descriptor in descriptors],
+        )
+        values = dataset.as_dataframe()
+    names = [descriptor.value for descriptor in descriptors]
+    return values[names].astype("float64").reset_index(drop=True)
+
+
+def _status_by_metric(snapshot_dict: dict) -> dict[str, bool]:
+    return {
+        test["metric_config"]["metric_id"]: str(getattr(test["status"], "value", test["status"])) == "FAIL"
+        for test in snapshot_dict["tests"]
+    }
+
+
+def column_drift(reference: pd.DataFrame, current: pd.DataFrame, specs: Sequence[ColumnSpec]) -> dict[str, ColumnDrift]:
+    """Per-column drift with Evidently's ValueDrift, each column with its own fixed method.
+
+    Every column must have at least one non-missing value on each side (the caller reports the
+    others as schema drift).
+    """
+    if not specs:
+        return {}
+    names = [spec.name for spec in specs]
+    definition = DataDefinition(
+        numerical_columns=[spec.name for spec in specs if spec.kind == ColumnKind.numerical],
+        categorical_columns=[spec.name for spec in specs if spec.kind == ColumnKind.categorical],
+    )
+    snapshot = Report(
+        [ValueDrift(column=spec.name, method=spec.method, threshold=spec.threshold) for spec in specs],
+        include_tests=True,
+    ).run(
+        Dataset.from_pandas(current[names].copy(), data_definition=definition),
+        Dataset.from_pandas(reference[names].copy(), data_definition=definition),
+    )
+    result = snapshot.dict()
+    drifted = _status_by_metric(result)
+    out: dict[str, ColumnDrift] = {}
+    for metric in result["metrics"]:
+        config = metric["config"]
+        out[config["column"]] = ColumnDrift(
+            score=float(metric["value"]),
+            drifted=drifted[metric["id"]],
+            method=str(config["method"]),
+            threshold=float(config["threshold"]),
+        )
+    return out
+
+
+def text_content_drift(reference: Sequence[str], current: Sequence[str], *, top_words: int) -> TextContentDrift:
+    """Evidently's text-content drift: a TF-IDF + linear domain classifier trained on half of the
+    pooled notes to tell current from reference; its ROC AUC on the other half is the score.
+
+    Raises NotComputableError when the notes leave no usable vocabulary (templated or tiny windows).
+    """
+    texts = pd.Series([*reference, *current])
+    target = pd.Series([0] * len(reference) + [1] * len(current))
+    x_train, x_test, y_train, y_test = train_test_split(texts, target, test_size=0.5, random_state=42, shuffle=True)
+    if y_train.nunique() < 2 or y_test.nunique() < 2:
+        raise NotComputableError("too few notes to train and test the domain classifier")
+    try:
+        with warnings.catch_warnings():
+            # Evidently fixes the classifier at 50 SGD iterations; on large windows it stops before converging.
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            auc, _, pipeline = roc_auc_domain_classifier(x_train, x_test, y_train, y_test)
+    except ValueError as error:
+        if re.search(r"no terms remain|empty vocabulary", str(error)):
+            raise NotComputableError(f"the notes leave no vocabulary for the domain classifier ({error})") from None
+        raise
+    words_current, words_reference = get_typical_words(pipeline, words_num=top_words * 4)
+    return TextContentDrift(
+        auc=float(auc),
+        words_current=_shared_words(words_current, current, top_words),
+        words_reference=_shared_words(words_reference, reference, top_words),
+    )
+
+
+MIN_NOTES_PER_WORD = 10
+"""A word shown in a report must occur in at least this many notes: a name or an identifier that
+happens to separate the windows never reaches the report."""
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
+
+
+def _shared_words(words: Sequence[str], notes: Sequence[str], limit: int) -> tuple[str, ...]:
+    wanted = {word for word in words if not any(character.isdigit() for character in word)}
+    counts = dict.fromkeys(wanted, 0)
+    for note in notes:
+        for token in wanted & set(_TOKEN.findall(note.lower())):
+            counts[token] += 1
+    return tuple(word for word in words if counts.get(word, 0) >= MIN_NOTES_PER_WORD)[:limit]
+
+
+def embedding_drift(
+    reference: np.ndarray,
+    current: np.ndarray,
+    *,
+    method: EmbeddingMethod,
+    threshold: float,
+    metric: DistanceMetric,
+) -> tuple[float, bool]:
+    """(score, drifted) of one of Evidently's embedding drift methods, called without the Report
+    (whose metric always runs t-SNE). The method mutates its frames, so it gets fresh ones."""
+    columns = [f"e{index}" for index in range(reference.shape[1])]
+    if method == EmbeddingMethod.model:
+        drift_method = embedding_drift_methods.model(threshold=threshold, bootstrap=False)
+    elif method == EmbeddingMethod.ratio:
+        drift_method = embedding_drift_methods.ratio(threshold=threshold)
+    else:
+        drift_method = embedding_drift_methods.distance(dist=metric.value, threshold=threshold, bootstrap=False)
+    score, drifted, _ = drift_method(
+        pd.DataFrame(np.asarray(current, dtype=np.float64), columns=columns),
+        pd.DataFrame(np.asarray(reference, dtype=np.float64), columns=columns),
+    )
+    return float(score), bool(drifted)
+
+
+def drift_report_html(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    specs: Sequence[ColumnSpec],
+    *,
+    summary_html: str,
+) -> str:
+    """A self-contained HTML page: `summary_html` at the top of the body, then Evidently's data drift
+    table (distributions per column) for the given columns. Notes themselves are never included."""
+    names = [spec.name for spec in specs]
+    definition = DataDefinition(
+        numerical_columns=[spec.name for spec in specs if spec.kind == ColumnKind.numerical],
+        categorical_columns=[spec.name for spec in specs if spec.kind == ColumnKind.categorical],
+    )
+    preset = DataDriftPreset(
+        columns=names,
+        per_column_method={spec.name: spec.method for spec in specs},
+        per_column_threshold={spec.name: spec.threshold for spec in specs},
+    )
+    snapshot = Report([preset], include_tests=True).run(
+        Dataset.from_pandas(current[names].copy(), data_definition=definition),
+        Dataset.from_pandas(reference[names].copy(), data_definition=definition),
+    )
+    page = snapshot.get_html_str(as_iframe=False)
+    body = re.search(r"<body[^>]*>", page)
+    if body is None:  # pragma: no cover - evidently's template always has a body
+        return f"<!DOCTYPE html><html><body>{summary_html}{page}</body></html>"
+    return page[: body.end()] + summary_html + page[body.end() :]

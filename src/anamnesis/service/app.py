@@ -1,0 +1,186 @@
+"""The FastAPI application factory. Nothing is created at import time: `create_app(settings)`."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime
+from typing import Any
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from anamnesis.service.auth import KeyVerifier
+from anamnesis.service.dashboard import render_dashboard
+from anamnesis.service.deps import RowId, SessionDep, StateDep
+from anamnesis.service.errors import register_error_handlers
+from anamnesis.service.metrics import ServiceMetrics
+from anamnesis.service.routes import data, drift, health, inference_v2, jobs, models, predict
+from anamnesis.service.serving import DatabaseHealth, MicroBatcher, ModelRegistry, PredictionWriter
+from anamnesis.service.settings import Settings
+from anamnesis.service.state import ServiceState
+from anamnesis.service.worker import Worker
+from anamnesis.storage.engine import create_db_engine
+
+logger = logging.getLogger("anamnesis.app")
+UPLOAD_PATH = "/v1/records/upload"
+
+
+class BodySizeLimit:
+    """Refuses request bodies over the limit with 413, also when no Content-Length is sent."""
+
+    def __init__(self, app: ASGIApp, *, limit: int, upload_limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.upload_limit = upload_limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        limit = self.upload_limit if scope["path"] == UPLOAD_PATH else self.limit
+        declared = dict(scope.get("headers", [])).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > limit:
+            await _too_large(limit, send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > limit:
+                    raise HTTPException(413, f"request body larger than {limit} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+
+async def _too_large(limit: int, send: Send) -> None:
+    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": 413,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})
+
+
+def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
+    """The API; with `run_worker`, the retraining worker runs in the same process (embedded default)."""
+    storage = settings.storage_config()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        engine = create_db_engine(storage)
+        health = DatabaseHealth()
+        state_holder: dict[str, ServiceState] = {}
+        metrics = ServiceMetrics(lambda: state_holder["state"].stored_state())
+        registry = ModelRegistry(
+            engine,
+            max_length=settings.max_length,
+            runtime_mode=settings.runtime,
+            poll_s=settings.model_poll_s,
+            health=health,
+        )
+        state = ServiceState(
+            settings=settings,
+            storage=storage,
+            engine=engine,
+            health=health,
+            registry=registry,
+            batcher=MicroBatcher(
+                registry,
+                max_batch=settings.micro_batch_size,
+                max_wait_s=settings.micro_batch_wait_ms / 1000,
+                on_batch=metrics.observe_batch,
+            ),
+            writer=PredictionWriter(
+                engine, spill_dir=storage.home / "pending", flush_s=settings.prediction_flush_s, health=health
+            ),
+            keys=KeyVerifier(engine),
+            metrics=metrics,
+            patient_key=settings.patient_key_bytes(),
+        )
+        state_holder["state"] = state
+        app.state.service = state
+        state.writer.start()
+        registry.start()
+        await state.batcher.start()
+        worker = Worker(settings, engine) if run_worker else None
+        if worker is not None:
+            worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                worker.stop()
+            await state.batcher.stop()
+            registry.stop()
+            state.writer.stop()
+            engine.dispose()
+
+    app = FastAPI(
+        title="anamnesis",
+        version="0.1.0",
+        description="Continual-learning treatment-plan classifier for clinical text: predictions, delayed ground "
+        "truth, model versions with their forgetting metrics, drift reports and background jobs.",
+        lifespan=lifespan,
+    )
+    register_error_handlers(app)
+
+    @app.middleware("http")
+    async def observe(request: Request, call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+        started = time.perf_counter()
+        try:
+            response = await call_next(request)
+        except Exception:
+            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+            response = JSONResponse({"detail": "internal error"}, status_code=500)
+        route = request.scope.get("route")
+        path = getattr(route, "path", "unmatched")
+        state: ServiceState | None = getattr(request.app.state, "service", None)
+        if state is not None:
+            state.metrics.request_latency.labels(path, request.method).observe(time.perf_counter() - started)
+            state.metrics.requests.labels(path, request.method, str(response.status_code)).inc()
+            if response.status_code >= 500:
+                state.metrics.errors.labels(path).inc()
+        return response
+
+    app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes)
+    for router in (
+        health.router,
+        predict.router,
+        data.router,
+        models.router,
+        drift.router,
+        jobs.router,
+        inference_v2.router,
+    ):
+        app.include_router(router)
+
+    @app.get("/", response_class=HTMLResponse, tags=["dashboard"], include_in_schema=settings.dashboard_public)
+    def dashboard(session: SessionDep, state: StateDep) -> HTMLResponse:
+        """Current model, version history, drift timeline with links to the reports, recent jobs."""
+        if not state.settings.dashboard_public:
+            raise HTTPException(404, "the dashboard is not public on this server")
+        html = render_dashboard(
+            session, now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), report_href=lambda i: f"/reports/{i}"
+        )
+        return HTMLResponse(html)
+
+    @app.get("/reports/{report_id}", response_class=HTMLResponse, tags=["dashboard"], include_in_schema=False)
+    def dashboard_report(report_id: RowId, session: SessionDep, state: StateDep) -> Any:
+        """A drift report from the dashboard (aggregate scores, no patient text)."""
+        if not state.settings.dashboard_public:
+            raise HTTPException(404, "the dashboard is not public on this server")
+        return drift.report_file(session, report_id)
+
+    return app

@@ -1,0 +1,294 @@
+"""`anamnesis demo`: a drifting cohort replayed against the running service.
+
+1. A fresh SQLite database; the cohort's first period (the history a hospital starts from, larger
+   than the later periods) is ingested with labels and version 1 is trained from the shipped
+   MiniLM. It must pass the first-model gate (beat TF-IDF on the same rows, reach the floor); if
+   it does not, the demo says why and promotes it explicitly, as an admin would, so the loop can
+   still be shown.
+2. The service (API + worker) starts as a separate process.
+3. Each later period is replayed over HTTP: predictions first, the ground truth a little later.
+   The worker checks drift, decides to update, trains, gates and promotes; the demo reports what
+   happened. Everything is visible in the dashboard and under /v1/models.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+import pandas as pd
+from sqlmodel import Session
+
+from anamnesis.cohort import generate, write_stream
+from anamnesis.learner.updater import run_update
+from anamnesis.service.jobs import gate_config, learner_config
+from anamnesis.service.runtime import promote_with_runtime, runtime_preparer
+from anamnesis.service.settings import Settings
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.ingest import ColumnMapping, ingest_file
+from anamnesis.storage.migrate import upgrade
+from anamnesis.storage.models import ApiRole
+from anamnesis.storage.repository import create_api_key
+
+Say = Callable[[str], None]
+MAPPING = ColumnMapping(
+    text="note", label="label", period="period", time="observed_at", site="site", patient="patient_id"
+)
+# Settings the demo's service runs with: quick checks and small updates, sized for a CPU.
+DEMO_ENV = {
+    "ANAMNESIS_DRIFT_INTERVAL_S": "60",
+    "ANAMNESIS_MODEL_POLL_S": "1",
+    "ANAMNESIS_WORKER_TICK_S": "1",
+}
+
+
+def run_demo(
+    settings: Settings,
+    *,
+    scenario: str,
+    periods: int,
+    per_period: int,
+    history: int,
+    seed: int,
+    port: int,
+    keep_running: bool,
+    say: Say,
+) -> dict[str, Any]:
+    home = settings.home.resolve()
+    if home.exists():
+        say(f"removing the previous demo in {home}")
+        shutil.rmtree(home)
+    home.mkdir(parents=True)
+    storage = settings.storage_config()
+    engine = create_db_engine(storage)
+    upgrade(engine)
+
+    # Every period is generated at the history's size; later periods keep a seeded sample.
+    stream = generate(scenario=scenario, periods=periods, per_period=max(history, per_period), seed=seed)
+    data = write_stream(stream, home / "cohort.parquet")[0]
+    frame = stream.frame
+    later = frame[frame.period > 1].groupby("period", group_keys=False).sample(n=per_period, random_state=seed)
+    frame = pd.concat([frame[frame.period == 1].sample(n=history, random_state=seed), later]).sort_values("observed_at")
+    say(
+        f"cohort '{scenario}': a history of {history} records, then {periods - 1} periods of {per_period}; "
+        "ground truth per period:"
+    )
+    for truth in stream.periods:
+        say(f"  period {truth.period}: {truth.description}")
+
+    first = home / "period-1.parquet"
+    frame[frame.period == 1].to_parquet(first, index=False)
+    report = ingest_file(engine, first, mapping=MAPPING, patient_key=settings.patient_key_bytes(), actor="demo")
+    say(f"ingested period 1: {report.inserted} labeled records")
+    say("training version 1 from the shipped MiniLM (the first update takes a minute on a CPU) ...")
+    started = time.perf_counter()
+    outcome = run_update(
+        engine,
+        artifacts_dir=storage.artifacts_dir,
+        config=learner_config(settings),
+        gate=gate_config(settings),
+        actor="demo",
+        prepare_runtime=runtime_preparer(
+            artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
+        ),
+    )
+    accuracy = outcome.metrics["evaluation"]["overall"]["accuracy"]
+    say(
+        f"version {outcome.version_id} trained in {time.perf_counter() - started:.0f}s: held-out accuracy "
+        f"{accuracy:.1%}; gate: {outcome.decision.summary()}"
+    )
+    with Session(engine) as session:
+        if not outcome.promoted:
+            say(f"the demo promotes version {outcome.version_id} explicitly (an admin's --override-gate) to go on")
+            promote_with_runtime(
+                session,
+                version_id=outcome.version_id,
+                actor="demo",
+                reason="demo: promoted over the gate's rejection to show the loop",
+                allow_rejected=True,
+                artifacts_dir=storage.artifacts_dir,
+                max_length=settings.max_length,
+                mode=settings.runtime,
+            )
+        _, admin_key = create_api_key(session, name="demo", role=ApiRole.admin, actor="demo")
+    engine.dispose()
+    (home / "admin.key").write_text(admin_key + "\n")
+    (home / "admin.key").chmod(0o600)
+
+    environment = {key: value for key, value in os.environ.items() if key != "ANAMNESIS_DATABASE_URL"}
+    environment.update({**DEMO_ENV, "ANAMNESIS_HOME": str(home)})
+    environment.update({f"ANAMNESIS_{name.upper()}": str(value) for name, value in _forwarded(settings).items()})
+    log = (home / "serve.log").open("ab")
+    server = subprocess.Popen(  # noqa: S603 - our own CLI with fixed arguments
+        [sys.executable, "-m", "anamnesis.service.cli", "serve", "--port", str(port)],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    base = f"http://127.0.0.1:{port}"
+    summary: dict[str, Any] = {"periods": []}
+    try:
+        client = httpx.Client(base_url=base, headers={"X-API-Key": admin_key}, timeout=120)
+        _wait(lambda: _ready(client), 180, "the service to load version 1", server)
+        say(f"service running at {base}/ (dashboard), API key in {home / 'admin.key'}")
+        for period in range(2, periods + 1):
+            rows = frame[frame.period == period]
+            summary["periods"].append(
+                _replay_period(client, rows, period, stream.periods[period - 1].description, say, server)
+            )
+        versions = client.get("/v1/models").json()
+        summary["versions"] = [{"id": v["id"], "status": v["status"]} for v in versions]
+        say("versions: " + ", ".join(f"v{v['id']} {v['status']}" for v in reversed(versions)))
+        say(f"open {base}/ for the dashboard; {base}/v1/models with header X-API-Key")
+        if keep_running:
+            say("the service keeps running; Ctrl-C stops it")
+            server.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if server.poll() is None:
+            server.terminate()
+            try:
+                server.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                server.kill()
+        log.close()
+    summary["data"] = str(data)
+    return summary
+
+
+def _forwarded(settings: Settings) -> dict[str, object]:
+    names = (
+        "train_epochs",
+        "train_batch_size",
+        "train_min_steps",
+        "train_learning_rate",
+        "train_max_length",
+        "max_length",
+        "strategy",
+        "gate_tolerance",
+        "gate_significance",
+        "gate_min_accuracy",
+        "patient_key",
+        "drift_min_rows",
+        "update_min_new_labels",
+        "update_cooldown_s",
+    )
+    return {name: getattr(settings, name) for name in names if getattr(settings, name) is not None}
+
+
+def _ready(client: httpx.Client) -> bool:
+    try:
+        return client.get("/readyz").status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
+def _wait(condition: Callable[[], Any], timeout: float, what: str, server: subprocess.Popen[bytes]) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"the service stopped while waiting for {what}; see serve.log")
+        value = condition()
+        if value:
+            return value
+        time.sleep(1)
+    raise TimeoutError(f"gave up waiting for {what} after {timeout:.0f}s")
+
+
+def _replay_period(
+    client: httpx.Client, rows: Any, period: int, description: str, say: Say, server: subprocess.Popen[bytes]
+) -> dict[str, Any]:
+    say(f"period {period} ({description}): {len(rows)} records")
+    predictions: list[dict[str, Any]] = []
+    labels: list[str] = []
+    started = time.perf_counter()
+    records = rows.to_dict("records")
+    for start in range(0, len(records), 32):
+        chunk = records[start : start + 32]
+        body = [_item(record) for record in chunk]
+        answer = client.post("/v1/predict", json=body)
+        answer.raise_for_status()
+        predictions += answer.json()["predictions"]
+        labels += [record["label"] for record in chunk]
+    correct = sum(p["label"] == label for p, label in zip(predictions, labels, strict=True))
+    versions = sorted({p["model_version"] for p in predictions})
+    say(
+        f"  predicted {len(predictions)} records in {time.perf_counter() - started:.0f}s with "
+        f"v{', v'.join(map(str, versions))}: {correct / len(predictions):.1%} correct"
+    )
+    truth = [
+        {"prediction_id": p["prediction_id"], "label": label} for p, label in zip(predictions, labels, strict=True)
+    ]
+    client.post("/v1/labels", json={"labels": truth}).raise_for_status()
+    say(f"  ground truth arrived for {len(truth)} records; asking the worker for a drift check")
+    queued = client.post("/v1/jobs/drift-check", json={"reason": f"labels of period {period} arrived"})
+    queued.raise_for_status()
+    check_id = queued.json()["id"]
+    outcome: dict[str, Any] = {"period": period, "accuracy_before_update": correct / len(predictions)}
+    check = _wait(lambda: _job_done(client, check_id), 600, "the drift check", server)
+    outcome["drift_check"] = check["metrics"]
+    say(f"  drift check: {_outcome(check)}")
+    retrain = (
+        _wait(lambda: _finished(client, "retrain", check_id), 900, "the update", server)
+        if check["metrics"].get("update")
+        else None
+    )
+    if retrain:
+        outcome["update"] = retrain["metrics"]
+        say(f"  update: {_outcome(retrain)}")
+        if retrain["metrics"].get("gate"):
+            say(f"  gate: {retrain['metrics']['gate']}")
+    else:
+        say("  no update decided")
+    return outcome
+
+
+def _outcome(job: dict[str, Any]) -> str:
+    if job["status"] == "failed":
+        return f"failed: {(job['error'] or '').splitlines()[0]}"
+    return job["progress_message"] or "done"
+
+
+def _job_done(client: httpx.Client, job_id: int) -> dict[str, Any] | None:
+    job = client.get(f"/v1/jobs/{job_id}").json()
+    return job if job["status"] in {"succeeded", "failed"} else None
+
+
+def _finished(client: httpx.Client, kind: str, after: int) -> dict[str, Any] | None:
+    jobs = [job for job in client.get("/v1/jobs").json() if job["kind"] == kind and job["id"] > after]
+    done = [job for job in jobs if job["status"] in {"succeeded", "failed"}]
+    return min(done, key=lambda job: job["id"]) if done else None
+
+
+def _item(record: dict[str, Any]) -> dict[str, Any]:
+    fields = {
+        name: _plain(record[name])
+        for name in record
+        if name not in {"patient_id", "site", "observed_at", "period", "note", "label"}
+    }
+    return {
+        "note": record["note"],
+        "site": record["site"],
+        "period": str(record["period"]),
+        "observed_at": record["observed_at"].isoformat(),
+        "patient_id": record["patient_id"],
+        "fields": {name: value for name, value in fields.items() if value is not None},
+    }
+
+
+def _plain(value: Any) -> Any:
+    if value is None:
+        return None
+    if isinstance(value, float) and value != value:
+        return None
+    if hasattr(value, "item"):
+        return value.item()
+    return value

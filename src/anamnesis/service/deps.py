@@ -1,0 +1,77 @@
+"""Dependency aliases for the routes (the full-stack-fastapi-template way)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Annotated
+
+from fastapi import Depends, HTTPException, Path, Query, Request, Security
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
+from sqlmodel import Session
+
+from anamnesis.service.auth import Principal
+from anamnesis.service.state import ServiceState
+from anamnesis.storage.models import ApiRole
+
+MAX_ID = 2**31 - 1  # PostgreSQL integer keys
+
+RowId = Annotated[int, Path(ge=1, le=MAX_ID, description="A stored row's id.")]
+Limit = Annotated[int, Query(ge=1, le=500, description="How many rows.")]
+Offset = Annotated[int, Query(ge=0, le=10_000_000, description="How many rows to skip.")]
+
+api_key_header = APIKeyHeader(name="X-API-Key", auto_error=False, description="An anamnesis API key.")
+bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token.")
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service
+
+
+StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_session(state: StateDep) -> Iterator[Session]:
+    with Session(state.engine) as session:
+        yield session
+
+
+SessionDep = Annotated[Session, Depends(get_session)]
+
+
+def _principal(
+    state: StateDep,
+    key: Annotated[str | None, Security(api_key_header)],
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+) -> Principal:
+    supplied = key or (credentials.credentials if credentials else None)
+    if not supplied:
+        raise HTTPException(
+            401, "missing API key: send it as X-API-Key or as a bearer token", headers={"WWW-Authenticate": "Bearer"}
+        )
+    if len(supplied) > 200:
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    principal = state.keys.verify(supplied)
+    if principal is None:
+        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
+    return principal
+
+
+def require_reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    return principal
+
+
+def require_predict(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not principal.allows(ApiRole.predict):
+        raise HTTPException(403, "this key may not predict")
+    return principal
+
+
+def require_admin(principal: Annotated[Principal, Depends(_principal)]) -> Principal:
+    if not principal.allows(ApiRole.admin):
+        raise HTTPException(403, "this endpoint needs an admin key")
+    return principal
+
+
+ReaderKey = Annotated[Principal, Depends(require_reader)]
+PredictKey = Annotated[Principal, Depends(require_predict)]
+AdminKey = Annotated[Principal, Depends(require_admin)]

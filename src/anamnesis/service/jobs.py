@@ -1,0 +1,153 @@
+"""What the worker does with a claimed job: a retraining or a drift check."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from datetime import timedelta
+
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from anamnesis.learner.config import LearnerConfig, TrainingConfig, preset
+from anamnesis.learner.errors import NothingToLearnError, TrainingStoppedError
+from anamnesis.learner.gate import GateConfig
+from anamnesis.learner.progress import ProgressHook, ProgressState, TrainingControl
+from anamnesis.learner.updater import run_update
+from anamnesis.service.runtime import runtime_preparer
+from anamnesis.service.settings import Settings
+from anamnesis.storage.errors import LeaseHeldError
+from anamnesis.storage.models import JobKind, RunStatus, TrainingRun
+from anamnesis.storage.repository import acquire_lease, finish_training_run, release_lease, report_run_progress
+
+logger = logging.getLogger("anamnesis.jobs")
+TRAINING_LEASE = "training"
+
+
+def learner_config(settings: Settings) -> LearnerConfig:
+    return LearnerConfig(
+        strategy=preset(settings.strategy),
+        training=TrainingConfig(
+            epochs=settings.train_epochs,
+            batch_size=settings.train_batch_size,
+            min_steps=settings.train_min_steps,
+            learning_rate=settings.train_learning_rate,
+            max_length=settings.train_max_length,
+            device=settings.device,
+        ),
+    )
+
+
+def gate_config(settings: Settings) -> GateConfig:
+    return GateConfig(
+        tolerance=settings.gate_tolerance,
+        significance=settings.gate_significance,
+        min_accuracy=settings.gate_min_accuracy,
+    )
+
+
+@dataclass
+class JobContext:
+    """What running a job needs: shared by the worker and by `anamnesis train`."""
+
+    settings: Settings
+    engine: Engine
+    identity: str
+    stop: threading.Event = field(default_factory=threading.Event)
+    training_lease: str | None = None
+    current_run: int | None = None
+
+    @property
+    def stopping(self) -> bool:
+        return self.stop.is_set()
+
+
+def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | None = None) -> None:
+    """Runs a claimed job to its end and records the outcome (failures included)."""
+    with Session(worker.engine) as session:
+        run = session.get(TrainingRun, run_id)
+        kind = run.kind if run else None
+    actor = f"worker:{worker.identity}"
+    logger.info("job %s (%s) started", run_id, kind)
+    try:
+        if kind == JobKind.retrain:
+            metrics, message = _retrain(worker, run_id, extra_hook)
+        else:
+            from anamnesis.service.monitoring import run_scheduled_check
+
+            metrics, message = run_scheduled_check(worker.settings, worker.engine, run_id=run_id, actor=actor)
+    except Exception as error:
+        logger.error("job %s failed: %s", run_id, error)
+        detail = f"{type(error).__name__}: {error}"
+        if not isinstance(error, TrainingStoppedError | LeaseHeldError):
+            detail += "\n" + "".join(traceback.format_exception(error)[-3:])
+        with Session(worker.engine) as session:
+            finish_training_run(session, run_id=run_id, status=RunStatus.failed, error=detail[:4000], actor=actor)
+        return
+    with Session(worker.engine) as session:
+        finish_training_run(
+            session, run_id=run_id, status=RunStatus.succeeded, metrics=metrics, message=message, actor=actor
+        )
+    logger.info("job %s (%s) succeeded: %s", run_id, kind, message)
+
+
+def _progress_hook(worker: JobContext, run_id: int, extra: ProgressHook | None) -> ProgressHook:
+    last = [0.0]
+
+    def hook(state: ProgressState, control: TrainingControl) -> None:
+        if extra is not None:
+            extra(state, control)
+        if worker.stopping:
+            control.should_stop = True
+        now = time.monotonic()
+        if state.phase == "train" and now - last[0] < 1.0:
+            return
+        last[0] = now
+        with Session(worker.engine) as session:
+            report_run_progress(
+                session,
+                run_id=run_id,
+                progress=0.05 + 0.8 * state.fraction if state.phase == "train" else _PHASE_PROGRESS[state.phase],
+                message=state.describe(),
+            )
+
+    return hook
+
+
+_PHASE_PROGRESS = {"prepare": 0.02, "train": 0.05, "evaluate": 0.87, "save": 0.95}
+
+
+def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -> tuple[dict[str, object], str]:
+    settings = worker.settings
+    storage = settings.storage_config()
+    holder = f"{worker.identity}:run{run_id}"
+    with Session(worker.engine) as session:
+        acquire_lease(session, name=TRAINING_LEASE, holder=holder, ttl=timedelta(seconds=settings.stale_run_s))
+    worker.training_lease = holder
+    try:
+        outcome = run_update(
+            worker.engine,
+            artifacts_dir=storage.artifacts_dir,
+            config=learner_config(settings),
+            gate=gate_config(settings),
+            actor=f"worker:{worker.identity}",
+            training_run_id=run_id,
+            prepare_runtime=runtime_preparer(
+                artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
+            ),
+            hook=_progress_hook(worker, run_id, extra_hook),
+        )
+    except NothingToLearnError as error:
+        return {"skipped": str(error)}, f"skipped: {error}"
+    finally:
+        worker.training_lease = None
+        with Session(worker.engine) as session:
+            release_lease(session, name=TRAINING_LEASE, holder=holder)
+    verdict = "promoted" if outcome.promoted else "rejected by the gate"
+    return (
+        {"version_id": outcome.version_id, "promoted": outcome.promoted, "gate": outcome.decision.summary()},
+        f"model version {outcome.version_id} {verdict}",
+    )

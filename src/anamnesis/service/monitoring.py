@@ -1,0 +1,173 @@
+"""Drift checks as worker jobs: build the windows from storage, run the monitor, act on its decision.
+
+The reference is the held-out slice of the periods the current model was trained on, with the
+model's outputs; it is profiled once per model version and cached under the reports folder. The
+current window is the newest records stored since the model was promoted, with the predictions
+the API made for them (embeddings included) or, for records that came in by ingestion, outputs
+computed now. monitor stays independent of learner: the model reaches it as a plain callable.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from datetime import timedelta
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import Engine
+from sqlmodel import Session
+
+from anamnesis.learner.updater import holdout_of
+from anamnesis.monitor.config import DriftConfig, PolicyConfig
+from anamnesis.monitor.data import WindowData, window_from_records
+from anamnesis.monitor.errors import WindowTooSmallError
+from anamnesis.monitor.reference import ReferenceCache
+from anamnesis.monitor.runner import UpdateContext, run_and_store
+from anamnesis.service.runtime import LoadedModel, load_model
+from anamnesis.service.settings import Settings
+from anamnesis.storage.models import JobKind, ModelVersion, Trigger, utcnow
+from anamnesis.storage.queries import WindowRecord, current_model, labeled_records_since, last_job_since, recent_records
+from anamnesis.storage.repository import create_training_run
+
+logger = logging.getLogger("anamnesis.monitoring")
+
+
+def policy_config(settings: Settings) -> PolicyConfig:
+    age = settings.update_max_model_age_days
+    return PolicyConfig(
+        cooldown=timedelta(seconds=settings.update_cooldown_s),
+        min_new_labels=settings.update_min_new_labels,
+        max_model_age=timedelta(days=age) if age else None,
+    )
+
+
+def predictor(model: LoadedModel):
+    def predict(notes: Sequence[str], fields: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+        probabilities, embeddings = model.infer(model.encode(list(notes), [dict(f) for f in fields]))
+        return embeddings, probabilities
+
+    return predict
+
+
+def reference_window(engine: Engine, version: ModelVersion, model: LoadedModel) -> WindowData:
+    with Session(engine) as session:
+        holdout = holdout_of(session, version)
+    periods = set(version.data_window.get("periods", []))
+    records = [r for r in holdout if r.period in periods] or holdout
+    return window_from_records(
+        notes=[r.note for r in records],
+        fields=[r.fields for r in records],
+        sites=[r.site for r in records],
+        truth=[r.label for r in records],
+        predictor=predictor(model),
+        class_names=model.labels,
+        description={"model_version": version.id, "periods": sorted(periods), "source": "held-out records"},
+    )
+
+
+def current_window(rows: Sequence[WindowRecord], model: LoadedModel, description: dict[str, Any]) -> WindowData:
+    """Stored predictions where the API made them; the model's outputs now for the rest."""
+    missing = [row for row in rows if row.prediction is None or row.prediction.embedding is None]
+    computed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if missing:
+        embeddings, probabilities = predictor(model)(
+            [r.record.note for r in missing], [r.record.fields for r in missing]
+        )
+        computed = {r.record.id: (e, p) for r, e, p in zip(missing, embeddings, probabilities, strict=True)}
+    embedding_rows, probability_rows = [], []
+    for row in rows:
+        if row.record.id in computed:
+            embedding, probability = computed[row.record.id]
+        else:
+            prediction = row.prediction
+            embedding = np.frombuffer(prediction.embedding, dtype=np.float16).astype(np.float32)
+            probability = np.array([prediction.probabilities.get(label, 0.0) for label in model.labels])
+            probability = probability / probability.sum()
+        embedding_rows.append(embedding)
+        probability_rows.append(probability)
+    return WindowData(
+        fields=pd.DataFrame.from_records([dict(r.record.fields) for r in rows], index=pd.RangeIndex(len(rows))),
+        notes=tuple(r.record.note for r in rows),
+        sites=tuple(r.record.site for r in rows),
+        probabilities=np.vstack(probability_rows),
+        class_names=model.labels,
+        truth=tuple(r.label for r in rows),
+        embeddings=np.vstack(embedding_rows),
+        description={**description, "predicted_by_api": len(rows) - len(missing), "predicted_now": len(missing)},
+    )
+
+
+def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, actor: str) -> tuple[dict[str, Any], str]:
+    """One drift check of the recent records against the production model's reference."""
+    storage = settings.storage_config()
+    with Session(engine) as session:
+        version = current_model(session)
+        if version is None:
+            return {"skipped": "no production model"}, "skipped: no model in production yet"
+        rows = recent_records(
+            session, since=version.promoted_at, limit=settings.drift_window, model_version_id=version.id
+        )
+        new_labels = labeled_records_since(session, version.data_window.get("label_cutoff") or 0)
+        last_attempt = last_job_since(session, JobKind.retrain, version.promoted_at)
+    if len(rows) < settings.drift_min_rows:
+        message = (
+            f"skipped: {len(rows)} records since v{version.id} was promoted (fewer than {settings.drift_min_rows})"
+        )
+        return {"skipped": message, "rows": len(rows)}, message
+    model = load_model(version, max_length=settings.max_length, mode=settings.runtime)
+    config = DriftConfig(min_rows=settings.drift_min_rows)
+    cache = ReferenceCache(storage.reports_dir / "reference", config)
+    reference = cache.get_or_build(
+        f"model-{version.id}-{version.artifact_sha256[:12]}", lambda: reference_window(engine, version, model)
+    )
+    current = current_window(
+        rows,
+        model,
+        {
+            "since": version.promoted_at.isoformat(),
+            "model_version": version.id,
+            "periods": sorted({r.record.period for r in rows if r.record.period}),
+        },
+    )
+    now = utcnow()
+    context = UpdateContext(
+        new_labeled_records=new_labels,
+        model_age=now - version.promoted_at,
+        since_last_attempt=(now - last_attempt.created_at) if last_attempt else None,
+    )
+    try:
+        report, result, decision = run_and_store(
+            engine,
+            reports_dir=storage.reports_dir,
+            model_version_id=version.id,
+            reference=reference,
+            current=current,
+            config=config,
+            policy=policy_config(settings),
+            context=context,
+            actor=actor,
+        )
+    except WindowTooSmallError as error:
+        return {"skipped": str(error)}, f"skipped: {error}"
+    if decision.update:
+        with Session(engine) as session:
+            create_training_run(
+                session,
+                kind=JobKind.retrain,
+                trigger=Trigger.drift,
+                actor=actor,
+                reason="; ".join(decision.reasons)[:2000],
+                config={"drift_report_id": report.id},
+            )
+    flagged = [str(family) for family, value in result.flags.items() if value]
+    verdict = f"drift in {', '.join(flagged)}" if report.drift_detected else "no drift"
+    action = "update queued" if decision.update else "no update"
+    message = f"report {report.id}: {verdict}; {action} ({'; '.join(decision.reasons)[:300]})"
+    return {
+        "drift_report_id": report.id,
+        "drift_detected": report.drift_detected,
+        "update": decision.update,
+        "reasons": list(decision.reasons),
+    }, message

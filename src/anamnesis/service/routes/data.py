@@ -1,0 +1,116 @@
+"""Records and delayed ground truth: single calls and bulk uploads (the ingest code)."""
+
+from __future__ import annotations
+
+import tempfile
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+from fastapi import APIRouter, File, HTTPException, Query, UploadFile
+from starlette.concurrency import run_in_threadpool
+
+from anamnesis.service.deps import AdminKey, SessionDep, StateDep
+from anamnesis.service.schemas import IngestResponse, LabelResult, LabelsRequest, LabelsResponse, RecordsRequest
+from anamnesis.storage.errors import NotFoundError
+from anamnesis.storage.ingest import ColumnMapping, FileFormat, ingest_file, prepare_record
+from anamnesis.storage.queries import find_prediction
+from anamnesis.storage.repository import add_labels, store_record_batch
+from anamnesis.storage.schemas import RecordCreate
+
+router = APIRouter(prefix="/v1", tags=["data"])
+
+
+@router.post("/records", response_model=IngestResponse)
+def add_records(body: RecordsRequest, state: StateDep, session: SessionDep, principal: AdminKey) -> IngestResponse:
+    """Store records (optionally labeled); a record already stored is not stored twice."""
+    now = datetime.now(UTC)
+    prepared = [
+        prepare_record(
+            RecordCreate(**item.model_dump(exclude={"fields"}), fields=item.fields),
+            patient_key=state.patient_key,
+            ingested_at=now,
+        )
+        for item in body.records
+    ]
+    outcome = store_record_batch(session, records=prepared, source="api:records", actor=principal.actor)
+    return IngestResponse(
+        rows_read=len(prepared),
+        inserted=outcome.inserted,
+        duplicates=outcome.duplicates,
+        labels_added=outcome.labels_added,
+        rejected=0,
+        errors=[],
+        record_ids=list(outcome.record_ids),
+    )
+
+
+@router.post("/labels", response_model=LabelsResponse)
+def add_ground_truth(body: LabelsRequest, state: StateDep, session: SessionDep, principal: AdminKey) -> LabelsResponse:
+    """Ground truth that arrives later, addressed by prediction id or record id. History is kept."""
+    pairs: list[tuple[int, str]] = []
+    flushed = False
+    for index, item in enumerate(body.labels):
+        if (item.record_id is None) == (item.prediction_id is None):
+            raise HTTPException(422, f"labels[{index}]: give exactly one of record_id and prediction_id")
+        if item.record_id is not None:
+            pairs.append((item.record_id, item.label))
+            continue
+        prediction = find_prediction(session, item.prediction_id)
+        if prediction is None and not flushed:
+            # It may still be waiting in this process's write queue.
+            state.writer.flush(timeout=5.0)
+            flushed = True
+            prediction = find_prediction(session, item.prediction_id)
+        if prediction is None or prediction.record_id is None:
+            raise NotFoundError("prediction", item.prediction_id)
+        pairs.append((prediction.record_id, item.label))
+    rows = add_labels(session, labels=pairs, source="api:labels", actor=principal.actor)
+    return LabelsResponse(labels=[LabelResult(label_id=r.id, record_id=r.record_id, label=r.label) for r in rows])
+
+
+@router.post("/records/upload", response_model=IngestResponse, responses={413: {"description": "File too large."}})
+async def upload_records(
+    file: Annotated[UploadFile, File(description="CSV, JSONL or Parquet.")],
+    state: StateDep,
+    principal: AdminKey,
+    text_col: Annotated[str, Query(min_length=1, max_length=200)] = "note",
+    label_col: Annotated[str | None, Query(max_length=200)] = None,
+    period_col: Annotated[str | None, Query(max_length=200)] = None,
+    time_col: Annotated[str | None, Query(max_length=200)] = None,
+    site_col: Annotated[str | None, Query(max_length=200)] = None,
+    patient_col: Annotated[str | None, Query(max_length=200)] = None,
+    file_format: Annotated[FileFormat | None, Query(alias="format")] = None,
+) -> IngestResponse:
+    """Bulk upload, validated row by row like `anamnesis ingest` (same code, same errors)."""
+    suffix = f".{file_format.value}" if file_format else Path(file.filename or "").suffix.lower()
+    mapping = ColumnMapping(
+        text=text_col, label=label_col, period=period_col, time=time_col, site=site_col, patient=patient_col
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / f"upload{suffix or '.csv'}"
+        size = 0
+        with path.open("wb") as handle:
+            while chunk := await file.read(1 << 20):
+                size += len(chunk)
+                if size > state.settings.max_upload_bytes:
+                    raise HTTPException(413, f"the upload is larger than {state.settings.max_upload_bytes} bytes")
+                handle.write(chunk)
+        report = await run_in_threadpool(
+            ingest_file,
+            state.engine,
+            path,
+            mapping=mapping,
+            patient_key=state.patient_key,
+            actor=principal.actor,
+            file_format=file_format,
+        )
+    return IngestResponse(
+        rows_read=report.rows_read,
+        inserted=report.inserted,
+        duplicates=report.duplicates,
+        labels_added=report.labels_added,
+        rejected=report.rejected,
+        errors=[{"row": e.row, "reason": e.reason} for e in report.errors[:100]],
+        record_ids=report.record_ids,
+    )

@@ -1,0 +1,57 @@
+"""Liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from anamnesis.service.deps import StateDep
+from anamnesis.service.schemas import HealthStatus
+from anamnesis.storage.queries import why_no_model_serves
+from anamnesis.storage.repository import ensure_engine_ready
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz", response_model=HealthStatus)
+def healthz() -> HealthStatus:
+    """Liveness: the process answers."""
+    return HealthStatus(status="ok")
+
+
+@router.get("/readyz", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
+def readyz(state: StateDep) -> JSONResponse:
+    """Readiness: the database answers and a model is loaded."""
+    try:
+        ensure_engine_ready(state.engine)
+        state.health.ok()
+        database = "ok"
+    except SQLAlchemyError as error:
+        state.health.failed(error)
+        database = f"unavailable ({type(error).__name__})"
+    model = state.registry.current
+    ready = database == "ok" and model is not None
+    detail = None
+    if model is None:
+        detail = "no model version is in production yet"
+        if database == "ok":
+            with Session(state.engine) as session:
+                detail = why_no_model_serves(session)
+    body = HealthStatus(
+        status="ready" if ready else "not ready",
+        database=database,
+        model_version=model.version_id if model else None,
+        runtime=model.kind if model else None,
+        detail=detail,
+    )
+    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+def metrics(state: StateDep) -> Response:
+    """Prometheus metrics: latency, errors, batch sizes, current version, drift scores, jobs."""
+    state.metrics.pending_writes.set(state.writer.pending)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,78 @@
+"""Model versions: list, detail (metrics, accuracy matrix, lineage, gate), promote, rollback."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep, StateDep
+from anamnesis.service.runtime import promote_with_runtime
+from anamnesis.service.schemas import ModelDetail, PromoteRequest, RollbackRequest
+from anamnesis.storage.errors import NotFoundError
+from anamnesis.storage.models import ModelVersion
+from anamnesis.storage.queries import current_model, get_model_version, lineage, list_model_versions
+from anamnesis.storage.repository import rollback_model
+from anamnesis.storage.schemas import ModelVersionPublic
+
+router = APIRouter(prefix="/v1/models", tags=["models"])
+
+
+def public(version: ModelVersion) -> ModelVersionPublic:
+    return ModelVersionPublic.model_validate(version, from_attributes=True)
+
+
+def detail(session: SessionDep, version: ModelVersion) -> ModelDetail:
+    matrix = dict(version.metrics.get("accuracy_matrix", {}))
+    if matrix.get("rows"):
+        # The last row is the version's own; its id was unknown when the metrics were computed.
+        matrix["rows"] = [*matrix["rows"][:-1], {**matrix["rows"][-1], "version_id": version.id}]
+    return ModelDetail(
+        **public(version).model_dump(),
+        lineage=[v.id for v in lineage(session, version.id)],
+        accuracy_matrix=matrix,
+        gate=version.metrics.get("gate", {}),
+    )
+
+
+@router.get("", response_model=list[ModelVersionPublic])
+def list_models(session: SessionDep, _: ReaderKey, limit: Limit = 100, offset: Offset = 0) -> list[ModelVersionPublic]:
+    """Model versions, newest first."""
+    return [public(v) for v in list_model_versions(session, limit=limit, offset=offset)]
+
+
+@router.get("/current", response_model=ModelDetail)
+def get_current(session: SessionDep, _: ReaderKey) -> ModelDetail:
+    """The production model."""
+    version = current_model(session)
+    if version is None:
+        raise NotFoundError("production model", "(none yet)")
+    return detail(session, version)
+
+
+@router.get("/{version_id}", response_model=ModelDetail)
+def get_model(version_id: RowId, session: SessionDep, _: ReaderKey) -> ModelDetail:
+    """One version: metrics, accuracy matrix, lineage and the gate's decision."""
+    return detail(session, get_model_version(session, version_id))
+
+
+@router.post("/{version_id}/promote", response_model=ModelDetail)
+def promote(
+    version_id: RowId, body: PromoteRequest, state: StateDep, session: SessionDep, principal: AdminKey
+) -> ModelDetail:
+    """Make a version current (every API process switches to it within seconds)."""
+    promoted = promote_with_runtime(
+        session,
+        version_id=version_id,
+        actor=principal.actor,
+        reason=body.reason,
+        allow_rejected=body.override_gate,
+        artifacts_dir=state.storage.artifacts_dir,
+        max_length=state.settings.max_length,
+        mode=state.settings.runtime,
+    )
+    return detail(session, promoted)
+
+
+@router.post("/rollback", response_model=ModelDetail)
+def rollback(body: RollbackRequest, session: SessionDep, principal: AdminKey) -> ModelDetail:
+    """Put the previously promoted version back into production."""
+    return detail(session, rollback_model(session, actor=principal.actor, reason=body.reason))

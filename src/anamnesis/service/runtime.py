@@ -1,0 +1,265 @@
+"""Serving runtimes for a model version: PyTorch, or ONNX with int8 dynamic quantization.
+
+At promotion the model is exported to ONNX and quantized; the quantized model serves only when
+its accuracy on the held-out slice is within `ONNX_TOLERANCE` of PyTorch's. The choice and its
+reason are recorded on the model version. Weights are stored as safetensors; the ONNX file is a
+derived, sha256-checked serving artifact (protobuf, never pickle).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from sqlmodel import Session
+
+from anamnesis.learner.data import encode_labeled
+from anamnesis.learner.modeling import (
+    ModelBundle,
+    ModelInputs,
+    RecordClassifier,
+    encode_records,
+    load_bundle,
+    pad_batch,
+)
+from anamnesis.storage.artifacts import verify_artifact, write_artifact
+from anamnesis.storage.models import ModelVersion
+from anamnesis.storage.queries import LabeledRecord, get_model_version
+from anamnesis.storage.repository import promote_model_version
+
+ONNX_TOLERANCE = 0.005
+ONNX_FILE = "model.int8.onnx"
+logger = logging.getLogger("anamnesis.runtime")
+
+
+class Runtime(Protocol):
+    kind: str
+
+    def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Class probabilities and mean-pooled note embeddings for a padded batch and its field features."""
+        ...
+
+
+class _LogitsAndEmbeddings(torch.nn.Module):
+    def __init__(self, model: RecordClassifier) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, field_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.model.forward_with_embeddings(input_ids, attention_mask, field_features)
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+class PyTorchRuntime:
+    kind = "pytorch"
+
+    def __init__(self, bundle: ModelBundle) -> None:
+        self._module = _LogitsAndEmbeddings(bundle.model).eval()
+        self._lock = threading.Lock()  # one forward at a time: torch already uses every core
+
+    @torch.inference_mode()
+    def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        with self._lock:
+            logits, embeddings = self._module(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(features))
+        return _softmax(logits.float().numpy()), embeddings.float().numpy()
+
+
+class OnnxRuntime:
+    kind = "onnx-int8"
+
+    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+        import onnxruntime
+
+        options = onnxruntime.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        options.log_severity_level = 3
+        self._session = onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+    def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        logits, embeddings = self._session.run(
+            None, {"input_ids": ids, "attention_mask": mask, "field_features": features}
+        )
+        return _softmax(logits), embeddings
+
+
+def export_onnx_int8(bundle: ModelBundle, folder: Path) -> None:
+    """Exports logits and embeddings with dynamic batch and length, then quantizes weights to int8."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    module = _LogitsAndEmbeddings(bundle.model).eval()
+    example = encode_records(bundle, ["example note"] * 2, [{}, {}], max_length=16)
+    ids, mask = pad_batch(example.token_ids, 0)
+    full = folder / "model.fp32.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module,
+            (ids, mask, torch.from_numpy(example.features)),
+            str(full),
+            dynamo=False,
+            input_names=["input_ids", "attention_mask", "field_features"],
+            output_names=["logits", "embeddings"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "length"},
+                "attention_mask": {0: "batch", 1: "length"},
+                "field_features": {0: "batch"},
+                "logits": {0: "batch"},
+                "embeddings": {0: "batch"},
+            },
+            opset_version=17,
+        )
+    logging.getLogger().disabled, was = True, logging.getLogger().disabled  # quantize_dynamic logs a tip
+    try:
+        quantize_dynamic(str(full), str(folder / ONNX_FILE), weight_type=QuantType.QInt8)
+    finally:
+        logging.getLogger().disabled = was
+    full.unlink()
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A model version ready to serve: its runtime, and the bundle's encoding of records."""
+
+    version_id: int
+    bundle: ModelBundle
+    runtime: Runtime
+    max_length: int
+
+    @property
+    def kind(self) -> str:
+        return self.runtime.kind
+
+    @property
+    def labels(self) -> tuple[str, ...]:
+        return self.bundle.labels
+
+    def encode(self, notes: Sequence[str], fields: Sequence[dict[str, Any]]) -> ModelInputs:
+        return encode_records(self.bundle, notes, fields, max_length=self.max_length)
+
+    def infer(self, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray]:
+        return _infer(self.runtime, self.bundle, inputs)
+
+
+def _infer(runtime: Runtime, bundle: ModelBundle, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray]:
+    ids, mask = pad_batch(inputs.token_ids, bundle.tokenizer.pad_token_id or 0)
+    return runtime.infer(ids.numpy(), mask.numpy(), inputs.features)
+
+
+def _accuracy(runtime: Runtime, bundle: ModelBundle, records: Sequence[LabeledRecord], max_length: int) -> float:
+    """Accuracy of `runtime` on labeled records (at least one)."""
+    inputs = encode_labeled(bundle, records, max_length=max_length)
+    correct = 0
+    for start in range(0, len(records), 64):
+        chunk = list(range(start, min(start + 64, len(records))))
+        probabilities, _ = _infer(runtime, bundle, inputs.rows(chunk))
+        predicted = probabilities.argmax(axis=1)
+        correct += sum(bundle.labels[int(p)] == records[i].label for p, i in zip(predicted, chunk, strict=True))
+    return correct / len(records)
+
+
+def choose_runtime(
+    version: ModelVersion,
+    bundle: ModelBundle,
+    holdout: Sequence[LabeledRecord],
+    *,
+    artifacts_dir: Path,
+    max_length: int,
+    mode: str = "auto",
+) -> dict[str, Any]:
+    """Exports and validates the ONNX int8 model; returns what to record as the version's runtime."""
+    if mode == "pytorch":
+        return {"kind": "pytorch", "reason": "PyTorch forced by configuration"}
+    try:
+        folder, digest = write_artifact(
+            artifacts_dir, f"onnx-{version.id}-{version.artifact_sha256[:8]}", lambda f: export_onnx_int8(bundle, f)
+        )
+    except Exception as error:
+        logger.warning("ONNX export of model version %s failed: %s", version.id, type(error).__name__)
+        return {"kind": "pytorch", "reason": f"ONNX export failed ({type(error).__name__})"}
+    if not holdout:
+        return {
+            "kind": "onnx-int8",
+            "onnx_path": str(folder),
+            "onnx_sha256": digest,
+            "reason": "no held-out records to compare the runtimes on: ONNX int8 served unvalidated",
+        }
+    onnx = OnnxRuntime(folder / ONNX_FILE)
+    accuracy_onnx = _accuracy(onnx, bundle, holdout, max_length)
+    accuracy_torch = _accuracy(PyTorchRuntime(bundle), bundle, holdout, max_length)
+    close = abs(accuracy_torch - accuracy_onnx) <= ONNX_TOLERANCE
+    kind = "onnx-int8" if close or mode == "onnx" else "pytorch"
+    return {
+        "kind": kind,
+        "onnx_path": str(folder),
+        "onnx_sha256": digest,
+        "accuracy_pytorch": accuracy_torch,
+        "accuracy_onnx_int8": accuracy_onnx,
+        "validation_records": len(holdout),
+        "reason": (
+            f"ONNX int8 accuracy {accuracy_onnx:.4f} vs PyTorch {accuracy_torch:.4f} on {len(holdout)} held-out records"
+            + (" (within tolerance)" if close else f" (differs by more than {ONNX_TOLERANCE})")
+        ),
+    }
+
+
+def load_model(version: ModelVersion, *, max_length: int, mode: str = "auto") -> LoadedModel:
+    """Loads the runtime recorded at promotion (checking every artifact's sha256)."""
+    bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
+    runtime: Runtime
+    use_onnx = version.runtime.get("kind") == "onnx-int8" and mode != "pytorch"
+    if use_onnx or (mode == "onnx" and version.runtime.get("onnx_path")):
+        folder = Path(version.runtime["onnx_path"])
+        verify_artifact(folder, version.runtime["onnx_sha256"])
+        runtime = OnnxRuntime(folder / ONNX_FILE)
+    else:
+        runtime = PyTorchRuntime(bundle)
+    return LoadedModel(version_id=version.id, bundle=bundle, runtime=runtime, max_length=max_length)
+
+
+def runtime_preparer(*, artifacts_dir: Path, max_length: int, mode: str):
+    """The promotion hook of `learner.updater.run_update`: export, validate and choose the runtime."""
+
+    def prepare(version: ModelVersion, bundle: ModelBundle, holdout: Sequence[LabeledRecord]) -> dict[str, Any]:
+        return choose_runtime(version, bundle, holdout, artifacts_dir=artifacts_dir, max_length=max_length, mode=mode)
+
+    return prepare
+
+
+def promote_with_runtime(
+    session: Session,
+    *,
+    version_id: int,
+    actor: str,
+    reason: str,
+    allow_rejected: bool,
+    artifacts_dir: Path,
+    max_length: int,
+    mode: str,
+) -> ModelVersion:
+    """A manual promotion: chooses the serving runtime first when the version never had one."""
+    from anamnesis.learner.updater import holdout_of
+
+    version = get_model_version(session, version_id)
+    runtime = None
+    if not version.runtime:
+        bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
+        runtime = choose_runtime(
+            version, bundle, holdout_of(session, version), artifacts_dir=artifacts_dir, max_length=max_length, mode=mode
+        )
+    return promote_model_version(
+        session, version_id=version_id, actor=actor, reason=reason, runtime=runtime, allow_rejected=allow_rejected
+    )

@@ -1,0 +1,179 @@
+"""Request and response schemas of the API (record and model schemas live in storage.schemas)."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from anamnesis.storage.models import JobKind, RunStatus, Trigger
+from anamnesis.storage.schemas import LabelName, ModelVersionPublic, PatientReference, RecordBase
+
+
+class PredictItem(RecordBase):
+    """One record to classify: a note and structured fields (and optionally where and when)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: PatientReference | None = Field(
+        default=None, description="Patient reference; stored only as a keyed hash."
+    )
+
+
+class PredictionPublic(BaseModel):
+    prediction_id: str = Field(description="Use it to send the ground truth later (POST /v1/labels).")
+    label: str
+    confidence: float
+    probabilities: dict[str, float]
+    model_version: int
+    runtime: str
+
+
+class PredictResponse(BaseModel):
+    predictions: list[PredictionPublic]
+
+
+class LabelResult(BaseModel):
+    label_id: int
+    record_id: int
+    label: str
+
+
+class LabelsResponse(BaseModel):
+    labels: list[LabelResult]
+
+
+class LabelsRequest(BaseModel):
+    """One label or many; each addressed by record_id or by prediction_id."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    labels: list[LabelItem] = Field(min_length=1, max_length=10_000)
+
+
+class LabelItem(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    record_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
+    prediction_id: str | None = Field(default=None, min_length=1, max_length=64)
+    label: LabelName
+
+
+LabelsRequest.model_rebuild()
+
+
+class RecordsRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[RecordItem] = Field(min_length=1, max_length=10_000)
+
+
+class RecordItem(RecordBase):
+    model_config = ConfigDict(extra="forbid")
+
+    patient_id: PatientReference | None = None
+    label: LabelName | None = None
+
+
+RecordsRequest.model_rebuild()
+
+
+class IngestResponse(BaseModel):
+    rows_read: int
+    inserted: int
+    duplicates: int
+    labels_added: int
+    rejected: int
+    errors: list[dict[str, Any]] = Field(description="Rejected rows: number and reason (at most 100 shown).")
+    record_ids: list[int] = Field(default_factory=list, description="Ids of the stored records, in input order.")
+
+
+class ModelDetail(ModelVersionPublic):
+    lineage: list[int] = Field(description="Ancestor version ids, oldest first, ending with this one.")
+    accuracy_matrix: dict[str, Any] = Field(description="Periods and, per version of the lineage, its accuracy.")
+    gate: dict[str, Any] = Field(description="The promotion gate's decision with every check.")
+
+
+class PromoteRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="manual promotion", min_length=1, max_length=500)
+    override_gate: bool = Field(default=False, description="Promote a candidate the gate rejected.")
+
+
+class RollbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str = Field(default="manual rollback", min_length=1, max_length=500)
+
+
+class JobRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    reason: str | None = Field(default=None, max_length=500)
+
+
+class JobPublic(BaseModel):
+    id: int
+    kind: JobKind
+    trigger: Trigger
+    status: RunStatus
+    actor: str
+    reason: str | None
+    progress: float
+    progress_message: str | None
+    error: str | None
+    metrics: dict[str, Any]
+    model_version_id: int | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+
+
+class HealthStatus(BaseModel):
+    status: Literal["ok", "ready", "not ready"]
+    database: str | None = None
+    model_version: int | None = None
+    runtime: str | None = None
+    detail: str | None = None
+
+
+# --- Open Inference Protocol v2 ---
+
+
+class V2Tensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    data: list[Any]
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[V2Tensor] = Field(min_length=1)
+    outputs: list[dict[str, Any]] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_name: str
+    model_version: str
+    id: str | None = None
+    outputs: list[V2Tensor]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any] = Field(default_factory=dict, description="`labels`: the probability columns.")

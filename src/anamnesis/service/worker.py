@@ -1,0 +1,179 @@
+"""The retraining worker: APScheduler jobs under a database leader lease.
+
+One scheduler per process, and one active worker across processes: a worker runs jobs only while
+it holds the `worker` lease in the database (renewed by a heartbeat job), so a second worker
+waits as a standby. A retraining also holds the `training` lease, so at most one runs anywhere.
+Jobs are rows (TrainingRun): the API, the CLI, the schedule and the drift policy queue them; the
+worker claims one at a time. A run whose worker died stops heartbeating and is marked failed; it
+never half-promotes, because promotion is the last, single transaction of a run.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import socket
+import threading
+import time
+import uuid
+from datetime import timedelta
+from pathlib import Path
+
+from apscheduler.schedulers.background import BackgroundScheduler
+from sqlalchemy import Engine, select
+from sqlalchemy.exc import SQLAlchemyError
+from sqlmodel import Session
+
+from anamnesis.service.jobs import TRAINING_LEASE, JobContext, execute_job
+from anamnesis.service.settings import Settings
+from anamnesis.storage.errors import ConflictError, LeaseHeldError
+from anamnesis.storage.models import JobKind, RunStatus, TrainingRun, Trigger
+from anamnesis.storage.queries import active_training_runs
+from anamnesis.storage.repository import (
+    acquire_lease,
+    claim_training_run,
+    create_training_run,
+    fail_interrupted_runs,
+    release_lease,
+    report_run_progress,
+)
+
+logger = logging.getLogger("anamnesis.worker")
+LEADER_LEASE = "worker"
+STAGING_MAX_AGE_S = 3600
+
+
+class Worker:
+    def __init__(self, settings: Settings, engine: Engine) -> None:
+        self.settings = settings
+        self.engine = engine
+        self.identity = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
+        self.jobs = JobContext(settings=settings, engine=engine, identity=self.identity)
+        self.is_leader = False
+        # Jobs run for minutes: their own thread keeps them off the scheduler, whose interval jobs
+        # would otherwise be skipped (and logged as skipped) every tick while one runs.
+        self._runner = threading.Thread(target=self._run_queue, name="anamnesis-jobs", daemon=True)
+        self._scheduler = BackgroundScheduler(
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30}, timezone="UTC"
+        )
+
+    def start(self) -> None:
+        ttl = self.settings.lease_ttl_s
+        self._scheduler.add_job(self.heartbeat, "interval", seconds=max(ttl / 3, 0.5), id="heartbeat")
+        self._scheduler.add_job(
+            self.schedule_drift_check, "interval", seconds=self.settings.drift_interval_s, id="drift-schedule"
+        )
+        self._scheduler.start()
+        self.heartbeat()
+        self._runner.start()
+        logger.info("worker %s started", self.identity)
+
+    def stop(self) -> None:
+        self.jobs.stop.set()
+        self._scheduler.shutdown(wait=True)
+        if self._runner.is_alive():
+            self._runner.join()
+        if self.is_leader:
+            try:
+                with Session(self.engine) as session:
+                    release_lease(session, name=LEADER_LEASE, holder=self.identity)
+            except SQLAlchemyError:
+                pass  # the lease expires by itself
+
+    @property
+    def stopping(self) -> bool:
+        return self.jobs.stopping
+
+    # --- scheduled jobs ---------------------------------------------------------------------
+
+    def heartbeat(self) -> None:
+        """Renews the leader lease and the running job's heartbeat; recovers interrupted runs."""
+        try:
+            with Session(self.engine) as session:
+                acquire_lease(
+                    session, name=LEADER_LEASE, holder=self.identity, ttl=timedelta(seconds=self.settings.lease_ttl_s)
+                )
+                if not self.is_leader:
+                    logger.info("worker %s is the leader", self.identity)
+                    self._clean_staging()
+                self.is_leader = True
+                if self.jobs.training_lease is not None:
+                    acquire_lease(
+                        session,
+                        name=TRAINING_LEASE,
+                        holder=self.jobs.training_lease,
+                        ttl=timedelta(seconds=self.settings.stale_run_s),
+                    )
+                if self.jobs.current_run is not None:
+                    run = session.get(TrainingRun, self.jobs.current_run)
+                    if run is not None:
+                        report_run_progress(
+                            session, run_id=run.id, progress=run.progress, message=run.progress_message or "running"
+                        )
+                failed = fail_interrupted_runs(
+                    session, stale_after=timedelta(seconds=self.settings.stale_run_s), actor=f"worker:{self.identity}"
+                )
+                for run_id in failed:
+                    logger.warning("job %s was interrupted (its worker stopped); marked failed", run_id)
+        except LeaseHeldError:
+            self.is_leader = False
+        except SQLAlchemyError as error:
+            logger.warning("worker heartbeat failed: %s", type(error).__name__)
+
+    def _run_queue(self) -> None:
+        """The job thread: every tick, runs queued jobs one after another while this worker leads."""
+        while not self.jobs.stop.wait(self.settings.worker_tick_s):
+            if not self.is_leader:
+                continue
+            try:
+                while not self.stopping and (run_id := self._claim_next()) is not None:
+                    self.jobs.current_run = run_id
+                    try:
+                        execute_job(self.jobs, run_id)
+                    finally:
+                        self.jobs.current_run = None
+            except SQLAlchemyError as error:
+                logger.warning("worker tick failed: %s", type(error).__name__)
+
+    def _claim_next(self) -> int | None:
+        with Session(self.engine) as session:
+            queued = session.scalars(
+                select(TrainingRun.id).where(TrainingRun.status == RunStatus.queued).order_by(TrainingRun.id)
+            ).all()
+            for run_id in queued:
+                try:
+                    claim_training_run(session, run_id=run_id, worker=self.identity)
+                    return run_id
+                except ConflictError:
+                    continue
+        return None
+
+    def schedule_drift_check(self) -> None:
+        """Queues a drift check unless one is already waiting or running."""
+        if not self.is_leader:
+            return
+        try:
+            with Session(self.engine) as session:
+                if any(run.kind == JobKind.drift_check for run in active_training_runs(session)):
+                    return
+                create_training_run(
+                    session,
+                    kind=JobKind.drift_check,
+                    trigger=Trigger.schedule,
+                    actor=f"worker:{self.identity}",
+                    reason="scheduled drift check",
+                    config={},
+                )
+        except SQLAlchemyError as error:
+            logger.warning("could not schedule a drift check: %s", type(error).__name__)
+
+    def _clean_staging(self) -> None:
+        """Removes half-written artifact folders left by a worker that was killed while writing."""
+        root = self.settings.storage_config().artifacts_dir
+        if not root.exists():
+            return
+        for folder in root.glob(".tmp-*"):
+            if time.time() - folder.stat().st_mtime > min(STAGING_MAX_AGE_S, self.settings.stale_run_s):
+                shutil.rmtree(folder, ignore_errors=True)
+                logger.info("removed an unfinished artifact %s", Path(folder).name)

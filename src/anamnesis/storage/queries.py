@@ -1,0 +1,216 @@
+"""Read-only queries. They never commit and return plain rows or small dataclasses."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlmodel import Session
+
+from anamnesis.storage.errors import NotFoundError
+from anamnesis.storage.models import (
+    ApiKey,
+    DriftReport,
+    Label,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+    Record,
+    RunStatus,
+    TrainingRun,
+)
+
+
+@dataclass(frozen=True)
+class LabeledRecord:
+    """A record with its current (newest) label: one training or evaluation example."""
+
+    record_id: int
+    content_hash: str
+    site: str
+    period: str
+    observed_at: datetime
+    note: str
+    fields: dict[str, Any]
+    label: str
+    label_id: int
+    patient_hash: str | None = None
+    """The keyed hash of the patient reference, when one was mapped."""
+
+
+def period_key(period: str | None, observed_at: datetime) -> str:
+    """A record's period: its own, or the month it was observed in when it has none."""
+    return period if period is not None else observed_at.strftime("%Y-%m")
+
+
+def labeled_records(
+    session: Session, *, max_label_id: int | None = None, record_ids: Sequence[int] | None = None
+) -> list[LabeledRecord]:
+    """Every labeled record with its newest label (up to `max_label_id` when given)."""
+    newest = select(Label.record_id, func.max(Label.id).label("label_id"))
+    if max_label_id is not None:
+        newest = newest.where(Label.id <= max_label_id)
+    if record_ids is not None:
+        newest = newest.where(Label.record_id.in_(record_ids))
+    newest = newest.group_by(Label.record_id).subquery()
+    rows = session.execute(
+        select(Record, Label.label, Label.id)
+        .join(newest, newest.c.record_id == Record.id)
+        .join(Label, Label.id == newest.c.label_id)
+        .order_by(Record.id)
+    )
+    return [
+        LabeledRecord(
+            record_id=record.id,
+            content_hash=record.content_hash,
+            site=record.site,
+            period=period_key(record.period, record.observed_at),
+            observed_at=record.observed_at,
+            note=record.note,
+            fields=record.fields,
+            label=label,
+            label_id=label_id,
+            patient_hash=record.patient_hash,
+        )
+        for record, label, label_id in rows
+    ]
+
+
+def current_labels(session: Session, record_ids: Sequence[int]) -> dict[int, str]:
+    """The newest label of each record that has one."""
+    newest = (
+        select(func.max(Label.id)).where(Label.record_id.in_(record_ids)).group_by(Label.record_id).scalar_subquery()
+    )
+    return dict(session.execute(select(Label.record_id, Label.label).where(Label.id.in_(newest))).all())
+
+
+def newest_label_id(session: Session) -> int | None:
+    return session.scalar(select(func.max(Label.id)))
+
+
+def count_rows(session: Session, table: type) -> int:
+    return session.scalar(select(func.count()).select_from(table)) or 0
+
+
+def current_model(session: Session) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.production)).one_or_none()
+
+
+def why_no_model_serves(session: Session) -> str:
+    """Why nothing is in production: the newest version's gate decision, or that none was trained."""
+    newest = session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)).first()
+    if newest is None:
+        return "no model version has been trained yet: ingest labeled records and run `anamnesis train`"
+    return f"no model version is in production: version {newest.id} is {newest.status}: {newest.decision_reason}"
+
+
+def get_model_version(session: Session, version_id: int) -> ModelVersion:
+    version = session.get(ModelVersion, version_id)
+    if version is None:
+        raise NotFoundError("model version", version_id)
+    return version
+
+
+def list_model_versions(session: Session, *, limit: int = 100, offset: int = 0) -> list[ModelVersion]:
+    statement = select(ModelVersion).order_by(ModelVersion.id.desc()).offset(offset).limit(limit)
+    return list(session.scalars(statement))
+
+
+def lineage(session: Session, version_id: int) -> list[ModelVersion]:
+    """The version and its ancestors, oldest first."""
+    chain: list[ModelVersion] = []
+    current: int | None = version_id
+    while current is not None:
+        version = get_model_version(session, current)
+        chain.append(version)
+        current = version.parent_id
+    return chain[::-1]
+
+
+def get_training_run(session: Session, run_id: int) -> TrainingRun:
+    run = session.get(TrainingRun, run_id)
+    if run is None:
+        raise NotFoundError("training run", run_id)
+    return run
+
+
+def list_training_runs(session: Session, *, limit: int = 50, offset: int = 0) -> list[TrainingRun]:
+    return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).offset(offset).limit(limit)))
+
+
+def active_training_runs(session: Session) -> list[TrainingRun]:
+    statement = select(TrainingRun).where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))
+    return list(session.scalars(statement.order_by(TrainingRun.id)))
+
+
+def version_of_run(session: Session, run_id: int) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.training_run_id == run_id)).first()
+
+
+def list_drift_reports(session: Session, *, limit: int = 50, offset: int = 0) -> list[DriftReport]:
+    return list(session.scalars(select(DriftReport).order_by(DriftReport.id.desc()).offset(offset).limit(limit)))
+
+
+def get_drift_report(session: Session, report_id: int) -> DriftReport:
+    report = session.get(DriftReport, report_id)
+    if report is None:
+        raise NotFoundError("drift report", report_id)
+    return report
+
+
+def find_api_key(session: Session, key_hash: str) -> ApiKey | None:
+    return session.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).first()
+
+
+def find_prediction(session: Session, request_id: str) -> Prediction | None:
+    return session.scalars(select(Prediction).where(Prediction.request_id == request_id)).first()
+
+
+@dataclass(frozen=True)
+class WindowRecord:
+    """A record of a monitoring window: its content, its current label and its latest prediction."""
+
+    record: Record
+    label: str | None
+    prediction: Prediction | None
+
+
+def recent_records(
+    session: Session, *, since: datetime | None, limit: int, model_version_id: int
+) -> list[WindowRecord]:
+    """The newest records stored after `since` (at most `limit`), with their current labels and
+    the newest prediction `model_version_id` made for each, oldest first."""
+    statement = select(Record).order_by(Record.id.desc()).limit(limit)
+    if since is not None:
+        statement = statement.where(Record.created_at > since)
+    records = list(session.scalars(statement))[::-1]
+    ids = [record.id for record in records]
+    if not ids:
+        return []
+    labels = current_labels(session, ids)
+    newest = (
+        select(func.max(Prediction.id))
+        .where(Prediction.record_id.in_(ids), Prediction.model_version_id == model_version_id)
+        .group_by(Prediction.record_id)
+        .scalar_subquery()
+    )
+    predictions = {p.record_id: p for p in session.scalars(select(Prediction).where(Prediction.id.in_(newest)))}
+    return [WindowRecord(record=r, label=labels.get(r.id), prediction=predictions.get(r.id)) for r in records]
+
+
+def labeled_records_since(session: Session, label_id: int) -> int:
+    """Records that received a label after the label with id `label_id`."""
+    return session.scalar(select(func.count(func.distinct(Label.record_id))).where(Label.id > label_id)) or 0
+
+
+def last_job_since(session: Session, kind: str, since: datetime) -> TrainingRun | None:
+    statement = (
+        select(TrainingRun)
+        .where(TrainingRun.kind == kind, TrainingRun.created_at > since)
+        .order_by(TrainingRun.id.desc())
+        .limit(1)
+    )
+    return session.scalars(statement).first()

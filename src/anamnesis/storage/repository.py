@@ -1,0 +1,619 @@
+"""The one write path. Keyword-only functions that own their transaction and commit it.
+
+Callers (routes, the CLI, the worker) never commit; each function here is one unit of work.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from sqlalchemy import Engine, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.exc import IntegrityError
+from sqlmodel import Session
+
+from anamnesis.storage.errors import ConflictError, LeaseHeldError, NotFoundError
+from anamnesis.storage.models import (
+    ApiKey,
+    ApiRole,
+    AuditAction,
+    AuditEvent,
+    DriftReport,
+    JobKind,
+    Label,
+    Lease,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+    Record,
+    RunStatus,
+    TrainingRun,
+    Trigger,
+    utcnow,
+)
+from anamnesis.storage.queries import current_labels
+
+
+def _audit(
+    session: Session,
+    *,
+    action: AuditAction,
+    actor: str,
+    entity: str,
+    entity_id: object = None,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    """Adds an audit event to the caller's transaction (no commit of its own)."""
+    session.add(
+        AuditEvent(
+            action=action,
+            actor=actor,
+            entity=entity,
+            entity_id=None if entity_id is None else str(entity_id),
+            reason=reason,
+            details=details or {},
+        )
+    )
+
+
+def record_audit_event(
+    session: Session,
+    *,
+    action: AuditAction,
+    actor: str,
+    entity: str,
+    entity_id: object = None,
+    reason: str | None = None,
+    details: dict[str, Any] | None = None,
+) -> None:
+    _audit(session, action=action, actor=actor, entity=entity, entity_id=entity_id, reason=reason, details=details)
+    session.commit()
+
+
+# --- records and labels ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PreparedRecord:
+    """A validated record ready to store: hashes computed, fields in their stored form."""
+
+    content_hash: str
+    patient_hash: str | None
+    site: str
+    period: str | None
+    observed_at: datetime
+    note: str
+    fields: dict[str, Any]
+    label: str | None
+
+
+@dataclass(frozen=True)
+class BatchOutcome:
+    inserted: int
+    duplicates: int
+    labels_added: int
+    record_ids: tuple[int, ...]
+    """The stored id of each input record, in input order (existing ids for duplicates)."""
+
+
+def _insert_ignoring_duplicates(session: Session, table: type, rows: list[dict[str, Any]], key: str) -> None:
+    dialect = session.get_bind().dialect.name
+    if dialect == "postgresql":
+        statement = postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
+    elif dialect == "sqlite":
+        statement = sqlite.insert(table).on_conflict_do_nothing(index_elements=[key])
+    else:  # pragma: no cover - the engine factory only builds these two
+        raise ValueError(f"unsupported dialect {dialect}")
+    session.execute(statement, rows)
+
+
+def _ids_by_hash(session: Session, hashes: Sequence[str]) -> dict[str, int]:
+    rows = session.execute(select(Record.content_hash, Record.id).where(Record.content_hash.in_(hashes)))
+    return {content_hash: record_id for content_hash, record_id in rows}
+
+
+def store_record_batch(session: Session, *, records: Sequence[PreparedRecord], source: str, actor: str) -> BatchOutcome:
+    """Stores a batch in one transaction: new records once, labels only where they change."""
+    outcome = _add_records(session, records=records, source=source, actor=actor)
+    session.commit()
+    return outcome
+
+
+def _add_records(session: Session, *, records: Sequence[PreparedRecord], source: str, actor: str) -> BatchOutcome:
+    hashes = [record.content_hash for record in records]
+    known = _ids_by_hash(session, hashes)
+    fresh: dict[str, dict[str, Any]] = {}
+    now = utcnow()
+    for record in records:
+        if record.content_hash not in known and record.content_hash not in fresh:
+            fresh[record.content_hash] = {
+                "content_hash": record.content_hash,
+                "patient_hash": record.patient_hash,
+                "site": record.site,
+                "period": record.period,
+                "observed_at": record.observed_at,
+                "note": record.note,
+                "fields": record.fields,
+                "source": source,
+                "created_at": now,
+            }
+    if fresh:
+        _insert_ignoring_duplicates(session, Record, list(fresh.values()), "content_hash")
+    ids = _ids_by_hash(session, hashes) if fresh else known
+    labels_now = current_labels(session, list(ids.values()))
+    labels_added = 0
+    for record in records:
+        record_id = ids[record.content_hash]
+        if record.label is not None and labels_now.get(record_id) != record.label:
+            session.add(Label(record_id=record_id, label=record.label, source=source, actor=actor, labeled_at=now))
+            labels_now[record_id] = record.label
+            labels_added += 1
+    inserted = len(ids) - len(known)
+    return BatchOutcome(
+        inserted=inserted,
+        duplicates=len(records) - inserted,
+        labels_added=labels_added,
+        record_ids=tuple(ids[h] for h in hashes),
+    )
+
+
+def add_label(session: Session, *, record_id: int, label: str, source: str, actor: str) -> Label:
+    """Adds ground truth for a record; the history of earlier labels is kept."""
+    return add_labels(session, labels=[(record_id, label)], source=source, actor=actor)[0]
+
+
+# --- model versions -------------------------------------------------------------------------
+
+
+def create_model_version(
+    session: Session,
+    *,
+    parent_id: int | None,
+    base_model: str,
+    strategy: dict[str, Any],
+    artifact_path: str,
+    artifact_sha256: str,
+    label_map: Sequence[str],
+    metrics: dict[str, Any],
+    data_window: dict[str, Any],
+    training_run_id: int | None,
+    actor: str,
+) -> ModelVersion:
+    """Stores a freshly trained candidate (its artifact is already on disk, renamed into place)."""
+    version = ModelVersion(
+        parent_id=parent_id,
+        status=ModelStatus.candidate,
+        base_model=base_model,
+        strategy=strategy,
+        artifact_path=artifact_path,
+        artifact_sha256=artifact_sha256,
+        label_map=list(label_map),
+        metrics=metrics,
+        data_window=data_window,
+        training_run_id=training_run_id,
+    )
+    session.add(version)
+    session.flush()
+    _audit(
+        session,
+        action=AuditAction.train,
+        actor=actor,
+        entity="model_version",
+        entity_id=version.id,
+        details={"parent_id": parent_id, "training_run_id": training_run_id},
+    )
+    session.commit()
+    session.refresh(version)
+    return version
+
+
+def _get_version(session: Session, version_id: int, *, for_update: bool = False) -> ModelVersion:
+    statement = select(ModelVersion).where(ModelVersion.id == version_id)
+    if for_update:
+        statement = statement.with_for_update()
+    version = session.execute(statement).scalar_one_or_none()
+    if version is None:
+        raise NotFoundError("model version", version_id)
+    return version
+
+
+def _current_for_update(session: Session) -> ModelVersion | None:
+    statement = select(ModelVersion).where(ModelVersion.status == ModelStatus.production).with_for_update()
+    return session.execute(statement).scalar_one_or_none()
+
+
+def promote_model_version(
+    session: Session,
+    *,
+    version_id: int,
+    actor: str,
+    reason: str,
+    runtime: dict[str, Any] | None = None,
+    allow_rejected: bool = False,
+) -> ModelVersion:
+    """Makes a version the production model, archiving the previous one, in one transaction."""
+    version = _get_version(session, version_id, for_update=True)
+    if version.status == ModelStatus.production:
+        raise ConflictError(f"model version {version_id} is already in production")
+    if version.status == ModelStatus.rejected and not allow_rejected:
+        raise ConflictError(
+            f"model version {version_id} was rejected by the promotion gate; promote it explicitly to override"
+        )
+    previous = _current_for_update(session)
+    if previous is not None:
+        previous.status = ModelStatus.archived
+        session.add(previous)
+        session.flush()  # the one-production index must see the old row archived first
+    version.status = ModelStatus.production
+    version.promoted_at = utcnow()
+    version.decision_reason = reason
+    if runtime is not None:
+        version.runtime = runtime
+    session.add(version)
+    _audit(
+        session,
+        action=AuditAction.promote,
+        actor=actor,
+        entity="model_version",
+        entity_id=version_id,
+        reason=reason,
+        details={"previous_id": previous.id if previous else None},
+    )
+    try:
+        session.commit()
+    except IntegrityError as error:
+        session.rollback()
+        raise ConflictError("another promotion happened at the same time; try again") from error
+    session.refresh(version)
+    return version
+
+
+def reject_model_version(session: Session, *, version_id: int, actor: str, reason: str) -> ModelVersion:
+    version = _get_version(session, version_id, for_update=True)
+    if version.status != ModelStatus.candidate:
+        raise ConflictError(f"only a candidate can be rejected; version {version_id} is {version.status}")
+    version.status = ModelStatus.rejected
+    version.decision_reason = reason
+    session.add(version)
+    _audit(session, action=AuditAction.reject, actor=actor, entity="model_version", entity_id=version_id, reason=reason)
+    session.commit()
+    session.refresh(version)
+    return version
+
+
+def rollback_model(session: Session, *, actor: str, reason: str) -> ModelVersion:
+    """Puts the previously promoted version back into production, in one transaction."""
+    current = _current_for_update(session)
+    if current is None:
+        raise ConflictError("there is no production model to roll back")
+    previous = session.execute(
+        select(ModelVersion)
+        .where(ModelVersion.status == ModelStatus.archived, ModelVersion.promoted_at.is_not(None))
+        .where(ModelVersion.id != current.id)
+        .order_by(ModelVersion.promoted_at.desc())
+        .limit(1)
+        .with_for_update()
+    ).scalar_one_or_none()
+    if previous is None:
+        raise ConflictError(f"model version {current.id} has no earlier production version to roll back to")
+    current.status = ModelStatus.archived
+    current.decision_reason = f"rolled back: {reason}"
+    session.add(current)
+    session.flush()
+    previous.status = ModelStatus.production
+    previous.promoted_at = utcnow()
+    previous.decision_reason = f"restored by rollback: {reason}"
+    session.add(previous)
+    _audit(
+        session,
+        action=AuditAction.rollback,
+        actor=actor,
+        entity="model_version",
+        entity_id=previous.id,
+        reason=reason,
+        details={"from_id": current.id, "to_id": previous.id},
+    )
+    session.commit()
+    session.refresh(previous)
+    return previous
+
+
+# --- training runs --------------------------------------------------------------------------
+
+
+def create_training_run(
+    session: Session,
+    *,
+    trigger: Trigger,
+    actor: str,
+    reason: str | None,
+    config: dict[str, Any],
+    kind: JobKind = JobKind.retrain,
+) -> TrainingRun:
+    """Queues a job (a retraining by default); the worker claims it."""
+    run = TrainingRun(kind=kind, trigger=trigger, actor=actor, reason=reason, config=config)
+    session.add(run)
+    session.flush()
+    _audit(
+        session,
+        action=AuditAction.trigger,
+        actor=actor,
+        entity="training_run",
+        entity_id=run.id,
+        reason=reason,
+        details={"trigger": trigger, "kind": kind},
+    )
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def claim_training_run(session: Session, *, run_id: int, worker: str) -> TrainingRun:
+    """Moves a queued run to running; fails when another worker got it first."""
+    now = utcnow()
+    result = session.execute(
+        update(TrainingRun)
+        .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.queued)
+        .values(status=RunStatus.running, worker=worker, started_at=now, heartbeat_at=now)
+    )
+    if result.rowcount != 1:
+        session.rollback()
+        raise ConflictError(f"training run {run_id} is not queued")
+    session.commit()
+    run = session.get(TrainingRun, run_id, populate_existing=True)
+    assert run is not None
+    return run
+
+
+def report_run_progress(
+    session: Session, *, run_id: int, progress: float, message: str, data_window: dict[str, Any] | None = None
+) -> None:
+    values: dict[str, Any] = {
+        "progress": min(max(progress, 0.0), 1.0),
+        "progress_message": message[:500],
+        "heartbeat_at": utcnow(),
+    }
+    if data_window is not None:
+        values["data_window"] = data_window
+    # Only a running job reports progress: a late heartbeat must not overwrite a finished job's message.
+    session.execute(
+        update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running).values(**values)
+    )
+    session.commit()
+
+
+def finish_training_run(
+    session: Session,
+    *,
+    run_id: int,
+    status: RunStatus,
+    metrics: dict[str, Any] | None = None,
+    error: str | None = None,
+    message: str | None = None,
+    actor: str,
+) -> TrainingRun:
+    run = session.get(TrainingRun, run_id, with_for_update=True)
+    if run is None:
+        raise NotFoundError("training run", run_id)
+    run.status = status
+    run.finished_at = utcnow()
+    run.heartbeat_at = run.finished_at
+    if status == RunStatus.succeeded:
+        run.progress = 1.0
+    if message is not None:
+        run.progress_message = message[:500]
+    if metrics is not None:
+        run.metrics = metrics
+    run.error = error
+    session.add(run)
+    if status == RunStatus.failed:
+        _audit(
+            session,
+            action=AuditAction.run_failed,
+            actor=actor,
+            entity="training_run",
+            entity_id=run_id,
+            reason=(error or "")[:2000],
+        )
+    session.commit()
+    session.refresh(run)
+    return run
+
+
+def fail_interrupted_runs(session: Session, *, stale_after: timedelta, actor: str) -> list[int]:
+    """Marks running runs whose worker stopped heartbeating as failed; returns their ids."""
+    cutoff = utcnow() - stale_after
+    stale = (
+        session.execute(
+            select(TrainingRun.id).where(TrainingRun.status == RunStatus.running, TrainingRun.heartbeat_at < cutoff)
+        )
+        .scalars()
+        .all()
+    )
+    for run_id in stale:
+        session.execute(
+            update(TrainingRun)
+            .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
+            .values(
+                status=RunStatus.failed,
+                finished_at=utcnow(),
+                error="interrupted: the worker stopped before the run finished",
+            )
+        )
+        _audit(
+            session,
+            action=AuditAction.run_failed,
+            actor=actor,
+            entity="training_run",
+            entity_id=run_id,
+            reason="interrupted: the worker stopped before the run finished",
+        )
+    session.commit()
+    return list(stale)
+
+
+# --- predictions ----------------------------------------------------------------------------
+
+
+def store_predictions(
+    session: Session, *, records: Sequence[PreparedRecord], predictions: Sequence[dict[str, Any]], source: str
+) -> int:
+    """Stores answered predictions with their input records, in one transaction.
+
+    predictions[i] belongs to records[i]; its `record_id` is filled in here. A record predicted
+    twice is stored once (and can get a label by either prediction's id).
+    """
+    if not predictions:
+        return 0
+    outcome = _add_records(session, records=records, source=source, actor="api")
+    rows = [{**row, "record_id": record_id} for row, record_id in zip(predictions, outcome.record_ids, strict=True)]
+    # Storing the same answered prediction twice (a retried write) keeps one row.
+    _insert_ignoring_duplicates(session, Prediction, rows, "request_id")
+    session.commit()
+    return len(rows)
+
+
+# --- API keys -------------------------------------------------------------------------------
+
+API_KEY_PREFIX = "anm_"
+
+
+def hash_api_key(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def create_api_key(session: Session, *, name: str, role: ApiRole, actor: str) -> tuple[ApiKey, str]:
+    """Creates a key and returns it with its plaintext, which is shown once and never stored."""
+    plaintext = API_KEY_PREFIX + secrets.token_urlsafe(32)
+    key = ApiKey(name=name, role=role, prefix=plaintext[:12], key_hash=hash_api_key(plaintext))
+    session.add(key)
+    session.flush()
+    _audit(
+        session,
+        action=AuditAction.key_create,
+        actor=actor,
+        entity="api_key",
+        entity_id=key.id,
+        details={"name": name, "role": role},
+    )
+    session.commit()
+    session.refresh(key)
+    return key, plaintext
+
+
+def revoke_api_key(session: Session, *, key_id: int, actor: str) -> ApiKey:
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFoundError("api key", key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.add(key)
+        _audit(session, action=AuditAction.key_revoke, actor=actor, entity="api_key", entity_id=key_id)
+        session.commit()
+        session.refresh(key)
+    return key
+
+
+# --- leases ---------------------------------------------------------------------------------
+
+
+def acquire_lease(session: Session, *, name: str, holder: str, ttl: timedelta) -> None:
+    """Takes or renews a named lease; raises LeaseHeldError while someone else holds it."""
+    now = utcnow()
+    renewed = session.execute(
+        update(Lease)
+        .where(Lease.name == name, (Lease.holder == holder) | (Lease.expires_at < now))
+        .values(holder=holder, acquired_at=now, expires_at=now + ttl)
+    )
+    if renewed.rowcount == 1:
+        session.commit()
+        return
+    try:
+        session.add(Lease(name=name, holder=holder, acquired_at=now, expires_at=now + ttl))
+        session.commit()
+    except IntegrityError:
+        session.rollback()
+        current = session.get(Lease, name, populate_existing=True)
+        raise LeaseHeldError(name, current.holder if current else "someone else") from None
+
+
+def release_lease(session: Session, *, name: str, holder: str) -> None:
+    session.execute(Lease.__table__.delete().where(Lease.name == name, Lease.holder == holder))
+    session.commit()
+
+
+def ensure_engine_ready(engine: Engine) -> None:
+    """Raises when the database cannot be reached (used by readiness checks)."""
+    with engine.connect() as connection:
+        connection.execute(select(1))
+
+
+# --- drift reports --------------------------------------------------------------------------
+
+
+def add_drift_report(
+    session: Session,
+    *,
+    model_version_id: int | None,
+    reference_window: dict[str, Any],
+    current_window: dict[str, Any],
+    drift_detected: bool,
+    flags: dict[str, Any],
+    scores: dict[str, Any],
+    decision: dict[str, Any],
+    html_path: str | None,
+    actor: str,
+) -> DriftReport:
+    """Stores one drift check's result (its HTML is already on disk) and audits it."""
+    report = DriftReport(
+        model_version_id=model_version_id,
+        reference_window=reference_window,
+        current_window=current_window,
+        drift_detected=drift_detected,
+        flags=flags,
+        scores=scores,
+        decision=decision,
+        html_path=html_path,
+    )
+    session.add(report)
+    session.flush()
+    _audit(
+        session,
+        action=AuditAction.drift_check,
+        actor=actor,
+        entity="drift_report",
+        entity_id=report.id,
+        details={"drift_detected": drift_detected, "update": decision.get("update")},
+    )
+    session.commit()
+    session.refresh(report)
+    return report
+
+
+def add_labels(session: Session, *, labels: Sequence[tuple[int, str]], source: str, actor: str) -> list[Label]:
+    """Adds ground truth for many records in one transaction; (record id, label) pairs."""
+    record_ids = sorted({record_id for record_id, _ in labels})
+    found = set(session.scalars(select(Record.id).where(Record.id.in_(record_ids))))
+    missing = [record_id for record_id in record_ids if record_id not in found]
+    if missing:
+        raise NotFoundError("record", missing[0])
+    rows = [Label(record_id=record_id, label=label, source=source, actor=actor) for record_id, label in labels]
+    session.add_all(rows)
+    _audit(
+        session,
+        action=AuditAction.label,
+        actor=actor,
+        entity="records",
+        entity_id=len(rows),
+        details={"labels": len(rows), "source": source},
+    )
+    session.commit()
+    for row in rows:
+        session.refresh(row)
+    return rows

@@ -16,9 +16,16 @@ import pytest
 import torch
 from sqlmodel import Session, select
 
-from anamnesis.learner.avalanche_adapter import PackedClassifier, pack_sample, pad_collate, train_experience
+from anamnesis.learner.avalanche_adapter import (
+    PackedClassifier,
+    class_weights,
+    pack_sample,
+    pad_collate,
+    train_experience,
+)
 from anamnesis.learner.config import (
     PRESET_NAMES,
+    ClassWeighting,
     EWCConfig,
     EWCMode,
     FieldInput,
@@ -73,6 +80,7 @@ def test_every_config_round_trips_through_json() -> None:
     configs.append(StrategyConfig(ewc=EWCConfig(mode=EWCMode.separate)))
     configs.append(StrategyConfig(replay=ReplayConfig(source=ReplaySource.buffer, mem_size=10)))
     configs.append(LearnerConfig(model=ModelSpec(fields=FieldInput.both, field_dim=64)))
+    configs.append(LearnerConfig(training=TrainingConfig(class_weighting=ClassWeighting.balanced)))
     for config in configs:
         assert type(config).model_validate_json(config.model_dump_json()) == config
     with pytest.raises(ValueError, match="decay_factor"):
@@ -81,6 +89,14 @@ def test_every_config_round_trips_through_json() -> None:
         StrategyConfig(data="joint")
     with pytest.raises(ValueError, match="LoRA"):
         StrategyConfig(finetune="lora")
+
+
+def test_balanced_class_weights_make_every_present_class_count_the_same() -> None:
+    weights = class_weights([0, 0, 0, 2], 3, torch.device("cpu"))
+    # n / (present classes x count): 4 / (2 x 3) and 4 / (2 x 1); the absent class 1 keeps 1.
+    assert weights.tolist() == pytest.approx([2 / 3, 1.0, 2.0])
+    counts = torch.tensor([3.0, 0.0, 1.0])
+    assert (weights * counts)[0] == pytest.approx((weights * counts)[2])
 
 
 def test_packed_inputs_carry_ids_mask_and_fields_and_pad_dynamically() -> None:

@@ -24,6 +24,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from anamnesis.learner.config import (
+    ClassWeighting,
     EWCConfig,
     EWCMode,
     FinetuneMode,
@@ -512,6 +513,15 @@ class ExperienceResult:
     last_ewc_penalty: float
 
 
+def class_weights(targets: Sequence[int], classes: int, device: torch.device) -> torch.Tensor:
+    """Balanced loss weights, n / (present classes x count); classes without samples keep 1."""
+    counts = torch.bincount(torch.tensor(list(targets), dtype=torch.long), minlength=classes).double()
+    present = counts > 0
+    weights = torch.ones(classes, dtype=torch.double)
+    weights[present] = counts.sum() / (int(present.sum()) * counts[present])
+    return weights.float().to(device)
+
+
 def train_experience(
     bundle: ModelBundle,
     samples: Sequence[Sample],
@@ -570,7 +580,11 @@ def train_experience(
         strategy = _PaddingNaive(
             model=wrapper,
             optimizer=optimizer,
-            criterion=nn.CrossEntropyLoss(),
+            criterion=nn.CrossEntropyLoss(
+                weight=class_weights([s.target for s in [*samples, *replayed]], len(bundle.labels), device)
+                if training.class_weighting == ClassWeighting.balanced
+                else None
+            ),
             train_mb_size=training.batch_size,
             train_epochs=epochs,
             eval_mb_size=training.batch_size * 4,

@@ -232,12 +232,14 @@ def run_benchmark(
     model: ModelSpec | None = None,
     new_bundle: BundleFactory = load_base_classifier,
     ewc_lambda: float | None = None,
+    replay_ratio: float | None = None,
     class_incremental: bool = False,
     progress: Progress = print,
 ) -> dict[str, Any]:
     """Runs the reference and each strategy preset on every seed's stream (seed -> stream).
 
-    ewc_lambda replaces the EWC strength of the presets that use EWC.
+    ewc_lambda replaces the EWC strength of the presets that use EWC, replay_ratio the replayed
+    records per new record of the presets that replay from the history.
     """
     per_seed: dict[str, dict[str, Any]] = {}
     for seed, stream in streams.items():
@@ -247,6 +249,10 @@ def run_benchmark(
             if ewc_lambda is not None and strategy.ewc is not None:
                 strategy = strategy.model_copy(
                     update={"ewc": strategy.ewc.model_copy(update={"ewc_lambda": ewc_lambda})}
+                )
+            if replay_ratio is not None and strategy.replay is not None:
+                strategy = strategy.model_copy(
+                    update={"replay": strategy.replay.model_copy(update={"ratio": replay_ratio})}
                 )
             config = LearnerConfig(
                 model=model or ModelSpec(), strategy=strategy, training=training.model_copy(update={"seed": seed})

@@ -181,6 +181,11 @@ class StrategyConfig(_Config):
         return self
 
 
+class ClassWeighting(StrEnum):
+    none = "none"
+    balanced = "balanced"
+
+
 class TrainingConfig(_Config):
     epochs: int = Field(
         default=4,
@@ -211,6 +216,11 @@ class TrainingConfig(_Config):
         lt=1,
         description="Share of an update's steps over which the learning rate rises from 0; it then falls linearly "
         "to 0. The optimizer starts fresh at every update, and full-rate first steps can wreck what was learned.",
+    )
+    class_weighting: ClassWeighting = Field(
+        default=ClassWeighting.none,
+        description="balanced: each class's loss weighted by n / (classes x its count) over the update's samples "
+        "(new and replayed), so a rare class counts as much as a common one; none: every sample counts the same.",
     )
     max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input (fields + note).")
     seed: int = Field(default=0, description="Seeds shuffling and initialisation: same seed, same weights on CPU.")

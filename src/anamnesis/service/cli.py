@@ -212,6 +212,12 @@ def bench_learn(
     out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown and PNG results.")] = Path("docs/benchmarks"),
     stem: Annotated[str, typer.Option(help="File name stem of the results.")] = "learn",
     ewc_lambda: Annotated[float | None, typer.Option(min=0, help="EWC strength for the EWC strategies.")] = None,
+    replay_ratio: Annotated[
+        float | None, typer.Option(min=0.01, max=20, help="Replayed records per new record (history replay).")
+    ] = None,
+    class_weighting: Annotated[
+        str | None, typer.Option(help="none or balanced: weight each class's loss by its rarity in the update.")
+    ] = None,
 ) -> None:
     """Run every strategy and the TF-IDF reference over the same streams, on several seeds; write the
     accuracy matrices, forgetting, BWT, costs and the targets, each as a mean with its 95% interval."""
@@ -241,6 +247,7 @@ def bench_learn(
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "max_length": max_length,
+        "class_weighting": class_weighting,
     }
     try:
         training = TrainingConfig(
@@ -291,6 +298,7 @@ def bench_learn(
         model=spec,
         new_bundle=factories[model],
         ewc_lambda=ewc_lambda,
+        replay_ratio=replay_ratio,
         class_incremental=class_incremental is not None,
         progress=lambda line: typer.echo(line, err=True),
     )

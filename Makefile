@@ -29,6 +29,8 @@ run: install
 	$(BIN)/anamnesis serve
 
 test: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
 
 lint: install

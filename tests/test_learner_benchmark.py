@@ -65,12 +65,18 @@ def test_bench_learn_writes_seeds_intervals_and_the_tfidf_row(tmp_path: Path) ->
         "1",
         "--max-length",
         "32",
+        "--class-weighting",
+        "balanced",
+        "--replay-ratio",
+        "1.0",
         "--out",
         str(tmp_path),
     ]
     finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, timeout=600)
     assert finished.returncode == 0, finished.stderr[-2000:]
     result = json.loads((tmp_path / "learn.json").read_text())
+    assert result["training"]["class_weighting"] == "balanced"
+    assert result["per_seed"]["0"]["strategies"]["replay_ewc"]["strategy"]["replay"]["ratio"] == 1.0
     assert result["seeds"] == [0, 1] and set(result["per_seed"]) == {"0", "1"}
     assert list(result["summary"]) == ["tfidf", "naive", "replay_ewc", "joint"]
     accuracy = result["summary"]["joint"]["final_average_accuracy"]
@@ -80,3 +86,13 @@ def test_bench_learn_writes_seeds_intervals_and_the_tfidf_row(tmp_path: Path) ->
     assert "split by patient" in table
     assert any(line.startswith("NOT met") or line.startswith("met") for line in finished.stdout.splitlines())
     assert (tmp_path / "learn_accuracy.png").stat().st_size > 1000
+
+
+def test_bench_learn_refuses_an_unknown_replay_source_naming_the_option(tmp_path: Path) -> None:
+    command = [sys.executable, "-m", "anamnesis.service.cli", "bench", "learn", "--replay-source", "tape"]
+    command += ["--out", str(tmp_path)]
+    finished = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False, timeout=120)
+    assert finished.returncode != 0
+    assert "--replay-source must be one of history, buffer" in finished.stderr
+    assert "Traceback" not in finished.stderr
+    assert not (tmp_path / "learn.json").exists()

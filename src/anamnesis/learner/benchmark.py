@@ -26,7 +26,7 @@ from typing import Any
 
 from scipy.stats import t as student_t
 
-from anamnesis.learner.config import PRESET_NAMES, LearnerConfig, ModelSpec, TrainingConfig, preset
+from anamnesis.learner.config import PRESET_NAMES, LearnerConfig, ModelSpec, ReplaySource, TrainingConfig, preset
 from anamnesis.learner.data import eval_examples, order_periods, split_holdout
 from anamnesis.learner.engine import BundleFactory, evaluate_predictions, held_out_predictions, train_update
 from anamnesis.learner.evaluation import continual_metrics
@@ -233,13 +233,15 @@ def run_benchmark(
     new_bundle: BundleFactory = load_base_classifier,
     ewc_lambda: float | None = None,
     replay_ratio: float | None = None,
+    replay_source: ReplaySource | None = None,
     class_incremental: bool = False,
     progress: Progress = print,
 ) -> dict[str, Any]:
     """Runs the reference and each strategy preset on every seed's stream (seed -> stream).
 
-    ewc_lambda replaces the EWC strength of the presets that use EWC, replay_ratio the replayed
-    records per new record of the presets that replay from the history.
+    ewc_lambda replaces the EWC strength of the presets that use EWC; replay_ratio (replayed records
+    per new record) and replay_source (the stored history or a bounded buffer) replace those of the
+    presets that replay.
     """
     per_seed: dict[str, dict[str, Any]] = {}
     for seed, stream in streams.items():
@@ -250,10 +252,12 @@ def run_benchmark(
                 strategy = strategy.model_copy(
                     update={"ewc": strategy.ewc.model_copy(update={"ewc_lambda": ewc_lambda})}
                 )
-            if replay_ratio is not None and strategy.replay is not None:
-                strategy = strategy.model_copy(
-                    update={"replay": strategy.replay.model_copy(update={"ratio": replay_ratio})}
+            replay_overrides = {"ratio": replay_ratio, "source": replay_source}
+            if strategy.replay is not None and any(value is not None for value in replay_overrides.values()):
+                replay = strategy.replay.model_copy(
+                    update={key: value for key, value in replay_overrides.items() if value is not None}
                 )
+                strategy = strategy.model_copy(update={"replay": replay})
             config = LearnerConfig(
                 model=model or ModelSpec(), strategy=strategy, training=training.model_copy(update={"seed": seed})
             )

@@ -218,13 +218,16 @@ def bench_learn(
     class_weighting: Annotated[
         str | None, typer.Option(help="none or balanced: weight each class's loss by its rarity in the update.")
     ] = None,
+    replay_source: Annotated[
+        str | None, typer.Option(help="history (every stored record) or buffer (a bounded avalanche buffer).")
+    ] = None,
 ) -> None:
     """Run every strategy and the TF-IDF reference over the same streams, on several seeds; write the
     accuracy matrices, forgetting, BWT, costs and the targets, each as a mean with its 95% interval."""
     import shlex
 
     from anamnesis.learner.benchmark import cohort_records, make_stream, read_records, run_benchmark, write_reports
-    from anamnesis.learner.config import PRESET_NAMES, FieldInput, ModelSpec, TrainingConfig
+    from anamnesis.learner.config import PRESET_NAMES, FieldInput, ModelSpec, ReplaySource, TrainingConfig
     from anamnesis.learner.modeling import load_base_classifier, tiny_classifier
     from anamnesis.storage.errors import IngestFileError
     from anamnesis.storage.ingest import ColumnMapping
@@ -236,6 +239,9 @@ def bench_learn(
     factories = {"minilm": load_base_classifier, "tiny": lambda labels, spec: tiny_classifier(labels, spec)}
     if model not in factories:
         fail(f"unknown model {model!r}; use minilm or tiny")
+    if replay_source is not None and replay_source not in ReplaySource.__members__:
+        fail(f"--replay-source must be one of {', '.join(ReplaySource.__members__)}")
+    source = ReplaySource(replay_source) if replay_source is not None else None
     try:
         seed_values = [int(seed) for seed in seeds.split(",") if seed.strip()]
     except ValueError:
@@ -299,6 +305,7 @@ def bench_learn(
         new_bundle=factories[model],
         ewc_lambda=ewc_lambda,
         replay_ratio=replay_ratio,
+        replay_source=source,
         class_incremental=class_incremental is not None,
         progress=lambda line: typer.echo(line, err=True),
     )

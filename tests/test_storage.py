@@ -24,7 +24,7 @@ from anamnesis.storage.models import (
 from anamnesis.storage.queries import current_labels
 from anamnesis.storage.repository import (
     acquire_lease,
-    add_label,
+    add_labels,
     claim_training_run,
     create_model_version,
     create_training_run,
@@ -102,7 +102,7 @@ def test_patient_reference_is_stored_only_as_keyed_hash(engine) -> None:
 
 def test_add_label_to_missing_record_raises(engine) -> None:
     with Session(engine) as session, pytest.raises(NotFoundError):
-        add_label(session, record_id=999, label="surgery", source="api", actor="t")
+        add_labels(session, labels=[(999, "surgery")], source="api", actor="t")
 
 
 def test_promotion_archives_previous_and_audits(engine) -> None:

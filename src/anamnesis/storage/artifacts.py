@@ -17,7 +17,6 @@ from pathlib import Path
 from anamnesis.storage.errors import ArtifactIntegrityError, ArtifactWriteError
 from anamnesis.storage.hashing import file_sha256
 
-ALLOWED_WEIGHT_SUFFIXES = (".safetensors",)
 FORBIDDEN_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
 
 

@@ -163,11 +163,6 @@ def _add_records(session: Session, *, records: Sequence[PreparedRecord], source:
     )
 
 
-def add_label(session: Session, *, record_id: int, label: str, source: str, actor: str) -> Label:
-    """Adds ground truth for a record; the history of earlier labels is kept."""
-    return add_labels(session, labels=[(record_id, label)], source=source, actor=actor)[0]
-
-
 # --- model versions -------------------------------------------------------------------------
 
 

@@ -200,6 +200,9 @@ def bench_learn(
         ("naive", "ewc", "replay", "replay_ewc", "joint")
     ),
     epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per update (default: the learner's).")] = None,
+    min_steps: Annotated[
+        int | None, typer.Option(min=0, help="Fewest optimizer steps per update (default: the learner's).")
+    ] = None,
     batch_size: Annotated[int | None, typer.Option(min=1, help="Training batch size.")] = None,
     learning_rate: Annotated[float | None, typer.Option(help="Encoder learning rate (full fine-tuning).")] = None,
     max_length: Annotated[int | None, typer.Option(min=16, max=512, help="Tokens per input.")] = None,
@@ -250,6 +253,7 @@ def bench_learn(
         fail("--seeds needs at least one seed")
     overrides = {
         "epochs": epochs,
+        "min_steps": min_steps,
         "batch_size": batch_size,
         "learning_rate": learning_rate,
         "max_length": max_length,

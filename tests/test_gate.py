@@ -99,7 +99,7 @@ def test_each_check_records_its_paired_interval_and_adjusted_p_value() -> None:
     low, high = period_1.interval
     assert low < period_1.difference < high < 0  # the whole interval is a loss
     assert period_1.p_value < 0.05 and "loses" in period_1.detail
-    stored = decision.to_json()
+    stored = decision.model_dump(mode="json")
     assert stored["checks"][0]["name"] == "new_data" and "interval" in stored["checks"][0]
     # Every other period passes: its loss, if any, is within the noise.
     assert all(check.passed for check in decision.checks if check.name in ("period 2", "period 3", "period 4"))
@@ -121,7 +121,7 @@ def test_a_gate_with_nothing_to_compare_rejects_and_says_why() -> None:
     # No new period and period 1 is below min_period_size: no check at all.
     decision = decide(candidate=predictions, current=predictions, new_periods=[], config=GateConfig())
     assert not decision.accept and decision.checks == ()
-    assert "no comparable held-out records" in decision.summary()
+    assert "no comparable held-out records" in decision.summary
 
 
 def test_the_first_model_must_beat_the_reference_and_reach_the_floor() -> None:
@@ -135,10 +135,10 @@ def test_the_first_model_must_beat_the_reference_and_reach_the_floor() -> None:
     accepted = decide(candidate=good, current=None, new_periods=["1"], config=config, reference=reference)
     assert accepted.accept and {check.name for check in accepted.checks} == {"floor", "reference"}
     below_reference = decide(candidate=weak, current=None, new_periods=["1"], config=config, reference=reference)
-    assert not below_reference.accept and "does not beat the reference" in below_reference.summary()
+    assert not below_reference.accept and "does not beat the reference" in below_reference.summary
     below_floor = decide(
         candidate=weak, current=None, new_periods=["1"], config=GateConfig(min_accuracy=0.6), reference=None
     )
-    assert not below_floor.accept and "below the floor" in below_floor.summary()
+    assert not below_floor.accept and "below the floor" in below_floor.summary
     perfect = _predictions(examples, truth)
     assert decide(candidate=perfect, current=None, new_periods=["1"], config=config, reference=reference).accept

@@ -44,6 +44,7 @@ from anamnesis.learner.errors import NothingToLearnError
 from anamnesis.learner.gate import GateConfig
 from anamnesis.learner.modeling import encode_records, load_base_classifier, load_bundle, pad_batch, tiny_classifier
 from anamnesis.learner.replay import select_replay
+from anamnesis.learner.results import DataWindow, UpdateMetrics
 from anamnesis.learner.state import LearnerState
 from anamnesis.learner.updater import run_update
 from anamnesis.storage.engine import create_db_engine
@@ -259,18 +260,20 @@ def test_update_from_storage_grows_the_head_and_records_everything(engine, tmp_p
     assert versions[0].label_map == first_labels
     assert versions[1].label_map == [*first_labels, "immunotherapy"]  # old classes first, in their order
     assert versions[1].parent_id == versions[0].id
-    assert versions[1].data_window["periods"] == ["1", "2"] and versions[1].data_window["new_periods"] == ["2"]
-    matrix = versions[1].metrics["accuracy_matrix"]
-    assert matrix["periods"] == ["1", "2"] and len(matrix["rows"]) == 2
-    assert set(matrix["rows"][1]["accuracy"]) == {"1", "2"}
-    assert set(versions[1].metrics["evaluation"]["per_subgroup"]) == {"site", "sex", "age_band"}
-    continual = versions[1].metrics["continual"]
-    assert continual["forgetting"] is not None and continual["bwt"] is not None
+    window, metrics = DataWindow.from_stored(versions[1]), UpdateMetrics.from_stored(versions[1])
+    assert metrics is not None
+    assert window.periods == ["1", "2"] and window.new_periods == ["2"]
+    matrix = metrics.accuracy_matrix
+    assert matrix.periods == ["1", "2"] and [row.version_id for row in matrix.rows] == [versions[0].id, versions[1].id]
+    assert set(matrix.rows[1].accuracy) == {"1", "2"}
+    assert set(metrics.evaluation.per_subgroup) == {"site", "sex", "age_band"}
+    assert metrics.continual.forgetting is not None and metrics.continual.bwt is not None
     state = LearnerState.load(Path(versions[1].artifact_path))
     assert state.experiences_trained == 2 and state.replay is None  # history replay stores no buffer
-    training = versions[1].metrics["training"]
-    assert training["replayed_records"] == ReplayConfig().budget(training["new_records"]) > 0
-    assert versions[1].data_window["split_by"] == "patient"
+    training = metrics.training
+    assert training.replayed_records == ReplayConfig().budget(training.new_records) > 0
+    assert window.split_by == "patient"
+    assert second.metrics == metrics  # what the update returned is what was stored
     assert AuditAction.promote in actions
     loaded = load_bundle(Path(versions[1].artifact_path), expected_sha256=versions[1].artifact_sha256)
     assert loaded.labels == (*first_labels, "immunotherapy")
@@ -365,12 +368,13 @@ def test_real_minilm_trains_two_periods_and_stores_a_promoted_version(sqlite_con
     with Session(engine) as session:
         versions = session.scalars(select(ModelVersion).order_by(ModelVersion.id)).all()
     assert len(versions) == 2 and versions[0].status in (ModelStatus.production, ModelStatus.archived)
-    evaluation = versions[-1].metrics["evaluation"]
-    assert evaluation["overall"]["accuracy"] > 0.5  # 4 classes: well above chance after two periods
+    metrics = UpdateMetrics.from_stored(versions[-1])
+    assert metrics is not None and metrics.evaluation.overall.accuracy is not None
+    assert metrics.evaluation.overall.accuracy > 0.5  # 4 classes: well above chance after two periods
     promoted = [v for v in versions if v.status == ModelStatus.production]
     assert len(promoted) == 1
     bundle = load_bundle(Path(promoted[0].artifact_path), expected_sha256=promoted[0].artifact_sha256)
-    assert bundle.model.config.hidden_size == 384 and outcome.metrics["training"]["device"] == "cpu"
+    assert bundle.model.config.hidden_size == 384 and outcome.metrics.training.device == "cpu"
     assert load_base_classifier(LABELS).labels == LABELS
 
 

@@ -22,7 +22,7 @@ from anamnesis.cohort import CohortStream, DriftKind, generate
 from anamnesis.monitor.checks import run_check
 from anamnesis.monitor.config import DriftConfig, Family, PolicyConfig
 from anamnesis.monitor.data import WindowData
-from anamnesis.monitor.policy import UpdateDecision, UpdateTrigger
+from anamnesis.monitor.policy import DecisionRecord, UpdateDecision, UpdateTrigger
 from anamnesis.monitor.reference import ReferenceProfile
 from anamnesis.monitor.report import render_html, write_html
 from anamnesis.monitor.result import DriftResult
@@ -246,8 +246,8 @@ def test_run_and_store_round_trips_result_and_decision(engine: Engine, covariate
     assert stored.scores["embeddings"]["score"] == result.families[Family.embeddings].scores["score"]
     assert stored.scores["text"]["content_auc"] > CONFIG.text.content_auc_threshold
     assert stored.scores["structured"]["severity"] == result.families[Family.structured].severity
-    fields = {key: stored.decision[key] for key in UpdateDecision.model_fields}
-    assert UpdateDecision.model_validate(fields) == decision
-    assert PolicyConfig.model_validate(stored.decision["policy"]) == policy
+    record = DecisionRecord.from_stored(stored)
+    assert UpdateDecision.model_validate(record.model_dump(include=set(UpdateDecision.model_fields))) == decision
+    assert record.policy == policy
     assert stored.html_path is not None and Path(stored.html_path).is_file()
     assert Path(stored.html_path).parent == tmp_path / "reports"

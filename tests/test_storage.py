@@ -56,7 +56,7 @@ def _version(session: Session, **overrides: object) -> ModelVersion:
         "artifact_path": "/nowhere",
         "artifact_sha256": "0" * 64,
         "label_map": ["a", "b"],
-        "metrics": {},
+        "metrics": lambda _version_id: {},
         "data_window": {},
         "training_run_id": None,
         "actor": "test",

@@ -29,7 +29,7 @@ from scipy.stats import t as student_t
 from anamnesis.learner.config import PRESET_NAMES, LearnerConfig, ModelSpec, ReplaySource, TrainingConfig, preset
 from anamnesis.learner.data import eval_examples, order_periods, split_holdout
 from anamnesis.learner.engine import BundleFactory, evaluate_predictions, held_out_predictions, train_update
-from anamnesis.learner.evaluation import continual_metrics
+from anamnesis.learner.evaluation import Evaluation, continual_metrics
 from anamnesis.learner.gate import Predictions
 from anamnesis.learner.modeling import ModelBundle, load_base_classifier, resolve_device
 from anamnesis.learner.reference import reference_predictions
@@ -154,7 +154,7 @@ def run_strategy(
         bundle, state = trained.bundle, trained.state
         evaluated = [r for p in stream.periods[: step + 1] for r in stream.holdout[p]]
         predictions = held_out_predictions(bundle, evaluated, max_length=config.training.max_length, device=device)
-        rows.append({p: s["accuracy"] for p, s in evaluate_predictions(predictions)["per_period"].items()})
+        rows.append(evaluate_predictions(predictions).accuracy_row())
         # How often this version and the previous one agree on the records both were scored on: the
         # pairing that gives the gate's McNemar tests their power.
         agreement = (
@@ -187,7 +187,7 @@ def run_reference(stream: Stream, *, progress: Progress) -> dict[str, Any]:
     just trained on a period should at least approach)."""
     rows: list[dict[str, float]] = []
     updates: list[dict[str, Any]] = []
-    alone: dict[str, float] = {}
+    alone: dict[str, float | None] = {}
     seen: list[LabeledRecord] = []
     for step, period in enumerate(stream.periods):
         seen = [*seen, *stream.train[period]]
@@ -195,17 +195,15 @@ def run_reference(stream: Stream, *, progress: Progress) -> dict[str, Any]:
         started = time.perf_counter()
         predicted = reference_predictions(seen, evaluated)
         wall = time.perf_counter() - started
-        rows.append(
-            {p: s["accuracy"] for p, s in _scores(evaluated, predicted)["per_period"].items() if p in stream.periods}
-        )
+        rows.append({p: a for p, a in _scores(evaluated, predicted).accuracy_row().items() if p in stream.periods})
         updates.append({"period": period, "wall_s": round(wall, 2), "samples_processed": len(seen)})
         own = stream.holdout[period]
-        alone[period] = _scores(own, reference_predictions(stream.train[period], own))["overall"]["accuracy"]
+        alone[period] = _scores(own, reference_predictions(stream.train[period], own)).overall.accuracy
     progress(f"{REFERENCE}: accuracy after the last period {', '.join(f'{p}={a:.3f}' for p, a in rows[-1].items())}")
     return _continual_result(stream, rows, updates) | {"alone_per_period": alone}
 
 
-def _scores(records: Sequence[LabeledRecord], predicted: Sequence[str]) -> dict[str, Any]:
+def _scores(records: Sequence[LabeledRecord], predicted: Sequence[str]) -> Evaluation:
     return evaluate_predictions(Predictions(eval_examples(records), predicted))
 
 
@@ -214,10 +212,10 @@ def _continual_result(stream: Stream, rows: list[dict[str, float]], updates: lis
     continual = continual_metrics(rows, learned_at, list(stream.periods))
     return {
         "accuracy_matrix": rows,
-        "final_average_accuracy": continual["average_accuracy"],
-        "average_forgetting": continual["forgetting"],
-        "bwt": continual["bwt"],
-        "forgetting_per_period": continual["forgetting_per_period"],
+        "final_average_accuracy": continual.average_accuracy,
+        "average_forgetting": continual.forgetting,
+        "bwt": continual.bwt,
+        "forgetting_per_period": continual.forgetting_per_period,
         "just_trained": {period: rows[step][period] for step, period in enumerate(stream.periods)},
         "updates": updates,
         "total_wall_s": round(sum(u["wall_s"] for u in updates), 1),

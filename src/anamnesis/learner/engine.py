@@ -5,13 +5,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 import torch
 
 from anamnesis.learner.config import LearnerConfig, ModelSpec, ReplaySource, TrainingData
 from anamnesis.learner.data import Sample, encode_labeled, eval_examples, grown_labels, tokenize
-from anamnesis.learner.evaluation import evaluate
+from anamnesis.learner.evaluation import Evaluation, evaluate
 from anamnesis.learner.features import extend_encoding
 from anamnesis.learner.gate import Predictions
 from anamnesis.learner.modeling import ModelBundle, grow_head, predict_proba, seed_everything
@@ -114,6 +113,6 @@ def held_out_predictions(
     return Predictions(eval_examples(records), predict_labels(bundle, records, max_length=max_length, device=device))
 
 
-def evaluate_predictions(predictions: Predictions) -> dict[str, Any]:
+def evaluate_predictions(predictions: Predictions) -> Evaluation:
     """Scores per period and subgroup (labels unknown to the model are errors)."""
     return evaluate(predictions.examples, predictions.predicted)

@@ -13,9 +13,44 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
+from pydantic import BaseModel, ConfigDict, Field
 from sklearn.metrics import f1_score
+
+
+class StoredResult(BaseModel):
+    """A result the learner stores: written with `model_dump(mode="json")`, read with `model_validate`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Scores(StoredResult):
+    accuracy: float | None = Field(description="Share of records predicted right; None when there are none.")
+    macro_f1: float | None = Field(description="Macro-F1 over the classes present in truth or prediction.")
+    n: int = Field(ge=0, description="Records scored.")
+
+
+class Evaluation(StoredResult):
+    """Scores of one model on held-out records: overall, per period and per subgroup."""
+
+    overall: Scores
+    per_period: dict[str, Scores] = Field(description="Period -> scores on its held-out records.")
+    per_subgroup: dict[str, dict[str, Scores]] = Field(
+        description="Subgroup kind (site, sex, age_band) -> group -> scores."
+    )
+
+    def accuracy_row(self) -> dict[str, float]:
+        """Period -> accuracy: this model's row of an accuracy matrix."""
+        return {period: s.accuracy for period, s in self.per_period.items() if s.accuracy is not None}
+
+
+class ContinualMetrics(StoredResult):
+    """Average accuracy, forgetting and backward transfer of the last row of an accuracy matrix."""
+
+    average_accuracy: float | None = Field(description="Mean accuracy over the periods trained so far.")
+    forgetting: float | None = Field(description="Mean over earlier periods of best-earlier minus final accuracy.")
+    bwt: float | None = Field(description="Backward transfer: mean of final minus first accuracy on earlier periods.")
+    forgetting_per_period: dict[str, float] = Field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,13 +76,13 @@ def age_band(age: int | None) -> str | None:
     return "75+"
 
 
-def score(truth: Sequence[str], predicted: Sequence[str]) -> dict[str, float]:
+def score(truth: Sequence[str], predicted: Sequence[str]) -> Scores:
     """Accuracy, macro-F1 (over the classes present in truth or prediction) and the count."""
     if not truth:
-        return {"accuracy": float("nan"), "macro_f1": float("nan"), "n": 0}
+        return Scores(accuracy=None, macro_f1=None, n=0)
     correct = sum(t == p for t, p in zip(truth, predicted, strict=True))
     macro_f1 = f1_score(truth, predicted, average="macro", zero_division=0)
-    return {"accuracy": correct / len(truth), "macro_f1": float(macro_f1), "n": len(truth)}
+    return Scores(accuracy=correct / len(truth), macro_f1=float(macro_f1), n=len(truth))
 
 
 SUBGROUPS = ("site", "sex", "age_band")
@@ -62,7 +97,7 @@ def subgroup_of(example: EvalExample, name: str) -> str | None:
     return age_band(example.age)
 
 
-def evaluate(examples: Sequence[EvalExample], predicted: Sequence[str]) -> dict[str, Any]:
+def evaluate(examples: Sequence[EvalExample], predicted: Sequence[str]) -> Evaluation:
     """Scores per period, per subgroup (site, sex, age band) and overall."""
     by_period: dict[str, list[int]] = defaultdict(list)
     by_group: dict[str, dict[str, list[int]]] = {name: defaultdict(list) for name in SUBGROUPS}
@@ -73,22 +108,22 @@ def evaluate(examples: Sequence[EvalExample], predicted: Sequence[str]) -> dict[
             if group is not None:
                 by_group[name][group].append(index)
 
-    def subset(indices: list[int]) -> dict[str, float]:
+    def subset(indices: list[int]) -> Scores:
         return score([examples[i].label for i in indices], [predicted[i] for i in indices])
 
-    return {
-        "overall": subset(list(range(len(examples)))),
-        "per_period": {period: subset(indices) for period, indices in by_period.items()},
-        "per_subgroup": {
+    return Evaluation(
+        overall=subset(list(range(len(examples)))),
+        per_period={period: subset(indices) for period, indices in by_period.items()},
+        per_subgroup={
             name: {group: subset(indices) for group, indices in sorted(groups.items())}
             for name, groups in by_group.items()
         },
-    }
+    )
 
 
 def continual_metrics(
     matrix: Sequence[Mapping[str, float]], learned_at: Mapping[str, int], trained_periods: Sequence[str]
-) -> dict[str, Any]:
+) -> ContinualMetrics:
     """Average accuracy, forgetting and BWT of the last row of `matrix` (see the module docstring).
 
     matrix[i] maps period to accuracy after update i; learned_at maps a period to the update that
@@ -107,12 +142,12 @@ def continual_metrics(
             forgetting[period] = max(history) - final[period]
         if period in matrix[start]:
             transfer[period] = final[period] - matrix[start][period]
-    return {
-        "average_accuracy": _mean([final[period] for period in seen]),
-        "forgetting": _mean(list(forgetting.values())),
-        "bwt": _mean(list(transfer.values())),
-        "forgetting_per_period": forgetting,
-    }
+    return ContinualMetrics(
+        average_accuracy=_mean([final[period] for period in seen]),
+        forgetting=_mean(list(forgetting.values())),
+        bwt=_mean(list(transfer.values())),
+        forgetting_per_period=forgetting,
+    )
 
 
 def _mean(values: Sequence[float]) -> float | None:

@@ -15,10 +15,9 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, computed_field
 from scipy.stats import binom, norm
 
 from anamnesis.learner.evaluation import SUBGROUPS, EvalExample, subgroup_of
@@ -123,26 +122,35 @@ def compare(candidate: Sequence[bool], baseline: Sequence[bool]) -> PairedCompar
     )
 
 
-@dataclass(frozen=True)
-class GateCheck:
-    name: str
+class GateCheck(BaseModel):
+    """One comparison of the candidate against the current model (or the first model's floor/reference)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str = Field(description="new_data, period <p>, <subgroup>=<group>, floor or reference.")
     passed: bool
-    candidate: float | None
-    current: float | None
-    detail: str
-    n: int = 0
-    difference: float | None = None
-    interval: tuple[float, float] | None = None
-    p_value: float | None = None
-    """For loss checks: Holm-adjusted p-value of 'the candidate is worse'."""
+    candidate: float | None = Field(description="The candidate's accuracy on the check's records.")
+    current: float | None = Field(description="The current model's (or the reference's, or the floor's) accuracy.")
+    detail: str = Field(description="One sentence: the scores and, when it fails, why.")
+    n: int = Field(default=0, ge=0, description="Held-out records compared.")
+    difference: float | None = Field(default=None, description="candidate - current, paired on the same records.")
+    interval: tuple[float, float] | None = Field(
+        default=None, description="Wald interval of the paired difference at 1 - significance."
+    )
+    p_value: float | None = Field(
+        default=None, description="For loss checks: Holm-adjusted p-value of 'the candidate is worse'."
+    )
 
 
-@dataclass(frozen=True)
-class GateDecision:
+class GateDecision(BaseModel):
+    """The gate's verdict with every check; stored with the version (`UpdateMetrics.gate`)."""
+
+    # The stored form carries the computed summary; reading it back recomputes it.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
     accept: bool
-    checks: tuple[GateCheck, ...] = field(default_factory=tuple)
-    note: str = ""
-    """Why the decision has no or few checks (empty when there is nothing to say)."""
+    checks: tuple[GateCheck, ...] = ()
+    note: str = Field(default="", description="Why the decision has no or few checks (empty when nothing to say).")
 
     @property
     def reasons(self) -> list[str]:
@@ -152,17 +160,12 @@ class GateDecision:
         passed = [check.detail for check in self.checks if check.name in _HEADLINE_CHECKS]
         return passed or ([self.note] if self.note else [])
 
+    @computed_field  # type: ignore[prop-decorator]
+    @property
     def summary(self) -> str:
+        """ "accepted: ..." or "rejected: ..." with the failed checks (or the headline ones)."""
         verdict = "accepted" if self.accept else "rejected"
         return f"{verdict}: " + "; ".join(self.reasons)
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "accept": self.accept,
-            "checks": [asdict(check) for check in self.checks],
-            "note": self.note,
-            "summary": self.summary(),
-        }
 
 
 _HEADLINE_CHECKS = ("new_data", "reference", "floor")
@@ -246,11 +249,11 @@ def _first_model(candidate: Predictions, reference: Predictions | None, config: 
     floor_passed = accuracy >= config.min_accuracy
     checks = [
         GateCheck(
-            "floor",
-            floor_passed,
-            accuracy,
-            config.min_accuracy,
-            f"first model: held-out accuracy {accuracy:.3f} "
+            name="floor",
+            passed=floor_passed,
+            candidate=accuracy,
+            current=config.min_accuracy,
+            detail=f"first model: held-out accuracy {accuracy:.3f} "
             + ("reaches" if floor_passed else "is below")
             + f" the floor {config.min_accuracy:.3f} (n={len(right)})",
             n=len(right),

@@ -11,12 +11,11 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -24,13 +23,12 @@ from anamnesis.learner.config import LearnerConfig
 from anamnesis.learner.data import order_periods, split_holdout, split_unit
 from anamnesis.learner.engine import (
     BundleFactory,
-    TrainedUpdate,
     evaluate_predictions,
     held_out_predictions,
     train_update,
 )
 from anamnesis.learner.errors import NothingToLearnError, TrainingStoppedError
-from anamnesis.learner.evaluation import continual_metrics
+from anamnesis.learner.evaluation import Evaluation, continual_metrics
 from anamnesis.learner.gate import GateConfig, GateDecision, Predictions, decide
 from anamnesis.learner.modeling import (
     BASE_MODEL_NAME,
@@ -42,6 +40,14 @@ from anamnesis.learner.modeling import (
 )
 from anamnesis.learner.progress import ProgressHook, ProgressState, TrainingControl
 from anamnesis.learner.reference import reference_predictions
+from anamnesis.learner.results import (
+    AccuracyMatrix,
+    DataWindow,
+    MatrixRow,
+    ReferenceResult,
+    TrainingCost,
+    UpdateMetrics,
+)
 from anamnesis.learner.state import LearnerState
 from anamnesis.storage.artifacts import write_artifact
 from anamnesis.storage.models import ModelVersion
@@ -57,16 +63,12 @@ class UpdateOutcome:
     version_id: int
     promoted: bool
     decision: GateDecision
-    metrics: dict[str, Any]
+    metrics: UpdateMetrics
 
 
 def _notify(hook: ProgressHook | None, phase: str, message: str) -> None:
     if hook is not None:
         hook(ProgressState(phase=phase, message=message), TrainingControl())  # type: ignore[arg-type]
-
-
-def accuracy_row(evaluation: Mapping[str, Any]) -> dict[str, float]:
-    return {period: scores["accuracy"] for period, scores in evaluation["per_period"].items()}
 
 
 def run_update(
@@ -91,7 +93,8 @@ def run_update(
         cutoff = newest_label_id(session)
         records = labeled_records(session, max_label_id=cutoff) if cutoff is not None else []
         ancestors = lineage(session, parent.id) if parent is not None else []
-    parent_cutoff = parent.data_window.get("label_cutoff", 0) if parent is not None else 0
+    parent_window = DataWindow.from_stored(parent) if parent is not None else None
+    parent_cutoff = (parent_window.label_cutoff or 0) if parent_window is not None else 0
     train_records, holdout_records = split_holdout(records, config.training.holdout_fraction)
     fresh = [r for r in train_records if r.label_id > parent_cutoff]
     if not fresh:
@@ -135,7 +138,7 @@ def run_update(
     periods = order_periods(records)
     new_periods = [p for p in periods if any(r.period == p for r in fresh)]
     trained_periods = sorted(
-        set(parent.data_window.get("periods", []) if parent else []) | {r.period for r in fresh}, key=periods.index
+        set(parent_window.periods if parent_window else []) | {r.period for r in fresh}, key=periods.index
     )
     decision = decide(
         candidate=candidate_predictions,
@@ -144,13 +147,7 @@ def run_update(
         config=gate,
         reference=reference,
     )
-    metrics = _metrics(ancestors, candidate_eval, parent_eval, periods, trained_periods, decision, trained, device)
-    metrics["training"]["new_records"] = len(fresh)
-    if reference is not None:
-        metrics["reference"] = {
-            "model": "tfidf+logistic_regression",
-            "evaluation": evaluate_predictions(reference),
-        }
+    reference_result = ReferenceResult(evaluation=evaluate_predictions(reference)) if reference is not None else None
 
     _notify(hook, "save", "writing the model artifact")
 
@@ -160,7 +157,27 @@ def run_update(
 
     name = f"model-{training_run_id or 'manual'}-{uuid.uuid4().hex[:8]}"
     folder, digest = write_artifact(artifacts_dir, name, fill)
-    metrics["training"]["wall_s"] = round(time.perf_counter() - started, 2)
+    cost = TrainingCost(
+        new_records=len(fresh),
+        experience_records=trained.experience_records,
+        replayed_records=trained.replayed_records,
+        replay_buffer_size=len(trained.state.replay.record_ids()) if trained.state.replay else 0,
+        samples_processed=trained.samples_processed,
+        steps=trained.steps,
+        device=str(device),
+        last_ewc_penalty=trained.last_ewc_penalty,
+        wall_s=round(time.perf_counter() - started, 2),
+    )
+    stored: list[UpdateMetrics] = []
+
+    def metrics(version_id: int) -> dict[str, Any]:
+        stored.append(
+            _metrics(
+                ancestors, version_id, candidate_eval, parent_eval, periods, trained_periods, decision, cost
+            ).model_copy(update={"reference": reference_result})
+        )
+        return stored[-1].model_dump(mode="json")
+
     with Session(engine) as session:
         version = create_model_version(
             session,
@@ -171,67 +188,57 @@ def run_update(
             artifact_sha256=digest,
             label_map=list(trained.bundle.labels),
             metrics=metrics,
-            data_window={
-                "label_cutoff": cutoff,
-                "periods": trained_periods,
-                "new_periods": new_periods,
-                "train_records": len(train_records),
-                "holdout_records": len(holdout_records),
-                "split_by": split_unit(records).value,
-            },
+            data_window=DataWindow(
+                label_cutoff=cutoff,
+                periods=trained_periods,
+                new_periods=new_periods,
+                train_records=len(train_records),
+                holdout_records=len(holdout_records),
+                split_by=split_unit(records).value,
+            ).model_dump(mode="json"),
             training_run_id=training_run_id,
             actor=actor,
         )
         if decision.accept:
             runtime = prepare_runtime(version, trained.bundle, holdout_records) if prepare_runtime else None
             version = promote_model_version(
-                session, version_id=version.id, actor=actor, reason=decision.summary(), runtime=runtime
+                session, version_id=version.id, actor=actor, reason=decision.summary, runtime=runtime
             )
         else:
-            version = reject_model_version(session, version_id=version.id, actor=actor, reason=decision.summary())
-    return UpdateOutcome(version_id=version.id, promoted=decision.accept, decision=decision, metrics=metrics)
+            version = reject_model_version(session, version_id=version.id, actor=actor, reason=decision.summary)
+    return UpdateOutcome(version_id=version.id, promoted=decision.accept, decision=decision, metrics=stored[-1])
 
 
 def _metrics(
     ancestors: Sequence[ModelVersion],
-    candidate_eval: dict[str, Any],
-    parent_eval: dict[str, Any] | None,
+    version_id: int,
+    candidate_eval: Evaluation,
+    parent_eval: Evaluation | None,
     periods: list[str],
     trained_periods: list[str],
     decision: GateDecision,
-    trained: TrainedUpdate,
-    device: torch.device,
-) -> dict[str, Any]:
-    # The last row is this candidate's own (its id does not exist until it is stored).
-    rows = [{"version_id": v.id, "accuracy": v.metrics.get("accuracy_row", {})} for v in ancestors]
-    rows.append({"version_id": None, "accuracy": accuracy_row(candidate_eval)})
+    cost: TrainingCost,
+) -> UpdateMetrics:
+    history = [(v, UpdateMetrics.from_stored(v), DataWindow.from_stored(v)) for v in ancestors]
+    rows = [MatrixRow(version_id=v.id, accuracy=m.accuracy_row if m else {}) for v, m, _ in history]
+    rows.append(MatrixRow(version_id=version_id, accuracy=candidate_eval.accuracy_row()))
     learned_at: dict[str, int] = {}
-    for step, version in enumerate([*ancestors, None]):
-        window = version.data_window.get("periods", []) if version is not None else trained_periods
+    for step, window in enumerate([*(w.periods for _, _, w in history), trained_periods]):
         for period in window:
             learned_at.setdefault(period, step)
-    return {
-        "evaluation": candidate_eval,
-        "parent_evaluation": parent_eval,
-        "accuracy_row": accuracy_row(candidate_eval),
-        "accuracy_matrix": {"periods": periods, "rows": rows},
-        "continual": continual_metrics([r["accuracy"] for r in rows], learned_at, trained_periods),
-        "gate": decision.to_json(),
-        "training": {
-            "experience_records": trained.experience_records,
-            "samples_processed": trained.samples_processed,
-            "steps": trained.steps,
-            "device": str(device),
-            "last_ewc_penalty": trained.last_ewc_penalty,
-            "replay_buffer_size": len(trained.state.replay.record_ids()) if trained.state.replay else 0,
-            "replayed_records": trained.replayed_records,
-        },
-    }
+    return UpdateMetrics(
+        evaluation=candidate_eval,
+        parent_evaluation=parent_eval,
+        accuracy_matrix=AccuracyMatrix(periods=periods, rows=rows),
+        continual=continual_metrics([r.accuracy for r in rows], learned_at, trained_periods),
+        gate=decision,
+        training=cost,
+    )
 
 
 def holdout_of(session: Session, version: ModelVersion) -> list[LabeledRecord]:
     """The held-out records a version was evaluated on (its label cutoff and split)."""
-    fraction = version.strategy.get("training", {}).get("holdout_fraction", 0.2)
-    cutoff = version.data_window.get("label_cutoff")
+    config = LearnerConfig.model_validate(version.strategy) if version.strategy else LearnerConfig()
+    cutoff = DataWindow.from_stored(version).label_cutoff
     records = labeled_records(session, max_label_id=cutoff) if cutoff is not None else []
-    return split_holdout(records, fraction)[1]
+    return split_holdout(records, config.training.holdout_fraction)[1]

@@ -20,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from anamnesis.monitor.config import Family, PolicyConfig
 from anamnesis.monitor.result import DriftResult
+from anamnesis.storage.models import DriftReport
 
 
 class _Model(BaseModel):
@@ -100,6 +101,21 @@ class UpdateDecision(_Model):
     triggers: tuple[UpdateTrigger, ...] = Field(default=(), description="The rules that called for an update.")
     blocked_by: UpdateBlocker | None = Field(default=None, description="Why no update, when there is none.")
     reasons: tuple[str, ...] = Field(description="Human-readable reasons, triggers first.")
+
+
+class DecisionRecord(UpdateDecision):
+    """The decision as stored with its drift report: the verdict and what it was decided from."""
+
+    inputs: PolicyInputs
+    policy: PolicyConfig
+
+    @classmethod
+    def of(cls, decision: UpdateDecision, inputs: PolicyInputs, policy: PolicyConfig) -> DecisionRecord:
+        return cls(**dict(decision), inputs=inputs, policy=policy)
+
+    @classmethod
+    def from_stored(cls, report: DriftReport) -> DecisionRecord:
+        return cls.model_validate(report.decision)
 
 
 def _duration(value: timedelta) -> str:

@@ -11,6 +11,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
 
 from anamnesis.monitor.config import DriftConfig, Family
+from anamnesis.storage.models import DriftReport
 
 
 class _Result(BaseModel):
@@ -96,6 +97,13 @@ class PerformanceSummary(_Result):
     estimated_drop: float | None = Field(default=None, description="reference_estimated_accuracy - estimated_accuracy.")
 
 
+# The measurement that sums up each family, in its own scale.
+HEADLINE_SCORES = {
+    Family.structured: "drifted_share",
+    Family.text: "content_auc",
+    Family.embeddings: "score",
+    Family.predictions: "class_distance",
+}
 # Keys a family's stored scores carry besides its measurements (so a family may not use them).
 FAMILY_META = ("severity", "computed", "reason")
 # Stored next to the families in the report's `scores` column.
@@ -152,6 +160,22 @@ class DriftResult(_Result):
         """The keyword arguments of `storage.repository.add_drift_report` that hold this result."""
         dumped = self.model_dump(mode="json", include={"reference_window", "current_window", "drift_detected", "flags"})
         return dumped | {"scores": self.scores}
+
+    def headline(self, family: Family) -> float | None:
+        """The family's headline measurement (what a dashboard plots over checks); None if absent."""
+        value = self.families[family].scores.get(HEADLINE_SCORES[family])
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+    @classmethod
+    def from_report(cls, report: DriftReport) -> DriftResult:
+        """The result back from a stored drift report."""
+        return cls.from_stored(
+            reference_window=report.reference_window,
+            current_window=report.current_window,
+            drift_detected=report.drift_detected,
+            flags=report.flags,
+            scores=report.scores,
+        )
 
     @classmethod
     def from_stored(

@@ -10,7 +10,6 @@ import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -18,7 +17,7 @@ from sqlmodel import Session
 from anamnesis.monitor.checks import run_check
 from anamnesis.monitor.config import DriftConfig, PolicyConfig
 from anamnesis.monitor.data import WindowData
-from anamnesis.monitor.policy import PolicyInputs, UpdateDecision, decide_update
+from anamnesis.monitor.policy import DecisionRecord, PolicyInputs, UpdateDecision, decide_update
 from anamnesis.monitor.reference import ReferenceProfile
 from anamnesis.monitor.report import render_html, write_html
 from anamnesis.monitor.result import DriftResult
@@ -36,15 +35,6 @@ class UpdateContext:
     """Time since the current model was promoted."""
     since_last_attempt: timedelta | None = None
     """Time since the last training run started (promoted or not); None: none since the promotion."""
-
-
-def decision_record(decision: UpdateDecision, inputs: PolicyInputs, policy: PolicyConfig) -> dict[str, Any]:
-    """The decision as stored with the report: verdict, reasons, and what it was decided from."""
-    return {
-        **decision.model_dump(mode="json"),
-        "inputs": inputs.model_dump(mode="json"),
-        "policy": policy.model_dump(mode="json"),
-    }
 
 
 def run_and_store(
@@ -81,7 +71,7 @@ def run_and_store(
             report = add_drift_report(
                 session,
                 model_version_id=model_version_id,
-                decision=decision_record(decision, inputs, policy),
+                decision=DecisionRecord.of(decision, inputs, policy).model_dump(mode="json"),
                 html_path=str(path),
                 actor=actor,
                 **result.storage_fields(),

@@ -66,12 +66,14 @@ def _install(home: Path) -> tuple[StorageConfig, str]:
             artifact_path=str(folder),
             artifact_sha256=digest,
             label_map=LABELS,
-            metrics={},
+            metrics=lambda _version_id: {},
             data_window={},
             training_run_id=None,
             actor="bench",
         )
-        runtime = choose_runtime(version, bundle, [], artifacts_dir=config.artifacts_dir, max_length=128)
+        runtime = choose_runtime(version, bundle, [], artifacts_dir=config.artifacts_dir, max_length=128).model_dump(
+            mode="json"
+        )
         promote_model_version(session, version_id=version.id, actor="bench", reason="benchmark", runtime=runtime)
         _, key = create_api_key(session, name="bench", role=ApiRole.predict, actor="bench")
     engine.dispose()

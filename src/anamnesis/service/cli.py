@@ -486,6 +486,8 @@ def models_list(ctx: typer.Context) -> None:
         return
     from sqlmodel import Session
 
+    from anamnesis.learner.evaluation import ContinualMetrics
+    from anamnesis.learner.results import DataWindow, UpdateMetrics
     from anamnesis.storage.queries import list_model_versions
 
     engine = _engine(Settings())
@@ -500,13 +502,14 @@ def models_list(ctx: typer.Context) -> None:
         f"{'avg acc':>7}  {'forget':>6}  {'bwt':>6}  periods"
     )
     for v in versions:
-        continual = v.metrics.get("continual", {})
-        overall = v.metrics.get("evaluation", {}).get("overall", {})
+        metrics = UpdateMetrics.from_stored(v)
+        overall = metrics.evaluation.overall.accuracy if metrics else None
+        continual = metrics.continual if metrics else ContinualMetrics(average_accuracy=None, forgetting=None, bwt=None)
         typer.echo(
             f"{'v' + str(v.id):>7}  {v.status:<10} {('v' + str(v.parent_id)) if v.parent_id else '':>6}  "
-            f"{v.created_at:%Y-%m-%d %H:%M:%S}  {_pct(overall.get('accuracy')):>8}  "
-            f"{_pct(continual.get('average_accuracy')):>7}  {_pct(continual.get('forgetting')):>6}  "
-            f"{_pct(continual.get('bwt')):>6}  {', '.join(v.data_window.get('periods', []))}"
+            f"{v.created_at:%Y-%m-%d %H:%M:%S}  {_pct(overall):>8}  "
+            f"{_pct(continual.average_accuracy):>7}  {_pct(continual.forgetting):>6}  "
+            f"{_pct(continual.bwt):>6}  {', '.join(DataWindow.from_stored(v).periods)}"
         )
 
 
@@ -519,6 +522,8 @@ def models_show(version: Annotated[int, typer.Argument(help="Model version id.")
     """One version: its accuracy matrix, per-period and per-subgroup metrics and the gate's decision."""
     from sqlmodel import Session
 
+    from anamnesis.learner.results import UpdateMetrics
+    from anamnesis.service.runtime import RuntimeChoice
     from anamnesis.storage.errors import NotFoundError
     from anamnesis.storage.queries import get_model_version
 
@@ -531,29 +536,27 @@ def models_show(version: Annotated[int, typer.Argument(help="Model version id.")
             fail(str(error))
     typer.echo(f"model version v{v.id} ({v.status}), parent {('v' + str(v.parent_id)) if v.parent_id else 'none'}")
     typer.echo(f"labels: {', '.join(v.label_map)}")
-    typer.echo(f"runtime: {v.runtime.get('kind', 'not chosen (never promoted)')}")
-    matrix = v.metrics.get("accuracy_matrix", {})
-    periods = matrix.get("periods", [])
-    if periods:
-        typer.echo("\naccuracy matrix (rows: versions of the lineage; columns: held-out periods, %)")
-        typer.echo("version  " + "".join(f"{p:>8}" for p in periods))
-        for row in matrix.get("rows", []):
-            name = f"v{row['version_id']}" if row["version_id"] else f"v{v.id}"
-            typer.echo(f"{name:<8} " + "".join(f"{_pct(row['accuracy'].get(p)):>8}" for p in periods))
-    evaluation = v.metrics.get("evaluation", {})
-    for period, scores in evaluation.get("per_period", {}).items():
-        typer.echo(
-            f"period {period}: accuracy {_pct(scores['accuracy'])}, macro-F1 {_pct(scores['macro_f1'])}, "
-            f"n={scores['n']}"
-        )
-    for group, values in evaluation.get("per_subgroup", {}).items():
-        typer.echo(f"{group}: " + ", ".join(f"{k} {_pct(s['accuracy'])} (n={s['n']})" for k, s in values.items()))
-    continual = v.metrics.get("continual", {})
+    runtime = RuntimeChoice.from_stored(v)
+    typer.echo(f"runtime: {runtime.kind if runtime else 'not chosen (never promoted)'}")
+    metrics = UpdateMetrics.from_stored(v)
+    if metrics is None:
+        typer.echo("no stored metrics")
+        return
+    periods = metrics.accuracy_matrix.periods
+    typer.echo("\naccuracy matrix (rows: versions of the lineage; columns: held-out periods, %)")
+    typer.echo("version  " + "".join(f"{p:>8}" for p in periods))
+    for row in metrics.accuracy_matrix.rows:
+        typer.echo(f"{'v' + str(row.version_id):<8} " + "".join(f"{_pct(row.accuracy.get(p)):>8}" for p in periods))
+    for period, scores in metrics.evaluation.per_period.items():
+        typer.echo(f"period {period}: accuracy {_pct(scores.accuracy)}, macro-F1 {_pct(scores.macro_f1)}, n={scores.n}")
+    for group, values in metrics.evaluation.per_subgroup.items():
+        typer.echo(f"{group}: " + ", ".join(f"{k} {_pct(s.accuracy)} (n={s.n})" for k, s in values.items()))
+    continual = metrics.continual
     typer.echo(
-        f"average accuracy {_pct(continual.get('average_accuracy'))}, forgetting "
-        f"{_pct(continual.get('forgetting'))}, BWT {_pct(continual.get('bwt'))}"
+        f"average accuracy {_pct(continual.average_accuracy)}, forgetting "
+        f"{_pct(continual.forgetting)}, BWT {_pct(continual.bwt)}"
     )
-    typer.echo(f"gate: {v.metrics.get('gate', {}).get('summary', '')}")
+    typer.echo(f"gate: {metrics.gate.summary}")
 
 
 @app.command()
@@ -565,7 +568,7 @@ def promote(
     """Make a version the production model (API processes switch to it within seconds)."""
     from sqlmodel import Session
 
-    from anamnesis.service.runtime import promote_with_runtime
+    from anamnesis.service.runtime import RuntimeChoice, promote_with_runtime
     from anamnesis.storage.errors import ConflictError, NotFoundError
 
     settings = Settings()
@@ -585,7 +588,8 @@ def promote(
             )
         except (NotFoundError, ConflictError) as error:
             fail(str(error))
-    typer.echo(f"v{promoted.id} is in production ({promoted.runtime.get('kind', 'pytorch')})")
+    runtime = RuntimeChoice.from_stored(promoted)
+    typer.echo(f"v{promoted.id} is in production ({runtime.kind if runtime else 'pytorch'})")
 
 
 @app.command()
@@ -707,6 +711,8 @@ def drift_list(limit: Annotated[int, typer.Option(min=1, max=500, help="How many
     """Drift reports, newest first."""
     from sqlmodel import Session
 
+    from anamnesis.monitor.policy import DecisionRecord
+    from anamnesis.monitor.result import DriftResult
     from anamnesis.storage.queries import list_drift_reports
 
     engine = _engine(Settings())
@@ -717,9 +723,10 @@ def drift_list(limit: Annotated[int, typer.Option(min=1, max=500, help="How many
         typer.echo("no drift reports yet; run `anamnesis drift check`")
         return
     for r in reports:
-        flagged = ", ".join(name for name, value in r.flags.items() if value) or "-"
-        verdict = "DRIFT" if r.drift_detected else "ok"
-        update = "update" if r.decision.get("update") else "no update"
+        result = DriftResult.from_report(r)
+        flagged = ", ".join(family.value for family, value in result.flags.items() if value) or "-"
+        verdict = "DRIFT" if result.drift_detected else "ok"
+        update = "update" if DecisionRecord.from_stored(r).update else "no update"
         typer.echo(
             f"{r.id:>5}  {r.created_at:%Y-%m-%d %H:%M:%S}  v{r.model_version_id}  {verdict:<5}  {flagged:<40}  {update}"
         )
@@ -732,6 +739,8 @@ def drift_show(report: Annotated[int, typer.Argument(help="Report id.")]) -> Non
 
     from sqlmodel import Session
 
+    from anamnesis.monitor.policy import DecisionRecord
+    from anamnesis.monitor.result import DriftResult
     from anamnesis.storage.errors import NotFoundError
     from anamnesis.storage.queries import get_drift_report
 
@@ -746,17 +755,14 @@ def drift_show(report: Annotated[int, typer.Argument(help="Report id.")]) -> Non
         f"drift report {r.id}, model v{r.model_version_id}, {r.created_at:%Y-%m-%d %H:%M:%S} UTC: "
         f"{'drift detected' if r.drift_detected else 'no drift'}"
     )
-    typer.echo(f"reference: {json.dumps(r.reference_window)}")
-    typer.echo(f"current:   {json.dumps(r.current_window)}")
-    for family, scores in r.scores.items():
-        if isinstance(scores, dict):
-            flag = "FLAGGED" if r.flags.get(family) else "ok"
-            shown = {k: v for k, v in scores.items() if isinstance(v, int | float | str | bool) and k != "reason"}
-            typer.echo(f"  {family:<12} {flag:<8} {scores.get('reason', '')}")
-            typer.echo(f"  {'':<12} {json.dumps(shown)[:300]}")
-    typer.echo(
-        f"decision: {'update' if r.decision.get('update') else 'no update'}: {'; '.join(r.decision.get('reasons', []))}"
-    )
+    result, decision = DriftResult.from_report(r), DecisionRecord.from_stored(r)
+    typer.echo(f"reference: {json.dumps(result.reference_window)}")
+    typer.echo(f"current:   {json.dumps(result.current_window)}")
+    for family, verdict in result.families.items():
+        shown = {k: v for k, v in verdict.scores.items() if isinstance(v, int | float | str | bool)}
+        typer.echo(f"  {family.value:<12} {'FLAGGED' if verdict.flagged else 'ok':<8} {verdict.reason}")
+        typer.echo(f"  {'':<12} {json.dumps({'severity': verdict.severity, **shown})[:300]}")
+    typer.echo(f"decision: {'update' if decision.update else 'no update'}: {'; '.join(decision.reasons)}")
     typer.echo(f"HTML report: {r.html_path}")
 
 

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlmodel import Session
 
+from anamnesis.learner.results import DataWindow, UpdateMetrics
+from anamnesis.monitor.config import Family
+from anamnesis.monitor.policy import DecisionRecord
+from anamnesis.monitor.result import DriftResult
+from anamnesis.service.runtime import RuntimeChoice, RuntimeKind
 from anamnesis.storage.models import DriftReport, ModelVersion, TrainingRun
 from anamnesis.storage.queries import (
     current_model,
@@ -32,10 +38,6 @@ def _when(moment: Any) -> str:
     return moment.strftime("%Y-%m-%d %H:%M:%S UTC") if moment else ""
 
 
-def _flagged(flags: dict[str, Any]) -> str:
-    return ", ".join(name for name, value in flags.items() if value is True) or "none"
-
-
 def _png(figure: Any) -> str:
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
@@ -45,8 +47,61 @@ def _png(figure: Any) -> str:
     return base64.b64encode(buffer.getvalue()).decode()
 
 
-def _accuracy_plot(versions: Sequence[ModelVersion]) -> str | None:
-    ordered = sorted((v for v in versions if v.metrics.get("accuracy_row")), key=lambda v: v.id)
+@dataclass(frozen=True)
+class VersionView:
+    """What the dashboard shows of a model version, read from its typed stored results."""
+
+    version: ModelVersion
+    metrics: UpdateMetrics | None
+    periods: list[str]
+    runtime: str
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> VersionView:
+        runtime = RuntimeChoice.from_stored(version)
+        return cls(
+            version=version,
+            metrics=UpdateMetrics.from_stored(version),
+            periods=DataWindow.from_stored(version).periods,
+            runtime=runtime.kind.value if runtime else RuntimeKind.pytorch.value,
+        )
+
+    @property
+    def accuracy(self) -> float | None:
+        return self.metrics.evaluation.overall.accuracy if self.metrics else None
+
+    @property
+    def average_accuracy(self) -> float | None:
+        return self.metrics.continual.average_accuracy if self.metrics else None
+
+    @property
+    def forgetting(self) -> float | None:
+        return self.metrics.continual.forgetting if self.metrics else None
+
+    @property
+    def gate(self) -> str:
+        return self.metrics.gate.summary if self.metrics else ""
+
+
+@dataclass(frozen=True)
+class ReportView:
+    """What the dashboard shows of a drift report."""
+
+    report: DriftReport
+    result: DriftResult
+    decision: DecisionRecord
+
+    @classmethod
+    def of(cls, report: DriftReport) -> ReportView:
+        return cls(report=report, result=DriftResult.from_report(report), decision=DecisionRecord.from_stored(report))
+
+    @property
+    def flagged(self) -> str:
+        return ", ".join(family.value for family, value in self.result.flags.items() if value) or "none"
+
+
+def _accuracy_plot(versions: Sequence[VersionView]) -> str | None:
+    ordered = sorted((v for v in versions if v.metrics is not None), key=lambda v: v.version.id)
     if not ordered:
         return None
     import matplotlib
@@ -55,19 +110,19 @@ def _accuracy_plot(versions: Sequence[ModelVersion]) -> str | None:
     import matplotlib.pyplot as plt
 
     periods: list[str] = []
-    for version in ordered:
-        for period in version.metrics.get("accuracy_matrix", {}).get("periods", []):
+    for view in ordered:
+        for period in view.metrics.accuracy_matrix.periods if view.metrics else []:
             if period not in periods:
                 periods.append(period)
     figure, axis = plt.subplots(figsize=(10, 3.4))
-    x = [f"v{v.id}" for v in ordered]
+    x = [f"v{v.version.id}" for v in ordered]
     for period in periods:
-        values = [v.metrics["accuracy_row"].get(period) for v in ordered]
+        values = [v.metrics.accuracy_row.get(period) if v.metrics else None for v in ordered]
         axis.plot(
             x, [float("nan") if value is None else value for value in values], marker="o", label=f"period {period}"
         )
-    for index, version in enumerate(ordered):
-        if version.status == "rejected":
+    for index, view in enumerate(ordered):
+        if view.version.status == "rejected":
             axis.axvline(index, color="#b42318", alpha=0.15, linewidth=8)
     axis.set_ylim(0, 1)
     axis.set_ylabel("held-out accuracy")
@@ -77,26 +132,17 @@ def _accuracy_plot(versions: Sequence[ModelVersion]) -> str | None:
     return _png(figure)
 
 
-_DRIFT_SERIES = (
-    ("structured", ("structured", "drifted_share")),
-    ("text (classifier AUC)", ("text", "content_auc")),
-    ("embeddings (AUC)", ("embeddings", "score")),
-    ("predictions (JS)", ("predictions", "class_distance")),
-    ("accuracy drop", ("performance", "measured_drop")),
+_DRIFT_SERIES: tuple[tuple[str, Callable[[DriftResult], float | None]], ...] = (
+    ("structured", lambda r: r.headline(Family.structured)),
+    ("text (classifier AUC)", lambda r: r.headline(Family.text)),
+    ("embeddings (AUC)", lambda r: r.headline(Family.embeddings)),
+    ("predictions (JS)", lambda r: r.headline(Family.predictions)),
+    ("accuracy drop", lambda r: r.performance.measured_drop),
 )
 
 
-def _series_value(scores: dict[str, Any], path: tuple[str, str]) -> float | None:
-    family = scores.get(path[0])
-    if isinstance(family, dict):
-        value = family.get(path[1])
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def _drift_plot(reports: Sequence[DriftReport]) -> str | None:
-    ordered = sorted(reports, key=lambda r: r.id)
+def _drift_plot(reports: Sequence[ReportView]) -> str | None:
+    ordered = sorted(reports, key=lambda r: r.report.id)
     if not ordered:
         return None
     import matplotlib
@@ -105,13 +151,13 @@ def _drift_plot(reports: Sequence[DriftReport]) -> str | None:
     import matplotlib.pyplot as plt
 
     figure, axis = plt.subplots(figsize=(10, 3.2))
-    x = [f"#{r.id}" for r in ordered]
-    for name, path in _DRIFT_SERIES:
-        values = [_series_value(r.scores, path) for r in ordered]
+    x = [f"#{r.report.id}" for r in ordered]
+    for name, measure in _DRIFT_SERIES:
+        values = [measure(r.result) for r in ordered]
         if any(value is not None for value in values):
             axis.plot(x, [float("nan") if v is None else v for v in values], marker="o", label=name)
-    for index, report in enumerate(ordered):
-        if report.drift_detected:
+    for index, view in enumerate(ordered):
+        if view.result.drift_detected:
             axis.axvspan(index - 0.4, index + 0.4, color="#b42318", alpha=0.12)
     axis.set_title("Drift scores per check (red: drift detected)")
     axis.grid(alpha=0.3)
@@ -120,12 +166,12 @@ def _drift_plot(reports: Sequence[DriftReport]) -> str | None:
 
 
 def render_dashboard(session: Session, *, now: str, report_href: Any) -> str:
-    versions = list_model_versions(session, limit=50)
-    reports = list_drift_reports(session, limit=50)
+    versions = [VersionView.of(v) for v in list_model_versions(session, limit=50)]
+    reports = [ReportView.of(r) for r in list_drift_reports(session, limit=50)]
     jobs: list[TrainingRun] = list_training_runs(session, limit=20)
     current = current_model(session)
     return _environment.get_template("dashboard.html").render(
-        current=current,
+        current=VersionView.of(current) if current is not None else None,
         no_model_reason=None if current is not None else why_no_model_serves(session),
         versions=versions,
         reports=reports,
@@ -134,7 +180,6 @@ def render_dashboard(session: Session, *, now: str, report_href: Any) -> str:
         drift_plot=_drift_plot(reports),
         pct=_pct,
         when=_when,
-        flagged=_flagged,
         report_href=report_href,
         now=now,
     )

@@ -98,10 +98,10 @@ def run_demo(
             artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
         ),
     )
-    accuracy = outcome.metrics["evaluation"]["overall"]["accuracy"]
+    accuracy = outcome.metrics.evaluation.overall.accuracy or 0.0
     say(
         f"version {outcome.version_id} trained in {time.perf_counter() - started:.0f}s: held-out accuracy "
-        f"{accuracy:.1%}; gate: {outcome.decision.summary()}"
+        f"{accuracy:.1%}; gate: {outcome.decision.summary}"
     )
     with Session(engine) as session:
         if not outcome.promoted:

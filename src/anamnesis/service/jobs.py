@@ -148,6 +148,6 @@ def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -
             release_lease(session, name=TRAINING_LEASE, holder=holder)
     verdict = "promoted" if outcome.promoted else "rejected by the gate"
     return (
-        {"version_id": outcome.version_id, "promoted": outcome.promoted, "gate": outcome.decision.summary()},
+        {"version_id": outcome.version_id, "promoted": outcome.promoted, "gate": outcome.decision.summary},
         f"model version {outcome.version_id} {verdict}",
     )

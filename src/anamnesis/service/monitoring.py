@@ -19,6 +19,7 @@ import pandas as pd
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from anamnesis.learner.results import DataWindow
 from anamnesis.learner.updater import holdout_of
 from anamnesis.monitor.config import DriftConfig, PolicyConfig
 from anamnesis.monitor.data import WindowData, window_from_records
@@ -54,7 +55,7 @@ def predictor(model: LoadedModel):
 def reference_window(engine: Engine, version: ModelVersion, model: LoadedModel) -> WindowData:
     with Session(engine) as session:
         holdout = holdout_of(session, version)
-    periods = set(version.data_window.get("periods", []))
+    periods = set(DataWindow.from_stored(version).periods)
     records = [r for r in holdout if r.period in periods] or holdout
     return window_from_records(
         notes=[r.note for r in records],
@@ -109,7 +110,7 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         rows = recent_records(
             session, since=version.promoted_at, limit=settings.drift_window, model_version_id=version.id
         )
-        new_labels = labeled_records_since(session, version.data_window.get("label_cutoff") or 0)
+        new_labels = labeled_records_since(session, DataWindow.from_stored(version).label_cutoff or 0)
         last_attempt = last_job_since(session, JobKind.retrain, version.promoted_at)
     if len(rows) < settings.drift_min_rows:
         message = (

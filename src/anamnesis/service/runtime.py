@@ -13,11 +13,13 @@ import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from anamnesis.learner.data import encode_labeled
@@ -37,6 +39,30 @@ from anamnesis.storage.repository import promote_model_version
 ONNX_TOLERANCE = 0.005
 ONNX_FILE = "model.int8.onnx"
 logger = logging.getLogger("anamnesis.runtime")
+
+
+class RuntimeKind(StrEnum):
+    pytorch = "pytorch"
+    onnx_int8 = "onnx-int8"
+
+
+class RuntimeChoice(BaseModel):
+    """How a promoted version serves and why (its `runtime` column)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: RuntimeKind
+    reason: str = Field(description="Why this runtime: configuration, a failed export or the validation result.")
+    onnx_path: str | None = Field(default=None, description="The exported ONNX int8 artifact's folder.")
+    onnx_sha256: str | None = Field(default=None, description="The ONNX artifact's checksum, verified on load.")
+    accuracy_pytorch: float | None = Field(default=None, description="Held-out accuracy of PyTorch.")
+    accuracy_onnx_int8: float | None = Field(default=None, description="Held-out accuracy of ONNX int8.")
+    validation_records: int | None = Field(default=None, ge=0, description="Held-out records both were scored on.")
+
+    @classmethod
+    def from_stored(cls, version: ModelVersion) -> RuntimeChoice | None:
+        """The version's runtime; None when it was never promoted."""
+        return cls.model_validate(version.runtime) if version.runtime else None
 
 
 class Runtime(Protocol):
@@ -179,51 +205,52 @@ def choose_runtime(
     artifacts_dir: Path,
     max_length: int,
     mode: str = "auto",
-) -> dict[str, Any]:
+) -> RuntimeChoice:
     """Exports and validates the ONNX int8 model; returns what to record as the version's runtime."""
     if mode == "pytorch":
-        return {"kind": "pytorch", "reason": "PyTorch forced by configuration"}
+        return RuntimeChoice(kind=RuntimeKind.pytorch, reason="PyTorch forced by configuration")
     try:
         folder, digest = write_artifact(
             artifacts_dir, f"onnx-{version.id}-{version.artifact_sha256[:8]}", lambda f: export_onnx_int8(bundle, f)
         )
     except Exception as error:
         logger.warning("ONNX export of model version %s failed: %s", version.id, type(error).__name__)
-        return {"kind": "pytorch", "reason": f"ONNX export failed ({type(error).__name__})"}
+        return RuntimeChoice(kind=RuntimeKind.pytorch, reason=f"ONNX export failed ({type(error).__name__})")
     if not holdout:
-        return {
-            "kind": "onnx-int8",
-            "onnx_path": str(folder),
-            "onnx_sha256": digest,
-            "reason": "no held-out records to compare the runtimes on: ONNX int8 served unvalidated",
-        }
+        return RuntimeChoice(
+            kind=RuntimeKind.onnx_int8,
+            onnx_path=str(folder),
+            onnx_sha256=digest,
+            reason="no held-out records to compare the runtimes on: ONNX int8 served unvalidated",
+        )
     onnx = OnnxRuntime(folder / ONNX_FILE)
     accuracy_onnx = _accuracy(onnx, bundle, holdout, max_length)
     accuracy_torch = _accuracy(PyTorchRuntime(bundle), bundle, holdout, max_length)
     close = abs(accuracy_torch - accuracy_onnx) <= ONNX_TOLERANCE
-    kind = "onnx-int8" if close or mode == "onnx" else "pytorch"
-    return {
-        "kind": kind,
-        "onnx_path": str(folder),
-        "onnx_sha256": digest,
-        "accuracy_pytorch": accuracy_torch,
-        "accuracy_onnx_int8": accuracy_onnx,
-        "validation_records": len(holdout),
-        "reason": (
+    return RuntimeChoice(
+        kind=RuntimeKind.onnx_int8 if close or mode == "onnx" else RuntimeKind.pytorch,
+        onnx_path=str(folder),
+        onnx_sha256=digest,
+        accuracy_pytorch=accuracy_torch,
+        accuracy_onnx_int8=accuracy_onnx,
+        validation_records=len(holdout),
+        reason=(
             f"ONNX int8 accuracy {accuracy_onnx:.4f} vs PyTorch {accuracy_torch:.4f} on {len(holdout)} held-out records"
             + (" (within tolerance)" if close else f" (differs by more than {ONNX_TOLERANCE})")
         ),
-    }
+    )
 
 
 def load_model(version: ModelVersion, *, max_length: int, mode: str = "auto") -> LoadedModel:
     """Loads the runtime recorded at promotion (checking every artifact's sha256)."""
     bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
     runtime: Runtime
-    use_onnx = version.runtime.get("kind") == "onnx-int8" and mode != "pytorch"
-    if use_onnx or (mode == "onnx" and version.runtime.get("onnx_path")):
-        folder = Path(version.runtime["onnx_path"])
-        verify_artifact(folder, version.runtime["onnx_sha256"])
+    choice = RuntimeChoice.from_stored(version)
+    onnx_path, onnx_sha256 = (choice.onnx_path, choice.onnx_sha256) if choice else (None, None)
+    use_onnx = choice is not None and choice.kind == RuntimeKind.onnx_int8 and mode != "pytorch"
+    if onnx_path and onnx_sha256 and (use_onnx or mode == "onnx"):
+        folder = Path(onnx_path)
+        verify_artifact(folder, onnx_sha256)
         runtime = OnnxRuntime(folder / ONNX_FILE)
     else:
         runtime = PyTorchRuntime(bundle)
@@ -234,7 +261,8 @@ def runtime_preparer(*, artifacts_dir: Path, max_length: int, mode: str):
     """The promotion hook of `learner.updater.run_update`: export, validate and choose the runtime."""
 
     def prepare(version: ModelVersion, bundle: ModelBundle, holdout: Sequence[LabeledRecord]) -> dict[str, Any]:
-        return choose_runtime(version, bundle, holdout, artifacts_dir=artifacts_dir, max_length=max_length, mode=mode)
+        choice = choose_runtime(version, bundle, holdout, artifacts_dir=artifacts_dir, max_length=max_length, mode=mode)
+        return choice.model_dump(mode="json")
 
     return prepare
 
@@ -259,7 +287,7 @@ def promote_with_runtime(
         bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
         runtime = choose_runtime(
             version, bundle, holdout_of(session, version), artifacts_dir=artifacts_dir, max_length=max_length, mode=mode
-        )
+        ).model_dump(mode="json")
     return promote_model_version(
         session, version_id=version_id, actor=actor, reason=reason, runtime=runtime, allow_rejected=allow_rejected
     )

@@ -7,8 +7,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from anamnesis.storage.models import JobKind, RunStatus, Trigger
-from anamnesis.storage.schemas import LabelName, ModelVersionPublic, PatientReference, RecordBase
+from anamnesis.learner.config import LearnerConfig
+from anamnesis.learner.gate import GateDecision
+from anamnesis.learner.results import AccuracyMatrix, DataWindow, UpdateMetrics
+from anamnesis.service.runtime import RuntimeChoice
+from anamnesis.storage.models import JobKind, ModelStatus, ModelVersion, RunStatus, Trigger
+from anamnesis.storage.schemas import LabelName, PatientReference, RecordBase
 
 
 class PredictItem(RecordBase):
@@ -89,10 +93,48 @@ class IngestResponse(BaseModel):
     record_ids: list[int] = Field(default_factory=list, description="Ids of the stored records, in input order.")
 
 
+class ModelVersionPublic(BaseModel):
+    id: int
+    parent_id: int | None
+    status: ModelStatus
+    base_model: str
+    learner_config: LearnerConfig | None = Field(description="The learner configuration the version was trained with.")
+    artifact_sha256: str
+    label_map: list[str]
+    metrics: UpdateMetrics | None = Field(description="What the update measured (None: stored without metrics).")
+    data_window: DataWindow
+    runtime: RuntimeChoice | None = Field(description="How the version serves (None: never promoted).")
+    training_run_id: int | None
+    created_at: datetime
+    promoted_at: datetime | None
+    decision_reason: str | None
+
+    @classmethod
+    def of(cls, version: ModelVersion) -> ModelVersionPublic:
+        return cls(
+            id=version.id,
+            parent_id=version.parent_id,
+            status=version.status,
+            base_model=version.base_model,
+            learner_config=LearnerConfig.model_validate(version.strategy) if version.strategy else None,
+            artifact_sha256=version.artifact_sha256,
+            label_map=version.label_map,
+            metrics=UpdateMetrics.from_stored(version),
+            data_window=DataWindow.from_stored(version),
+            runtime=RuntimeChoice.from_stored(version),
+            training_run_id=version.training_run_id,
+            created_at=version.created_at,
+            promoted_at=version.promoted_at,
+            decision_reason=version.decision_reason,
+        )
+
+
 class ModelDetail(ModelVersionPublic):
     lineage: list[int] = Field(description="Ancestor version ids, oldest first, ending with this one.")
-    accuracy_matrix: dict[str, Any] = Field(description="Periods and, per version of the lineage, its accuracy.")
-    gate: dict[str, Any] = Field(description="The promotion gate's decision with every check.")
+    accuracy_matrix: AccuracyMatrix | None = Field(
+        description="Periods and, per version of the lineage, its accuracy (None: stored without metrics)."
+    )
+    gate: GateDecision | None = Field(description="The promotion gate's decision with every check.")
 
 
 class PromoteRequest(BaseModel):

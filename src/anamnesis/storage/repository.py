@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -175,12 +175,16 @@ def create_model_version(
     artifact_path: str,
     artifact_sha256: str,
     label_map: Sequence[str],
-    metrics: dict[str, Any],
+    metrics: Callable[[int], dict[str, Any]],
     data_window: dict[str, Any],
     training_run_id: int | None,
     actor: str,
 ) -> ModelVersion:
-    """Stores a freshly trained candidate (its artifact is already on disk, renamed into place)."""
+    """Stores a freshly trained candidate (its artifact is already on disk, renamed into place).
+
+    metrics: given the new version's id, its metrics (they name the version, e.g. in its own row of
+    the accuracy matrix); written in the same transaction as the version.
+    """
     version = ModelVersion(
         parent_id=parent_id,
         status=ModelStatus.candidate,
@@ -189,12 +193,12 @@ def create_model_version(
         artifact_path=artifact_path,
         artifact_sha256=artifact_sha256,
         label_map=list(label_map),
-        metrics=metrics,
         data_window=data_window,
         training_run_id=training_run_id,
     )
     session.add(version)
     session.flush()
+    version.metrics = metrics(version.id)
     _audit(
         session,
         action=AuditAction.train,

@@ -21,7 +21,6 @@ from pydantic import (
 )
 
 from anamnesis.storage.fields import ClinicalFields
-from anamnesis.storage.models import ModelStatus
 
 MAX_NOTE_CHARS = 100_000
 """Longer than any clinical note we expect; a multi-megabyte 'note' is a file error, not a note."""
@@ -116,23 +115,6 @@ class RecordCreate(RecordBase):
         default=None, description="Patient reference; stored only as a keyed hash."
     )
     label: LabelName | None = Field(default=None, description="Treatment plan, when already known.")
-
-
-class ModelVersionPublic(BaseModel):
-    id: int
-    parent_id: int | None
-    status: ModelStatus
-    base_model: str
-    strategy: dict[str, Any]
-    artifact_sha256: str
-    label_map: list[str]
-    metrics: dict[str, Any]
-    data_window: dict[str, Any]
-    runtime: dict[str, Any]
-    training_run_id: int | None
-    created_at: datetime
-    promoted_at: datetime | None
-    decision_reason: str | None
 
 
 class DriftReportPublic(BaseModel):

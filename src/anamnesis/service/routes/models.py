@@ -6,37 +6,29 @@ from fastapi import APIRouter
 
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep, StateDep
 from anamnesis.service.runtime import promote_with_runtime
-from anamnesis.service.schemas import ModelDetail, PromoteRequest, RollbackRequest
+from anamnesis.service.schemas import ModelDetail, ModelVersionPublic, PromoteRequest, RollbackRequest
 from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.models import ModelVersion
 from anamnesis.storage.queries import current_model, get_model_version, lineage, list_model_versions
 from anamnesis.storage.repository import rollback_model
-from anamnesis.storage.schemas import ModelVersionPublic
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def public(version: ModelVersion) -> ModelVersionPublic:
-    return ModelVersionPublic.model_validate(version, from_attributes=True)
-
-
 def detail(session: SessionDep, version: ModelVersion) -> ModelDetail:
-    matrix = dict(version.metrics.get("accuracy_matrix", {}))
-    if matrix.get("rows"):
-        # The last row is the version's own; its id was unknown when the metrics were computed.
-        matrix["rows"] = [*matrix["rows"][:-1], {**matrix["rows"][-1], "version_id": version.id}]
+    public = ModelVersionPublic.of(version)
     return ModelDetail(
-        **public(version).model_dump(),
+        **dict(public),
         lineage=[v.id for v in lineage(session, version.id)],
-        accuracy_matrix=matrix,
-        gate=version.metrics.get("gate", {}),
+        accuracy_matrix=public.metrics.accuracy_matrix if public.metrics else None,
+        gate=public.metrics.gate if public.metrics else None,
     )
 
 
 @router.get("", response_model=list[ModelVersionPublic])
 def list_models(session: SessionDep, _: ReaderKey, limit: Limit = 100, offset: Offset = 0) -> list[ModelVersionPublic]:
     """Model versions, newest first."""
-    return [public(v) for v in list_model_versions(session, limit=limit, offset=offset)]
+    return [ModelVersionPublic.of(v) for v in list_model_versions(session, limit=limit, offset=offset)]
 
 
 @router.get("/current", response_model=ModelDetail)

@@ -19,7 +19,7 @@ from anamnesis.service.app import create_app
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.migrate import upgrade
-from anamnesis.storage.models import Label, ModelStatus, ModelVersion, Prediction, Record, TrainingRun
+from anamnesis.storage.models import Job, Label, ModelStatus, ModelVersion, Prediction, Record
 from tests.factories import store, toy_records
 from tests.service_fixtures import LABELS, TINY_CONFIG, Keys, installation, settings_for, tiny, train_version
 
@@ -253,7 +253,7 @@ def test_jobs_are_queued_and_listed(deployment) -> None:
     assert {job["id"] for job in listed} >= {queued.json()["id"], check.json()["id"]}
     assert client.get(f"/v1/jobs/{queued.json()['id']}", headers=keys.header()).json()["reason"] == "new labels"
     assert client.get("/v1/jobs/424242", headers=keys.header()).status_code == 404
-    assert _count(config, TrainingRun) >= 2
+    assert _count(config, Job) >= 2
 
 
 def test_drift_endpoints_answer_for_missing_reports(deployment) -> None:
@@ -273,7 +273,7 @@ def test_metrics_expose_latency_errors_batches_and_version(deployment) -> None:
         "anamnesis_errors_total",
         "anamnesis_model_version 1.0",
         "anamnesis_production_version 1.0",
-        "anamnesis_training_runs",
+        "anamnesis_jobs",
     ):
         assert name in text
     assert 'route="/v1/predict"' in text

@@ -24,9 +24,9 @@ from anamnesis.service.app import create_app
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.migrate import upgrade
-from anamnesis.storage.models import JobKind, ModelStatus, ModelVersion, Prediction, RunStatus, TrainingRun, Trigger
+from anamnesis.storage.models import Job, JobKind, ModelStatus, ModelVersion, Prediction, RunStatus, Trigger
 from anamnesis.storage.queries import current_model
-from anamnesis.storage.repository import create_training_run, promote_model_version
+from anamnesis.storage.repository import create_job, promote_model_version
 from tests.processes import ANAMNESIS, PrivatePostgres, environment, free_port, running, wait_for
 from tests.service_fixtures import installation, settings_for, train_version
 
@@ -36,14 +36,14 @@ NOTE = {"note": "resectable early tumour in the lobe", "fields": {"age": 64}}
 
 def _queue_retrain(engine, reason: str) -> int:
     with Session(engine) as session:
-        return create_training_run(
+        return create_job(
             session, kind=JobKind.retrain, trigger=Trigger.manual, actor="test", reason=reason, config={}
         ).id
 
 
-def _run(engine, run_id: int) -> TrainingRun:
+def _run(engine, run_id: int) -> Job:
     with Session(engine) as session:
-        return session.get(TrainingRun, run_id)
+        return session.get(Job, run_id)
 
 
 def _versions(engine) -> dict[int, str]:
@@ -193,7 +193,7 @@ def test_full_or_read_only_artifact_directory_fails_cleanly(sqlite_config: Stora
         read_only = _train_cli(sqlite_config)
         assert read_only.returncode == 1
     with Session(engine) as session:
-        runs = session.scalars(select(TrainingRun).order_by(TrainingRun.id)).all()
+        runs = session.scalars(select(Job).order_by(Job.id)).all()
     assert [run.status for run in runs] == [RunStatus.failed, RunStatus.failed]
     assert "the artifact directory is full" in runs[0].error
     assert "Read-only file system" in runs[1].error

@@ -25,11 +25,11 @@ from anamnesis.storage.queries import current_labels
 from anamnesis.storage.repository import (
     acquire_lease,
     add_labels,
-    claim_training_run,
+    claim_job,
+    create_job,
     create_model_version,
-    create_training_run,
     fail_interrupted_runs,
-    finish_training_run,
+    finish_job,
     promote_model_version,
     reject_model_version,
     release_lease,
@@ -52,13 +52,13 @@ def _version(session: Session, **overrides: object) -> ModelVersion:
     values = {
         "parent_id": None,
         "base_model": "tiny",
-        "strategy": {},
+        "learner_config": {},
         "artifact_path": "/nowhere",
         "artifact_sha256": "0" * 64,
         "label_map": ["a", "b"],
         "metrics": lambda _version_id: {},
         "data_window": {},
-        "training_run_id": None,
+        "job_id": None,
         "actor": "test",
     }
     values.update(overrides)
@@ -154,21 +154,21 @@ def test_rollback_restores_previous_production(engine) -> None:
         assert session.get(ModelVersion, second.id, populate_existing=True).status == ModelStatus.archived
 
 
-def test_training_run_lifecycle_and_interrupted_runs(engine) -> None:
+def test_job_lifecycle_and_interrupted_jobs(engine) -> None:
     with Session(engine) as session:
-        run = create_training_run(session, trigger=Trigger.manual, actor="t", reason="test", config={"epochs": 1})
-        claimed = claim_training_run(session, run_id=run.id, worker="w1")
+        run = create_job(session, trigger=Trigger.manual, actor="t", reason="test", config={"epochs": 1})
+        claimed = claim_job(session, run_id=run.id, worker="w1")
         assert claimed.status == RunStatus.running
         with pytest.raises(ConflictError):
-            claim_training_run(session, run_id=run.id, worker="w2")
+            claim_job(session, run_id=run.id, worker="w2")
         report_run_progress(session, run_id=run.id, progress=0.5, message="epoch 1/2")
         assert fail_interrupted_runs(session, stale_after=timedelta(hours=1), actor="t") == []
         assert fail_interrupted_runs(session, stale_after=timedelta(seconds=-1), actor="t") == [run.id]
         failed = session.get(type(run), run.id, populate_existing=True)
         assert failed.status == RunStatus.failed and "interrupted" in failed.error
-        second = create_training_run(session, trigger=Trigger.drift, actor="t", reason=None, config={})
-        claim_training_run(session, run_id=second.id, worker="w1")
-        done = finish_training_run(session, run_id=second.id, status=RunStatus.succeeded, metrics={"acc": 1}, actor="t")
+        second = create_job(session, trigger=Trigger.drift, actor="t", reason=None, config={})
+        claim_job(session, run_id=second.id, worker="w1")
+        done = finish_job(session, run_id=second.id, status=RunStatus.succeeded, metrics={"acc": 1}, actor="t")
         assert done.progress == 1.0 and done.finished_at is not None
 
 

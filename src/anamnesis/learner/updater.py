@@ -78,7 +78,7 @@ def run_update(
     config: LearnerConfig,
     gate: GateConfig,
     actor: str,
-    training_run_id: int | None = None,
+    job_id: int | None = None,
     new_bundle: BundleFactory = load_base_classifier,
     prepare_runtime: RuntimePreparer | None = None,
     hook: ProgressHook | None = None,
@@ -155,7 +155,7 @@ def run_update(
         save_bundle(trained.bundle, folder, metadata={"base_model": BASE_MODEL_NAME})
         trained.state.save(folder)
 
-    name = f"model-{training_run_id or 'manual'}-{uuid.uuid4().hex[:8]}"
+    name = f"model-{job_id or 'manual'}-{uuid.uuid4().hex[:8]}"
     folder, digest = write_artifact(artifacts_dir, name, fill)
     cost = TrainingCost(
         new_records=len(fresh),
@@ -183,7 +183,7 @@ def run_update(
             session,
             parent_id=parent.id if parent else None,
             base_model=BASE_MODEL_NAME,
-            strategy=config.model_dump(mode="json"),
+            learner_config=config.model_dump(mode="json"),
             artifact_path=str(folder),
             artifact_sha256=digest,
             label_map=list(trained.bundle.labels),
@@ -196,7 +196,7 @@ def run_update(
                 holdout_records=len(holdout_records),
                 split_by=split_unit(records).value,
             ).model_dump(mode="json"),
-            training_run_id=training_run_id,
+            job_id=job_id,
             actor=actor,
         )
         if decision.accept:
@@ -238,7 +238,7 @@ def _metrics(
 
 def holdout_of(session: Session, version: ModelVersion) -> list[LabeledRecord]:
     """The held-out records a version was evaluated on (its label cutoff and split)."""
-    config = LearnerConfig.model_validate(version.strategy) if version.strategy else LearnerConfig()
+    config = LearnerConfig.model_validate(version.learner_config) if version.learner_config else LearnerConfig()
     cutoff = DataWindow.from_stored(version).label_cutoff
     records = labeled_records(session, max_label_id=cutoff) if cutoff is not None else []
     return split_holdout(records, config.training.holdout_fraction)[1]

@@ -62,13 +62,13 @@ def _install(home: Path) -> tuple[StorageConfig, str]:
             session,
             parent_id=None,
             base_model=BASE_MODEL_NAME,
-            strategy={},
+            learner_config={},
             artifact_path=str(folder),
             artifact_sha256=digest,
             label_map=LABELS,
             metrics=lambda _version_id: {},
             data_window={},
-            training_run_id=None,
+            job_id=None,
             actor="bench",
         )
         runtime = choose_runtime(version, bundle, [], artifacts_dir=config.artifacts_dir, max_length=128).model_dump(

@@ -432,8 +432,8 @@ def train(
 
     from anamnesis.service.jobs import JobContext, execute_job
     from anamnesis.storage.models import RunStatus, Trigger
-    from anamnesis.storage.queries import get_training_run, version_of_run
-    from anamnesis.storage.repository import claim_training_run, create_training_run
+    from anamnesis.storage.queries import get_job, version_of_job
+    from anamnesis.storage.repository import claim_job, create_job
 
     overrides = {key: value for key, value in {"strategy": strategy, "train_epochs": epochs}.items() if value}
     try:
@@ -447,14 +447,14 @@ def train(
     _require_schema(engine)
     identity = f"cli:{socket.gethostname()}"
     with Session(engine) as session:
-        run = create_training_run(
+        run = create_job(
             session,
             trigger=Trigger.manual,
             actor=ACTOR,
             reason=reason,
             config={"strategy": settings.strategy, "epochs": settings.train_epochs},
         )
-        claim_training_run(session, run_id=run.id, worker=identity)
+        claim_job(session, run_id=run.id, worker=identity)
     bar = tqdm(total=100, desc="train", unit="%", disable=None, file=sys.stderr)
 
     def show(state, control) -> None:
@@ -466,8 +466,8 @@ def train(
     execute_job(JobContext(settings=settings, engine=engine, identity=identity), run.id, extra_hook=show)
     bar.close()
     with Session(engine) as session:
-        finished = get_training_run(session, run.id)
-        version = version_of_run(session, run.id)
+        finished = get_job(session, run.id)
+        version = version_of_job(session, run.id)
     if finished.status == RunStatus.failed:
         fail(f"training run {run.id} failed: {finished.error.splitlines()[0] if finished.error else ''}", code=1)
     typer.echo(f"training run {run.id}: {finished.progress_message}")
@@ -642,14 +642,14 @@ def keys_create(
 @keys_app.command("list")
 def keys_list() -> None:
     """List API keys (never the keys themselves)."""
-    from sqlmodel import Session, select
+    from sqlmodel import Session
 
-    from anamnesis.storage.models import ApiKey
+    from anamnesis.storage.queries import list_api_keys
 
     engine = _engine(Settings())
     _require_schema(engine)
     with Session(engine) as session:
-        for key in session.scalars(select(ApiKey).order_by(ApiKey.id)):
+        for key in list_api_keys(session):
             state = f"revoked {key.revoked_at:%Y-%m-%d}" if key.revoked_at else "active"
             typer.echo(f"{key.id:>4}  {key.prefix}…  {key.role:<8} {key.name}  ({state})")
 
@@ -685,22 +685,22 @@ def drift_check(reason: Annotated[str, typer.Option(help="Why (kept with the job
 
     from anamnesis.service.jobs import JobContext, execute_job
     from anamnesis.storage.models import JobKind, RunStatus, Trigger
-    from anamnesis.storage.queries import get_training_run
-    from anamnesis.storage.repository import claim_training_run, create_training_run
+    from anamnesis.storage.queries import get_job
+    from anamnesis.storage.repository import claim_job, create_job
 
     settings = Settings()
     engine = _engine(settings)
     _require_schema(engine)
     identity = f"cli:{socket.gethostname()}"
     with Session(engine) as session:
-        run = create_training_run(
+        run = create_job(
             session, kind=JobKind.drift_check, trigger=Trigger.manual, actor=ACTOR, reason=reason, config={}
         )
-        claim_training_run(session, run_id=run.id, worker=identity)
+        claim_job(session, run_id=run.id, worker=identity)
     typer.echo("checking drift ...", err=True)
     execute_job(JobContext(settings=settings, engine=engine, identity=identity), run.id)
     with Session(engine) as session:
-        finished = get_training_run(session, run.id)
+        finished = get_job(session, run.id)
     if finished.status == RunStatus.failed:
         fail(f"the drift check failed: {(finished.error or '').splitlines()[0]}", code=1)
     typer.echo(finished.progress_message)

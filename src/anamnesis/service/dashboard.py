@@ -16,12 +16,12 @@ from anamnesis.monitor.config import Family
 from anamnesis.monitor.policy import DecisionRecord
 from anamnesis.monitor.result import DriftResult
 from anamnesis.service.runtime import RuntimeChoice, RuntimeKind
-from anamnesis.storage.models import DriftReport, ModelVersion, TrainingRun
+from anamnesis.storage.models import DriftReport, Job, ModelVersion
 from anamnesis.storage.queries import (
     current_model,
     list_drift_reports,
+    list_jobs,
     list_model_versions,
-    list_training_runs,
     why_no_model_serves,
 )
 
@@ -168,7 +168,7 @@ def _drift_plot(reports: Sequence[ReportView]) -> str | None:
 def render_dashboard(session: Session, *, now: str, report_href: Any) -> str:
     versions = [VersionView.of(v) for v in list_model_versions(session, limit=50)]
     reports = [ReportView.of(r) for r in list_drift_reports(session, limit=50)]
-    jobs: list[TrainingRun] = list_training_runs(session, limit=20)
+    jobs: list[Job] = list_jobs(session, limit=20)
     current = current_model(session)
     return _environment.get_template("dashboard.html").render(
         current=VersionView.of(current) if current is not None else None,

@@ -20,8 +20,9 @@ from anamnesis.learner.updater import run_update
 from anamnesis.service.runtime import runtime_preparer
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import LeaseHeldError
-from anamnesis.storage.models import JobKind, RunStatus, TrainingRun
-from anamnesis.storage.repository import acquire_lease, finish_training_run, release_lease, report_run_progress
+from anamnesis.storage.models import JobKind, RunStatus
+from anamnesis.storage.queries import find_job
+from anamnesis.storage.repository import acquire_lease, finish_job, release_lease, report_run_progress
 
 logger = logging.getLogger("anamnesis.jobs")
 TRAINING_LEASE = "training"
@@ -68,7 +69,7 @@ class JobContext:
 def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | None = None) -> None:
     """Runs a claimed job to its end and records the outcome (failures included)."""
     with Session(worker.engine) as session:
-        run = session.get(TrainingRun, run_id)
+        run = find_job(session, run_id)
         kind = run.kind if run else None
     actor = f"worker:{worker.identity}"
     logger.info("job %s (%s) started", run_id, kind)
@@ -85,12 +86,10 @@ def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | N
         if not isinstance(error, TrainingStoppedError | LeaseHeldError):
             detail += "\n" + "".join(traceback.format_exception(error)[-3:])
         with Session(worker.engine) as session:
-            finish_training_run(session, run_id=run_id, status=RunStatus.failed, error=detail[:4000], actor=actor)
+            finish_job(session, run_id=run_id, status=RunStatus.failed, error=detail[:4000], actor=actor)
         return
     with Session(worker.engine) as session:
-        finish_training_run(
-            session, run_id=run_id, status=RunStatus.succeeded, metrics=metrics, message=message, actor=actor
-        )
+        finish_job(session, run_id=run_id, status=RunStatus.succeeded, metrics=metrics, message=message, actor=actor)
     logger.info("job %s (%s) succeeded: %s", run_id, kind, message)
 
 
@@ -134,7 +133,7 @@ def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -
             config=learner_config(settings),
             gate=gate_config(settings),
             actor=f"worker:{worker.identity}",
-            training_run_id=run_id,
+            job_id=run_id,
             prepare_runtime=runtime_preparer(
                 artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
             ),

@@ -76,9 +76,7 @@ class _StoredStateCollector(Collector):
         detected = GaugeMetricFamily("anamnesis_last_drift_detected", "Whether the latest drift check found drift")
         detected.add_metric([], 1.0 if state.get("drift_detected") else 0.0)
         yield detected
-        runs = CounterMetricFamily(
-            "anamnesis_training_runs", "Background jobs by kind and status", labels=["kind", "status"]
-        )
+        runs = CounterMetricFamily("anamnesis_jobs", "Background jobs by kind and status", labels=["kind", "status"])
         for (kind, status), count in state.get("runs", {}).items():
             runs.add_metric([kind, status], count)
         yield runs

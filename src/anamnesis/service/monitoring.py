@@ -30,7 +30,7 @@ from anamnesis.service.runtime import LoadedModel, load_model
 from anamnesis.service.settings import Settings
 from anamnesis.storage.models import JobKind, ModelVersion, Trigger, utcnow
 from anamnesis.storage.queries import WindowRecord, current_model, labeled_records_since, last_job_since, recent_records
-from anamnesis.storage.repository import create_training_run
+from anamnesis.storage.repository import create_job
 
 logger = logging.getLogger("anamnesis.monitoring")
 
@@ -154,7 +154,7 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         return {"skipped": str(error)}, f"skipped: {error}"
     if decision.update:
         with Session(engine) as session:
-            create_training_run(
+            create_job(
                 session,
                 kind=JobKind.retrain,
                 trigger=Trigger.drift,

@@ -104,7 +104,7 @@ class ModelVersionPublic(BaseModel):
     metrics: UpdateMetrics | None = Field(description="What the update measured (None: stored without metrics).")
     data_window: DataWindow
     runtime: RuntimeChoice | None = Field(description="How the version serves (None: never promoted).")
-    training_run_id: int | None
+    job_id: int | None
     created_at: datetime
     promoted_at: datetime | None
     decision_reason: str | None
@@ -116,13 +116,13 @@ class ModelVersionPublic(BaseModel):
             parent_id=version.parent_id,
             status=version.status,
             base_model=version.base_model,
-            learner_config=LearnerConfig.model_validate(version.strategy) if version.strategy else None,
+            learner_config=LearnerConfig.model_validate(version.learner_config) if version.learner_config else None,
             artifact_sha256=version.artifact_sha256,
             label_map=version.label_map,
             metrics=UpdateMetrics.from_stored(version),
             data_window=DataWindow.from_stored(version),
             runtime=RuntimeChoice.from_stored(version),
-            training_run_id=version.training_run_id,
+            job_id=version.job_id,
             created_at=version.created_at,
             promoted_at=version.promoted_at,
             decision_reason=version.decision_reason,

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Engine, func, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
@@ -14,8 +14,7 @@ from anamnesis.service.metrics import ServiceMetrics
 from anamnesis.service.serving import DatabaseHealth, MicroBatcher, ModelRegistry, PredictionWriter
 from anamnesis.service.settings import Settings
 from anamnesis.storage.config import StorageConfig
-from anamnesis.storage.models import DriftReport, TrainingRun
-from anamnesis.storage.queries import current_model
+from anamnesis.storage.queries import current_model, job_counts, latest_drift_report
 
 
 @dataclass
@@ -39,16 +38,11 @@ class ServiceState:
             with Session(self.engine) as session:
                 production = current_model(session)
                 state["production_version"] = production.id if production else None
-                latest = session.scalars(select(DriftReport).order_by(DriftReport.id.desc()).limit(1)).first()
+                latest = latest_drift_report(session)
                 if latest is not None:
                     state["drift_detected"] = latest.drift_detected
                     state["drift_scores"] = flat_scores(latest.scores)
-                counts = session.execute(
-                    select(TrainingRun.kind, TrainingRun.status, func.count()).group_by(
-                        TrainingRun.kind, TrainingRun.status
-                    )
-                )
-                state["runs"] = {(str(kind), str(status)): count for kind, status, count in counts}
+                state["runs"] = job_counts(session)
         except SQLAlchemyError as error:
             self.health.failed(error)
         return state

@@ -3,7 +3,7 @@
 One scheduler per process, and one active worker across processes: a worker runs jobs only while
 it holds the `worker` lease in the database (renewed by a heartbeat job), so a second worker
 waits as a standby. A retraining also holds the `training` lease, so at most one runs anywhere.
-Jobs are rows (TrainingRun): the API, the CLI, the schedule and the drift policy queue them; the
+Jobs are rows (Job): the API, the CLI, the schedule and the drift policy queue them; the
 worker claims one at a time. A run whose worker died stops heartbeating and is marked failed; it
 never half-promotes, because promotion is the last, single transaction of a run.
 """
@@ -21,19 +21,19 @@ from datetime import timedelta
 from pathlib import Path
 
 from apscheduler.schedulers.background import BackgroundScheduler
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from anamnesis.service.jobs import TRAINING_LEASE, JobContext, execute_job
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import ConflictError, LeaseHeldError
-from anamnesis.storage.models import JobKind, RunStatus, TrainingRun, Trigger
-from anamnesis.storage.queries import active_training_runs
+from anamnesis.storage.models import JobKind, Trigger
+from anamnesis.storage.queries import active_jobs, find_job, queued_job_ids
 from anamnesis.storage.repository import (
     acquire_lease,
-    claim_training_run,
-    create_training_run,
+    claim_job,
+    create_job,
     fail_interrupted_runs,
     release_lease,
     report_run_progress,
@@ -106,7 +106,7 @@ class Worker:
                         ttl=timedelta(seconds=self.settings.stale_run_s),
                     )
                 if self.jobs.current_run is not None:
-                    run = session.get(TrainingRun, self.jobs.current_run)
+                    run = find_job(session, self.jobs.current_run)
                     if run is not None:
                         report_run_progress(
                             session, run_id=run.id, progress=run.progress, message=run.progress_message or "running"
@@ -138,12 +138,9 @@ class Worker:
 
     def _claim_next(self) -> int | None:
         with Session(self.engine) as session:
-            queued = session.scalars(
-                select(TrainingRun.id).where(TrainingRun.status == RunStatus.queued).order_by(TrainingRun.id)
-            ).all()
-            for run_id in queued:
+            for run_id in queued_job_ids(session):
                 try:
-                    claim_training_run(session, run_id=run_id, worker=self.identity)
+                    claim_job(session, run_id=run_id, worker=self.identity)
                     return run_id
                 except ConflictError:
                     continue
@@ -155,9 +152,9 @@ class Worker:
             return
         try:
             with Session(self.engine) as session:
-                if any(run.kind == JobKind.drift_check for run in active_training_runs(session)):
+                if any(run.kind == JobKind.drift_check for run in active_jobs(session)):
                     return
-                create_training_run(
+                create_job(
                     session,
                     kind=JobKind.drift_check,
                     trigger=Trigger.schedule,

@@ -131,7 +131,7 @@ class ModelVersion(SQLModel, table=True):
     parent_id: int | None = Field(default=None, foreign_key="modelversion.id")
     status: ModelStatus = Field(default=ModelStatus.candidate, sa_column=_enum_column(index=True))
     base_model: str = Field(max_length=200)
-    strategy: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
+    learner_config: dict[str, Any] = Field(default_factory=dict, sa_column=Column(JSON, nullable=False))
     artifact_path: str = Field(max_length=500)
     artifact_sha256: str = Field(max_length=64)
     label_map: list[str] = Field(default_factory=list, sa_column=Column(JSON, nullable=False))
@@ -142,13 +142,13 @@ class ModelVersion(SQLModel, table=True):
         sa_column=Column(JSON, nullable=False),
         description="the serving runtime chosen at promotion (ONNX int8 or PyTorch) and why",
     )
-    training_run_id: int | None = Field(default=None, foreign_key="trainingrun.id")
+    job_id: int | None = Field(default=None, foreign_key="job.id")
     created_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
     promoted_at: datetime | None = Field(default=None, sa_column=Column(UTCDateTime()))
     decision_reason: str | None = Field(default=None, sa_column=Column(Text))
 
 
-class TrainingRun(SQLModel, table=True):
+class Job(SQLModel, table=True):
     """One background job (a retraining or a drift check), from trigger to outcome."""
 
     id: int | None = Field(default=None, primary_key=True)

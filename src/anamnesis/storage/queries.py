@@ -14,13 +14,13 @@ from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.models import (
     ApiKey,
     DriftReport,
+    Job,
     Label,
     ModelStatus,
     ModelVersion,
     Prediction,
     Record,
     RunStatus,
-    TrainingRun,
 )
 
 
@@ -130,28 +130,47 @@ def lineage(session: Session, version_id: int) -> list[ModelVersion]:
     return chain[::-1]
 
 
-def get_training_run(session: Session, run_id: int) -> TrainingRun:
-    run = session.get(TrainingRun, run_id)
+def get_job(session: Session, run_id: int) -> Job:
+    run = session.get(Job, run_id)
     if run is None:
-        raise NotFoundError("training run", run_id)
+        raise NotFoundError("job", run_id)
     return run
 
 
-def list_training_runs(session: Session, *, limit: int = 50, offset: int = 0) -> list[TrainingRun]:
-    return list(session.scalars(select(TrainingRun).order_by(TrainingRun.id.desc()).offset(offset).limit(limit)))
+def find_job(session: Session, run_id: int) -> Job | None:
+    return session.get(Job, run_id)
 
 
-def active_training_runs(session: Session) -> list[TrainingRun]:
-    statement = select(TrainingRun).where(TrainingRun.status.in_([RunStatus.queued, RunStatus.running]))
-    return list(session.scalars(statement.order_by(TrainingRun.id)))
+def queued_job_ids(session: Session) -> list[int]:
+    """Queued jobs, oldest first."""
+    return list(session.scalars(select(Job.id).where(Job.status == RunStatus.queued).order_by(Job.id)))
 
 
-def version_of_run(session: Session, run_id: int) -> ModelVersion | None:
-    return session.scalars(select(ModelVersion).where(ModelVersion.training_run_id == run_id)).first()
+def job_counts(session: Session) -> dict[tuple[str, str], int]:
+    """How many jobs there are of each (kind, status)."""
+    counts = session.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))
+    return {(str(kind), str(status)): count for kind, status, count in counts}
+
+
+def list_jobs(session: Session, *, limit: int = 50, offset: int = 0) -> list[Job]:
+    return list(session.scalars(select(Job).order_by(Job.id.desc()).offset(offset).limit(limit)))
+
+
+def active_jobs(session: Session) -> list[Job]:
+    statement = select(Job).where(Job.status.in_([RunStatus.queued, RunStatus.running]))
+    return list(session.scalars(statement.order_by(Job.id)))
+
+
+def version_of_job(session: Session, run_id: int) -> ModelVersion | None:
+    return session.scalars(select(ModelVersion).where(ModelVersion.job_id == run_id)).first()
 
 
 def list_drift_reports(session: Session, *, limit: int = 50, offset: int = 0) -> list[DriftReport]:
     return list(session.scalars(select(DriftReport).order_by(DriftReport.id.desc()).offset(offset).limit(limit)))
+
+
+def latest_drift_report(session: Session) -> DriftReport | None:
+    return session.scalars(select(DriftReport).order_by(DriftReport.id.desc()).limit(1)).first()
 
 
 def get_drift_report(session: Session, report_id: int) -> DriftReport:
@@ -159,6 +178,10 @@ def get_drift_report(session: Session, report_id: int) -> DriftReport:
     if report is None:
         raise NotFoundError("drift report", report_id)
     return report
+
+
+def list_api_keys(session: Session) -> list[ApiKey]:
+    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
 
 
 def find_api_key(session: Session, key_hash: str) -> ApiKey | None:
@@ -206,11 +229,6 @@ def labeled_records_since(session: Session, label_id: int) -> int:
     return session.scalar(select(func.count(func.distinct(Label.record_id))).where(Label.id > label_id)) or 0
 
 
-def last_job_since(session: Session, kind: str, since: datetime) -> TrainingRun | None:
-    statement = (
-        select(TrainingRun)
-        .where(TrainingRun.kind == kind, TrainingRun.created_at > since)
-        .order_by(TrainingRun.id.desc())
-        .limit(1)
-    )
+def last_job_since(session: Session, kind: str, since: datetime) -> Job | None:
+    statement = select(Job).where(Job.kind == kind, Job.created_at > since).order_by(Job.id.desc()).limit(1)
     return session.scalars(statement).first()

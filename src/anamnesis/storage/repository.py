@@ -24,6 +24,7 @@ from anamnesis.storage.models import (
     AuditAction,
     AuditEvent,
     DriftReport,
+    Job,
     JobKind,
     Label,
     Lease,
@@ -32,7 +33,6 @@ from anamnesis.storage.models import (
     Prediction,
     Record,
     RunStatus,
-    TrainingRun,
     Trigger,
     utcnow,
 )
@@ -171,13 +171,13 @@ def create_model_version(
     *,
     parent_id: int | None,
     base_model: str,
-    strategy: dict[str, Any],
+    learner_config: dict[str, Any],
     artifact_path: str,
     artifact_sha256: str,
     label_map: Sequence[str],
     metrics: Callable[[int], dict[str, Any]],
     data_window: dict[str, Any],
-    training_run_id: int | None,
+    job_id: int | None,
     actor: str,
 ) -> ModelVersion:
     """Stores a freshly trained candidate (its artifact is already on disk, renamed into place).
@@ -189,12 +189,12 @@ def create_model_version(
         parent_id=parent_id,
         status=ModelStatus.candidate,
         base_model=base_model,
-        strategy=strategy,
+        learner_config=learner_config,
         artifact_path=artifact_path,
         artifact_sha256=artifact_sha256,
         label_map=list(label_map),
         data_window=data_window,
-        training_run_id=training_run_id,
+        job_id=job_id,
     )
     session.add(version)
     session.flush()
@@ -205,7 +205,7 @@ def create_model_version(
         actor=actor,
         entity="model_version",
         entity_id=version.id,
-        details={"parent_id": parent_id, "training_run_id": training_run_id},
+        details={"parent_id": parent_id, "job_id": job_id},
     )
     session.commit()
     session.refresh(version)
@@ -323,10 +323,10 @@ def rollback_model(session: Session, *, actor: str, reason: str) -> ModelVersion
     return previous
 
 
-# --- training runs --------------------------------------------------------------------------
+# --- jobs --------------------------------------------------------------------------------
 
 
-def create_training_run(
+def create_job(
     session: Session,
     *,
     trigger: Trigger,
@@ -334,16 +334,16 @@ def create_training_run(
     reason: str | None,
     config: dict[str, Any],
     kind: JobKind = JobKind.retrain,
-) -> TrainingRun:
+) -> Job:
     """Queues a job (a retraining by default); the worker claims it."""
-    run = TrainingRun(kind=kind, trigger=trigger, actor=actor, reason=reason, config=config)
+    run = Job(kind=kind, trigger=trigger, actor=actor, reason=reason, config=config)
     session.add(run)
     session.flush()
     _audit(
         session,
         action=AuditAction.trigger,
         actor=actor,
-        entity="training_run",
+        entity="job",
         entity_id=run.id,
         reason=reason,
         details={"trigger": trigger, "kind": kind},
@@ -353,19 +353,19 @@ def create_training_run(
     return run
 
 
-def claim_training_run(session: Session, *, run_id: int, worker: str) -> TrainingRun:
+def claim_job(session: Session, *, run_id: int, worker: str) -> Job:
     """Moves a queued run to running; fails when another worker got it first."""
     now = utcnow()
     result = session.execute(
-        update(TrainingRun)
-        .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.queued)
+        update(Job)
+        .where(Job.id == run_id, Job.status == RunStatus.queued)
         .values(status=RunStatus.running, worker=worker, started_at=now, heartbeat_at=now)
     )
     if result.rowcount != 1:
         session.rollback()
-        raise ConflictError(f"training run {run_id} is not queued")
+        raise ConflictError(f"job {run_id} is not queued")
     session.commit()
-    run = session.get(TrainingRun, run_id, populate_existing=True)
+    run = session.get(Job, run_id, populate_existing=True)
     assert run is not None
     return run
 
@@ -381,13 +381,11 @@ def report_run_progress(
     if data_window is not None:
         values["data_window"] = data_window
     # Only a running job reports progress: a late heartbeat must not overwrite a finished job's message.
-    session.execute(
-        update(TrainingRun).where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running).values(**values)
-    )
+    session.execute(update(Job).where(Job.id == run_id, Job.status == RunStatus.running).values(**values))
     session.commit()
 
 
-def finish_training_run(
+def finish_job(
     session: Session,
     *,
     run_id: int,
@@ -396,10 +394,10 @@ def finish_training_run(
     error: str | None = None,
     message: str | None = None,
     actor: str,
-) -> TrainingRun:
-    run = session.get(TrainingRun, run_id, with_for_update=True)
+) -> Job:
+    run = session.get(Job, run_id, with_for_update=True)
     if run is None:
-        raise NotFoundError("training run", run_id)
+        raise NotFoundError("job", run_id)
     run.status = status
     run.finished_at = utcnow()
     run.heartbeat_at = run.finished_at
@@ -416,7 +414,7 @@ def finish_training_run(
             session,
             action=AuditAction.run_failed,
             actor=actor,
-            entity="training_run",
+            entity="job",
             entity_id=run_id,
             reason=(error or "")[:2000],
         )
@@ -429,16 +427,14 @@ def fail_interrupted_runs(session: Session, *, stale_after: timedelta, actor: st
     """Marks running runs whose worker stopped heartbeating as failed; returns their ids."""
     cutoff = utcnow() - stale_after
     stale = (
-        session.execute(
-            select(TrainingRun.id).where(TrainingRun.status == RunStatus.running, TrainingRun.heartbeat_at < cutoff)
-        )
+        session.execute(select(Job.id).where(Job.status == RunStatus.running, Job.heartbeat_at < cutoff))
         .scalars()
         .all()
     )
     for run_id in stale:
         session.execute(
-            update(TrainingRun)
-            .where(TrainingRun.id == run_id, TrainingRun.status == RunStatus.running)
+            update(Job)
+            .where(Job.id == run_id, Job.status == RunStatus.running)
             .values(
                 status=RunStatus.failed,
                 finished_at=utcnow(),
@@ -449,7 +445,7 @@ def fail_interrupted_runs(session: Session, *, stale_after: timedelta, actor: st
             session,
             action=AuditAction.run_failed,
             actor=actor,
-            entity="training_run",
+            entity="job",
             entity_id=run_id,
             reason="interrupted: the worker stopped before the run finished",
         )

@@ -6,21 +6,21 @@ from fastapi import APIRouter, status
 
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep
 from anamnesis.service.schemas import JobPublic, JobRequest
-from anamnesis.storage.models import JobKind, TrainingRun, Trigger
-from anamnesis.storage.queries import get_training_run, list_training_runs, version_of_run
-from anamnesis.storage.repository import create_training_run
+from anamnesis.storage import queries
+from anamnesis.storage.models import Job, JobKind, Trigger
+from anamnesis.storage.repository import create_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def public(session: SessionDep, run: TrainingRun) -> JobPublic:
-    version = version_of_run(session, run.id) if run.kind == JobKind.retrain else None
+def public(session: SessionDep, run: Job) -> JobPublic:
+    version = queries.version_of_job(session, run.id) if run.kind == JobKind.retrain else None
     values = {name: getattr(run, name) for name in JobPublic.model_fields if name != "model_version_id"}
     return JobPublic(**values, model_version_id=version.id if version else None)
 
 
 def _queue(session: SessionDep, kind: JobKind, body: JobRequest | None, actor: str) -> JobPublic:
-    run = create_training_run(
+    run = create_job(
         session, kind=kind, trigger=Trigger.api, actor=actor, reason=body.reason if body else None, config={}
     )
     return public(session, run)
@@ -41,10 +41,10 @@ def queue_drift_check(session: SessionDep, principal: AdminKey, body: JobRequest
 @router.get("", response_model=list[JobPublic])
 def list_jobs(session: SessionDep, _: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> list[JobPublic]:
     """Jobs, newest first, with status, progress and errors."""
-    runs = list_training_runs(session, limit=limit, offset=offset)
+    runs = queries.list_jobs(session, limit=limit, offset=offset)
     return [public(session, run) for run in runs]
 
 
 @router.get("/{job_id}", response_model=JobPublic)
 def get_job(job_id: RowId, session: SessionDep, _: ReaderKey) -> JobPublic:
-    return public(session, get_training_run(session, job_id))
+    return public(session, queries.get_job(session, job_id))

@@ -1,0 +1,125 @@
+"""Schema migrations keep every stored row: each step is tested on SQLite and PostgreSQL from the
+revision before it, and the migrated schema is exactly what the models declare."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy.engine import make_url
+from sqlmodel import Session, SQLModel, select
+
+from anamnesis.learner.results import UpdateMetrics
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.migrate import upgrade
+from anamnesis.storage.models import AuditEvent, Job, ModelVersion
+from tests.conftest import POSTGRES_URL, _admin_engine
+from tests.test_stored_results import LABELS, update_metrics
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def blank_engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[sa.Engine]:
+    """An empty database (no schema), so a test can migrate it step by step."""
+    if request.param == "sqlite":
+        engine = create_db_engine(StorageConfig.embedded(tmp_path / "home"))
+        yield engine
+        engine.dispose()
+        return
+    admin = _admin_engine()
+    name = f"anamnesis_m_{uuid.uuid4().hex[:10]}"
+    with admin.connect() as connection:
+        connection.execute(sa.text(f'CREATE DATABASE "{name}"'))
+    url = make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
+    engine = create_db_engine(StorageConfig(database_url=url, home=tmp_path / "home"))
+    try:
+        yield engine
+    finally:
+        engine.dispose()
+        with admin.connect() as connection:
+            connection.execute(sa.text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+def _insert_version(engine: sa.Engine, metrics: dict, strategy: dict | None = None) -> int:
+    """A version row as revisions 0001-0002 stored it (its config in `strategy`)."""
+    versions = sa.table(
+        "modelversion",
+        *(sa.column(name) for name in ("status", "base_model", "artifact_path", "artifact_sha256", "created_at")),
+        *(sa.column(name, sa.JSON) for name in ("strategy", "label_map", "metrics", "data_window", "runtime")),
+    )
+    with engine.begin() as connection:
+        connection.execute(
+            versions.insert().values(
+                status="candidate",
+                base_model="tiny",
+                artifact_path="/nowhere",
+                artifact_sha256="0" * 64,
+                created_at=sa.func.now(),
+                strategy=strategy or {},
+                label_map=list(LABELS),
+                metrics=metrics,
+                data_window={},
+                runtime={},
+            )
+        )
+        return connection.execute(sa.text("select max(id) from modelversion")).scalar_one()
+
+
+def test_migration_0002_names_each_versions_own_row_and_keeps_every_figure(blank_engine: sa.Engine) -> None:
+    upgrade(blank_engine, "0001")
+    typed = update_metrics(1)
+    # What 0001-era code stored: the own row without an id, its accuracies repeated as accuracy_row.
+    old = typed.model_dump(mode="json")
+    own_row = old["accuracy_matrix"]["rows"][-1]
+    old["accuracy_matrix"]["rows"][-1] = {**own_row, "version_id": None}
+    old["accuracy_row"] = own_row["accuracy"]
+    version_id = _insert_version(blank_engine, old)
+    assert version_id == 1
+
+    upgrade(blank_engine)
+    with Session(blank_engine) as session:
+        version = session.get(ModelVersion, version_id)
+        assert version is not None
+        assert UpdateMetrics.from_stored(version) == typed
+
+
+def test_the_migrated_schema_is_what_the_models_declare(blank_engine: sa.Engine) -> None:
+    upgrade(blank_engine)
+    with blank_engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), SQLModel.metadata)
+    assert differences == []
+
+
+def test_migration_0003_renames_trainingrun_to_job_and_strategy_to_learner_config(blank_engine: sa.Engine) -> None:
+    upgrade(blank_engine, "0002")
+    with blank_engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "insert into trainingrun (kind, trigger, status, actor, config, data_window, metrics, progress, "
+                "created_at) values ('retrain', 'api', 'succeeded', 'tester', '{}', '{}', '{}', 1.0, "
+                "CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "insert into auditevent (action, actor, entity, entity_id, details, at) "
+                "values ('train', 'tester', 'training_run', '1', '{}', CURRENT_TIMESTAMP)"
+            )
+        )
+    version_id = _insert_version(blank_engine, update_metrics(1).model_dump(mode="json"), strategy={"seed": 7})
+    with blank_engine.begin() as connection:
+        connection.execute(sa.text("update modelversion set training_run_id = 1"))
+
+    upgrade(blank_engine)
+    with Session(blank_engine) as session:
+        job = session.get(Job, 1)
+        version = session.get(ModelVersion, version_id)
+        assert job is not None and job.actor == "tester" and job.kind == "retrain"
+        assert version is not None and version.job_id == job.id and version.learner_config == {"seed": 7}
+        assert [e.entity for e in session.exec(select(AuditEvent))] == ["job"]

@@ -9,8 +9,7 @@ from datetime import UTC, datetime, timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from anamnesis.learner.config import ModelSpec
-from anamnesis.learner.gate import GateConfig
+from anamnesis.learner.config import GateConfig, ModelSpec
 from anamnesis.storage.ingest import prepare_record
 from anamnesis.storage.repository import BatchOutcome, store_record_batch
 from anamnesis.storage.schemas import RecordCreate

@@ -39,11 +39,11 @@ def environment(config: StorageConfig, **settings: object) -> dict[str, str]:
         "ANAMNESIS_STALE_RUN_S": "6",
         "ANAMNESIS_DRIFT_INTERVAL_S": "3600",
         "ANAMNESIS_MAX_LENGTH": "32",
-        "ANAMNESIS_TRAIN_MAX_LENGTH": "32",
-        "ANAMNESIS_TRAIN_BATCH_SIZE": "8",
-        "ANAMNESIS_TRAIN_EPOCHS": "3",
-        "ANAMNESIS_TRAIN_LEARNING_RATE": "0.002",
-        "ANAMNESIS_TRAIN_MIN_STEPS": "0",
+        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
+        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
+        "ANAMNESIS_TRAINING__EPOCHS": "3",
+        "ANAMNESIS_TRAINING__LEARNING_RATE": "0.002",
+        "ANAMNESIS_TRAINING__MIN_STEPS": "0",
         "PYTHONUNBUFFERED": "1",
     }
     env.update({f"ANAMNESIS_{name.upper()}": str(value) for name, value in settings.items()})

@@ -7,8 +7,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from anamnesis.learner.config import EWCConfig, LearnerConfig, ReplayConfig, StrategyConfig, TrainingConfig
-from anamnesis.learner.gate import GateConfig
+from anamnesis.learner.config import EWCConfig, GateConfig, LearnerConfig, ReplayConfig, StrategyConfig, TrainingConfig
 from anamnesis.learner.modeling import tiny_classifier
 from anamnesis.learner.updater import UpdateOutcome, run_update
 from anamnesis.service.runtime import runtime_preparer
@@ -41,7 +40,7 @@ def settings_for(config: StorageConfig, **overrides: object) -> Settings:
         "model_poll_s": 0.2,
         "prediction_flush_s": 0.05,
         "max_length": 32,
-        "train_max_length": 32,
+        "training": {"max_length": 32},
         "worker_tick_s": 0.3,
         "lease_ttl_s": 3.0,
         "stale_run_s": 5.0,

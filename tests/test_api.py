@@ -13,7 +13,7 @@ from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlmodel import Session
 
-from anamnesis.learner.gate import GateConfig
+from anamnesis.learner.config import GateConfig
 from anamnesis.learner.updater import run_update
 from anamnesis.service.app import create_app
 from anamnesis.storage.config import StorageConfig

@@ -141,10 +141,10 @@ def test_train_models_promote_rollback_keys_and_drift_commands(sqlite_config: St
     store(engine, toy_records(LABELS, 60, period="2", seed=3))
     engine.dispose()
     small = {
-        "ANAMNESIS_TRAIN_MAX_LENGTH": "32",
-        "ANAMNESIS_TRAIN_BATCH_SIZE": "8",
+        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
+        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
         "ANAMNESIS_MAX_LENGTH": "32",
-        "ANAMNESIS_DRIFT_MIN_ROWS": "10",
+        "ANAMNESIS_DRIFT__MIN_ROWS": "10",
     }
     os.environ.update(small)
     try:

@@ -31,9 +31,9 @@ def test_demo_detects_drift_updates_the_model_and_logs_no_patient_text(tmp_path:
     env = {key: value for key, value in os.environ.items() if not key.startswith("ANAMNESIS_")}
     env.update(
         {
-            "ANAMNESIS_TRAIN_EPOCHS": "2",
-            "ANAMNESIS_TRAIN_MIN_STEPS": "30",
-            "ANAMNESIS_TRAIN_MAX_LENGTH": "96",
+            "ANAMNESIS_TRAINING__EPOCHS": "2",
+            "ANAMNESIS_TRAINING__MIN_STEPS": "30",
+            "ANAMNESIS_TRAINING__MAX_LENGTH": "96",
             "ANAMNESIS_MAX_LENGTH": "96",
             "PYTHONUNBUFFERED": "1",
         }

@@ -58,7 +58,7 @@ def test_killed_worker_leaves_no_half_promotion_and_the_next_run_succeeds(sqlite
     from tests.factories import store, toy_records
 
     store(engine, toy_records(("surgery", "radiotherapy", "targeted_therapy"), 60, period="2", seed=5))
-    slow = environment(sqlite_config, train_epochs=40)
+    slow = environment(sqlite_config, training__epochs=40)
     with running(["worker"], slow, tmp_path / "worker1.log") as worker:
         wait_for(
             lambda: (r := _run(engine, first)).status == RunStatus.running and r.progress > 0.1,

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from anamnesis.learner.config import GateConfig
 from anamnesis.learner.evaluation import EvalExample
-from anamnesis.learner.gate import GateConfig, Predictions, compare, decide
+from anamnesis.learner.gate import Predictions, compare, decide
 
 LABELS = ("surgery", "radiotherapy", "chemotherapy", "immunotherapy")
 PERIODS = ("1", "2", "3", "4", "5")  # 1-4 past, 5 new

@@ -29,6 +29,7 @@ from anamnesis.learner.config import (
     EWCConfig,
     EWCMode,
     FieldInput,
+    GateConfig,
     LearnerConfig,
     ModelSpec,
     ReplayConfig,
@@ -41,7 +42,6 @@ from anamnesis.learner.config import (
 from anamnesis.learner.data import Sample, SplitUnit, split_holdout, split_unit
 from anamnesis.learner.engine import train_update
 from anamnesis.learner.errors import NothingToLearnError
-from anamnesis.learner.gate import GateConfig
 from anamnesis.learner.modeling import encode_records, load_base_classifier, load_bundle, pad_batch, tiny_classifier
 from anamnesis.learner.replay import select_replay
 from anamnesis.learner.results import DataWindow, UpdateMetrics

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from anamnesis.learner.config import GateConfig
 from anamnesis.learner.evaluation import EvalExample, continual_metrics, evaluate
-from anamnesis.learner.gate import GateConfig, Predictions, decide
+from anamnesis.learner.gate import Predictions, decide
 from anamnesis.learner.results import (
     AccuracyMatrix,
     DataWindow,

@@ -1,11 +1,12 @@
 """Declarative learner configuration: what an update does, separate from the code that does it.
 
-Every config round-trips through JSON and is stored with each training run and model version.
+Every config round-trips through JSON and is stored with each job and model version.
 """
 
 from __future__ import annotations
 
 from enum import StrEnum
+from typing import Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
@@ -246,7 +247,8 @@ class LearnerConfig(_Config):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
-_PRESETS = {
+PresetName = Literal["naive", "ewc", "replay", "replay_ewc", "lora_replay", "cumulative", "joint"]
+_PRESETS: dict[PresetName, StrategyConfig] = {
     "naive": StrategyConfig(name="naive", replay=None, ewc=None),
     "ewc": StrategyConfig(name="ewc", replay=None),
     "replay": StrategyConfig(name="replay", ewc=None),
@@ -255,7 +257,7 @@ _PRESETS = {
     "cumulative": StrategyConfig(name="cumulative", data=TrainingData.cumulative, replay=None, ewc=None),
     "joint": StrategyConfig(name="joint", data=TrainingData.joint, replay=None, ewc=None),
 }
-PRESET_NAMES = tuple(_PRESETS)
+PRESET_NAMES: tuple[PresetName, ...] = get_args(PresetName)
 
 
 def preset(name: str) -> StrategyConfig:
@@ -264,3 +266,46 @@ def preset(name: str) -> StrategyConfig:
         return _PRESETS[name]
     except KeyError:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(_PRESETS)}") from None
+
+
+class GateConfig(_Config):
+    """When a candidate replaces the current model (`learner.gate.decide`)."""
+
+    tolerance: float = Field(
+        default=0.02,
+        ge=0,
+        le=1,
+        description="A loss on a past period or subgroup fails the gate only when it is larger than this and "
+        "significant.",
+    )
+    significance: float = Field(
+        default=0.05,
+        gt=0,
+        lt=1,
+        description="Family-wise level of the loss checks of one decision (exact McNemar tests, Holm-adjusted); "
+        "intervals are reported at 1 - significance.",
+    )
+    min_improvement: float = Field(
+        default=0.0,
+        ge=0,
+        le=1,
+        description="0: the candidate must not be significantly worse on the new data (by more than the tolerance). "
+        "Above 0: it must be better by more than this, significantly.",
+    )
+    min_subgroup_size: int = Field(
+        default=30, ge=1, description="Subgroups with fewer held-out records are reported but not gated."
+    )
+    min_period_size: int = Field(
+        default=10, ge=1, description="Periods with fewer held-out records are reported but not gated."
+    )
+    min_accuracy: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="The first model's held-out accuracy must reach this floor (and beat the TF-IDF reference).",
+    )
+    first_model_beats_reference: bool = Field(
+        default=True,
+        description="The first model must beat a TF-IDF + logistic regression fitted on the same rows. Off only "
+        "where such a reference means nothing (unit tests of the mechanics); the floor still applies.",
+    )

@@ -20,50 +20,8 @@ from dataclasses import dataclass
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 from scipy.stats import binom, norm
 
+from anamnesis.learner.config import GateConfig
 from anamnesis.learner.evaluation import SUBGROUPS, EvalExample, subgroup_of
-
-
-class GateConfig(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    tolerance: float = Field(
-        default=0.02,
-        ge=0,
-        le=1,
-        description="A loss on a past period or subgroup fails the gate only when it is larger than this and "
-        "significant.",
-    )
-    significance: float = Field(
-        default=0.05,
-        gt=0,
-        lt=1,
-        description="Family-wise level of the loss checks of one decision (exact McNemar tests, Holm-adjusted); "
-        "intervals are reported at 1 - significance.",
-    )
-    min_improvement: float = Field(
-        default=0.0,
-        ge=0,
-        le=1,
-        description="0: the candidate must not be significantly worse on the new data (by more than the tolerance). "
-        "Above 0: it must be better by more than this, significantly.",
-    )
-    min_subgroup_size: int = Field(
-        default=30, ge=1, description="Subgroups with fewer held-out records are reported but not gated."
-    )
-    min_period_size: int = Field(
-        default=10, ge=1, description="Periods with fewer held-out records are reported but not gated."
-    )
-    min_accuracy: float = Field(
-        default=0.5,
-        ge=0,
-        le=1,
-        description="The first model's held-out accuracy must reach this floor (and beat the TF-IDF reference).",
-    )
-    first_model_beats_reference: bool = Field(
-        default=True,
-        description="The first model must beat a TF-IDF + logistic regression fitted on the same rows. Off only "
-        "where such a reference means nothing (unit tests of the mechanics); the floor still applies.",
-    )
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from anamnesis.learner.config import LearnerConfig
+from anamnesis.learner.config import GateConfig, LearnerConfig
 from anamnesis.learner.data import order_periods, split_holdout, split_unit
 from anamnesis.learner.engine import (
     BundleFactory,
@@ -29,7 +29,7 @@ from anamnesis.learner.engine import (
 )
 from anamnesis.learner.errors import NothingToLearnError, TrainingStoppedError
 from anamnesis.learner.evaluation import Evaluation, continual_metrics
-from anamnesis.learner.gate import GateConfig, GateDecision, Predictions, decide
+from anamnesis.learner.gate import GateDecision, Predictions, decide
 from anamnesis.learner.modeling import (
     BASE_MODEL_NAME,
     ModelBundle,

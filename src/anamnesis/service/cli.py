@@ -22,6 +22,29 @@ bench_app = typer.Typer(help="Benchmarks; results go to docs/benchmarks/.", no_a
 app.add_typer(db_app, name="db")
 app.add_typer(cohort_app, name="cohort")
 app.add_typer(bench_app, name="bench")
+config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+
+@config_app.command("show")
+def config_show(
+    only_set: Annotated[
+        bool, typer.Option("--only-set", help="Only the settings that are not at their default.")
+    ] = False,
+) -> None:
+    """Every setting, its value and where it came from (secrets masked). Nested settings are set as
+    ANAMNESIS_<GROUP>__<NAME>, e.g. ANAMNESIS_GATE__TOLERANCE=0.03."""
+    import os
+
+    try:
+        settings = Settings()
+    except ValueError as error:
+        fail(str(error))
+    rows = [row for row in settings.effective(os.environ) if not only_set or row.changed]
+    width = max((len(row.name) for row in rows), default=0)
+    for row in rows:
+        typer.echo(f"{row.name:<{width}}  {row.value:<24}  {row.source}")
+
 
 ACTOR = "cli"
 
@@ -435,12 +458,12 @@ def train(
     from anamnesis.storage.queries import get_job, version_of_job
     from anamnesis.storage.repository import claim_job, create_job
 
-    overrides = {key: value for key, value in {"strategy": strategy, "train_epochs": epochs}.items() if value}
     try:
-        settings = Settings(**overrides)
-        from anamnesis.learner.config import preset
-
-        preset(settings.strategy)
+        settings = Settings()
+        settings = settings.with_overrides(
+            strategy=strategy or settings.strategy,
+            training={**settings.training.model_dump(), **({"epochs": epochs} if epochs else {})},
+        )
     except ValueError as error:
         fail(str(error))
     engine = _engine(settings)
@@ -452,7 +475,7 @@ def train(
             trigger=Trigger.manual,
             actor=ACTOR,
             reason=reason,
-            config={"strategy": settings.strategy, "epochs": settings.train_epochs},
+            config={"strategy": settings.strategy, "epochs": settings.training.epochs},
         )
         claim_job(session, run_id=run.id, worker=identity)
     bar = tqdm(total=100, desc="train", unit="%", disable=None, file=sys.stderr)
@@ -782,14 +805,14 @@ def demo(
     """Replay a drifting cohort against a fresh service: drift is detected, models are trained, gated, promoted."""
     from anamnesis.service.demo import run_demo
 
-    settings = Settings(
+    base = Settings()
+    settings = base.with_overrides(
         home=home,
         database_url=None,
-        update_cooldown_s=0,
-        update_min_new_labels=max(per_period // 4, 20),
+        policy={**base.policy.model_dump(), "cooldown": 0, "min_new_labels": max(per_period // 4, 20)},
         # The reference is version 1's held-out share (about a fifth of a period, drawn by record
         # hash): half of it leaves room for that share's spread at small periods.
-        drift_min_rows=max(per_period // 10, 10),
+        drift={**base.drift.model_dump(), "min_rows": max(per_period // 10, 10)},
         # Synthetic patients: a key fixed by the seed makes the records' hashes, and so the
         # held-out split, the same at every run of one seed.
         patient_key=f"anamnesis-demo-{seed}",

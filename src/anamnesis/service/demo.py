@@ -19,6 +19,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -27,7 +28,6 @@ from sqlmodel import Session
 
 from anamnesis.cohort import generate, write_stream
 from anamnesis.learner.updater import run_update
-from anamnesis.service.jobs import gate_config, learner_config
 from anamnesis.service.runtime import promote_with_runtime, runtime_preparer
 from anamnesis.service.settings import Settings
 from anamnesis.storage.engine import create_db_engine
@@ -40,14 +40,9 @@ Say = Callable[[str], None]
 MAPPING = ColumnMapping(
     text="note", label="label", period="period", time="observed_at", site="site", patient="patient_id"
 )
+
+
 # Settings the demo's service runs with: quick checks and small updates, sized for a CPU.
-DEMO_ENV = {
-    "ANAMNESIS_DRIFT_INTERVAL_S": "60",
-    "ANAMNESIS_MODEL_POLL_S": "1",
-    "ANAMNESIS_WORKER_TICK_S": "1",
-}
-
-
 def run_demo(
     settings: Settings,
     *,
@@ -91,8 +86,8 @@ def run_demo(
     outcome = run_update(
         engine,
         artifacts_dir=storage.artifacts_dir,
-        config=learner_config(settings),
-        gate=gate_config(settings),
+        config=settings.learner_config(),
+        gate=settings.gate,
         actor="demo",
         prepare_runtime=runtime_preparer(
             artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
@@ -121,9 +116,9 @@ def run_demo(
     (home / "admin.key").write_text(admin_key + "\n")
     (home / "admin.key").chmod(0o600)
 
-    environment = {key: value for key, value in os.environ.items() if key != "ANAMNESIS_DATABASE_URL"}
-    environment.update({**DEMO_ENV, "ANAMNESIS_HOME": str(home)})
-    environment.update({f"ANAMNESIS_{name.upper()}": str(value) for name, value in _forwarded(settings).items()})
+    # The service reads exactly these settings: none of this shell's ANAMNESIS_* variables leak in.
+    environment = {key: value for key, value in os.environ.items() if not key.startswith("ANAMNESIS_")}
+    environment.update(_server_settings(settings, home).as_environment())
     log = (home / "serve.log").open("ab")
     server = subprocess.Popen(  # noqa: S603 - our own CLI with fixed arguments
         [sys.executable, "-m", "anamnesis.service.cli", "serve", "--port", str(port)],
@@ -164,24 +159,11 @@ def run_demo(
     return summary
 
 
-def _forwarded(settings: Settings) -> dict[str, object]:
-    names = (
-        "train_epochs",
-        "train_batch_size",
-        "train_min_steps",
-        "train_learning_rate",
-        "train_max_length",
-        "max_length",
-        "strategy",
-        "gate_tolerance",
-        "gate_significance",
-        "gate_min_accuracy",
-        "patient_key",
-        "drift_min_rows",
-        "update_min_new_labels",
-        "update_cooldown_s",
+def _server_settings(settings: Settings, home: Path) -> Settings:
+    """The demo's settings for its service: these, with the demo's faster clocks and its own home."""
+    return settings.with_overrides(
+        home=home, database_url=None, drift_interval_s=60.0, model_poll_s=1.0, worker_tick_s=1.0
     )
-    return {name: getattr(settings, name) for name in names if getattr(settings, name) is not None}
 
 
 def _ready(client: httpx.Client) -> bool:

@@ -12,9 +12,7 @@ from datetime import timedelta
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from anamnesis.learner.config import LearnerConfig, TrainingConfig, preset
 from anamnesis.learner.errors import NothingToLearnError, TrainingStoppedError
-from anamnesis.learner.gate import GateConfig
 from anamnesis.learner.progress import ProgressHook, ProgressState, TrainingControl
 from anamnesis.learner.updater import run_update
 from anamnesis.service.runtime import runtime_preparer
@@ -26,28 +24,6 @@ from anamnesis.storage.repository import acquire_lease, finish_job, release_leas
 
 logger = logging.getLogger("anamnesis.jobs")
 TRAINING_LEASE = "training"
-
-
-def learner_config(settings: Settings) -> LearnerConfig:
-    return LearnerConfig(
-        strategy=preset(settings.strategy),
-        training=TrainingConfig(
-            epochs=settings.train_epochs,
-            batch_size=settings.train_batch_size,
-            min_steps=settings.train_min_steps,
-            learning_rate=settings.train_learning_rate,
-            max_length=settings.train_max_length,
-            device=settings.device,
-        ),
-    )
-
-
-def gate_config(settings: Settings) -> GateConfig:
-    return GateConfig(
-        tolerance=settings.gate_tolerance,
-        significance=settings.gate_significance,
-        min_accuracy=settings.gate_min_accuracy,
-    )
 
 
 @dataclass
@@ -130,8 +106,8 @@ def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -
         outcome = run_update(
             worker.engine,
             artifacts_dir=storage.artifacts_dir,
-            config=learner_config(settings),
-            gate=gate_config(settings),
+            config=settings.learner_config(),
+            gate=settings.gate,
             actor=f"worker:{worker.identity}",
             job_id=run_id,
             prepare_runtime=runtime_preparer(

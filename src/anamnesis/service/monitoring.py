@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import timedelta
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,6 @@ from sqlmodel import Session
 
 from anamnesis.learner.results import DataWindow
 from anamnesis.learner.updater import holdout_of
-from anamnesis.monitor.config import DriftConfig, PolicyConfig
 from anamnesis.monitor.data import WindowData, window_from_records
 from anamnesis.monitor.errors import WindowTooSmallError
 from anamnesis.monitor.reference import ReferenceCache
@@ -33,15 +31,6 @@ from anamnesis.storage.queries import WindowRecord, current_model, labeled_recor
 from anamnesis.storage.repository import create_job
 
 logger = logging.getLogger("anamnesis.monitoring")
-
-
-def policy_config(settings: Settings) -> PolicyConfig:
-    age = settings.update_max_model_age_days
-    return PolicyConfig(
-        cooldown=timedelta(seconds=settings.update_cooldown_s),
-        min_new_labels=settings.update_min_new_labels,
-        max_model_age=timedelta(days=age) if age else None,
-    )
 
 
 def predictor(model: LoadedModel):
@@ -112,13 +101,13 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         )
         new_labels = labeled_records_since(session, DataWindow.from_stored(version).label_cutoff or 0)
         last_attempt = last_job_since(session, JobKind.retrain, version.promoted_at)
-    if len(rows) < settings.drift_min_rows:
+    if len(rows) < settings.drift.min_rows:
         message = (
-            f"skipped: {len(rows)} records since v{version.id} was promoted (fewer than {settings.drift_min_rows})"
+            f"skipped: {len(rows)} records since v{version.id} was promoted (fewer than {settings.drift.min_rows})"
         )
         return {"skipped": message, "rows": len(rows)}, message
     model = load_model(version, max_length=settings.max_length, mode=settings.runtime)
-    config = DriftConfig(min_rows=settings.drift_min_rows)
+    config = settings.drift
     cache = ReferenceCache(storage.reports_dir / "reference", config)
     reference = cache.get_or_build(
         f"model-{version.id}-{version.artifact_sha256[:12]}", lambda: reference_window(engine, version, model)
@@ -146,7 +135,7 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
             reference=reference,
             current=current,
             config=config,
-            policy=policy_config(settings),
+            policy=settings.policy,
             context=context,
             actor=actor,
         )

@@ -2,21 +2,74 @@
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
 
+from anamnesis.learner.config import GateConfig, LearnerConfig, PresetName, TrainingConfig, preset
+from anamnesis.monitor.config import DriftConfig, PolicyConfig
 from anamnesis.storage.config import StorageConfig
+
+ENV_PREFIX = "ANAMNESIS_"
+RuntimeMode = Literal["auto", "pytorch", "onnx"]
+
+
+@dataclass(frozen=True)
+class EffectiveSetting:
+    name: str
+    variable: str
+    value: str
+    source: str
+    changed: bool
+    """Whether the value differs from the built-in default."""
+
+
+def _leaves(document: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    leaves: dict[str, Any] = {}
+    for key, value in document.items():
+        if isinstance(value, Mapping) and value:
+            leaves.update(_leaves(value, f"{prefix}{key}."))
+        else:
+            leaves[f"{prefix}{key}"] = value
+    return leaves
+
+
+def _json_has(text: str, path: list[str]) -> bool:
+    try:
+        document: Any = json.loads(text)
+    except ValueError:
+        return False
+    for key in path:
+        if not isinstance(document, dict) or key not in document:
+            return False
+        document = document[key]
+    return True
+
+
+def _masked(path: str, value: Any) -> str:
+    if value is None:
+        return "unset"
+    if path == "patient_key":
+        return "*** (set)"
+    if path == "database_url":
+        return make_url(value).render_as_string(hide_password=True)
+    return value if isinstance(value, str) else json.dumps(value)
 
 
 class Settings(BaseSettings):
-    """anamnesis settings; each can be set as ANAMNESIS_<NAME> in the environment."""
+    """anamnesis settings; each can be set as ANAMNESIS_<NAME> in the environment, nested ones as
+    ANAMNESIS_<GROUP>__<NAME> (ANAMNESIS_GATE__TOLERANCE=0.03) or as JSON (ANAMNESIS_GATE='{"tolerance": 0.03}')."""
 
-    model_config = SettingsConfigDict(env_prefix="ANAMNESIS_", extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, env_nested_delimiter="__", extra="ignore")
 
     # --- storage ---
     home: Path = Field(default=Path("var"), description="Folder for the SQLite file, artifacts and reports.")
@@ -50,9 +103,8 @@ class Settings(BaseSettings):
     dashboard_public: bool = Field(
         default=True, description="Serve the dashboard (aggregate metrics, no patient data) without an API key."
     )
-    runtime: str = Field(
+    runtime: RuntimeMode = Field(
         default="auto",
-        pattern=r"^(auto|pytorch|onnx)$",
         description="auto: ONNX int8 when it matches PyTorch's accuracy (chosen at promotion); or force one.",
     )
 
@@ -60,54 +112,70 @@ class Settings(BaseSettings):
     worker_tick_s: float = Field(default=2.0, gt=0, description="How often the worker looks for queued jobs.")
     drift_interval_s: float = Field(default=300.0, gt=0, description="Seconds between scheduled drift checks.")
     drift_window: int = Field(default=2000, ge=50, description="Most recent records a drift check looks at.")
-    drift_min_rows: int = Field(
-        default=500,
-        ge=10,
-        description="Fewer recent (or reference) records than this: no check. The drift thresholds were "
-        "calibrated on 500-record windows; smaller windows raise more false alarms.",
-    )
     lease_ttl_s: float = Field(default=30.0, gt=1, description="Lifetime of the worker's leader lease.")
     stale_run_s: float = Field(default=120.0, gt=1, description="A running job silent this long is marked failed.")
-    update_cooldown_s: float = Field(
-        default=3600.0, ge=0, description="No drift-triggered update within this time of the last attempt."
+
+    # --- the lower layers' own configs (nested: ANAMNESIS_TRAINING__EPOCHS, ANAMNESIS_GATE__TOLERANCE, ...) ---
+    strategy: PresetName = Field(default="replay_ewc", description="The strategy preset of every update.")
+    training: TrainingConfig = Field(
+        default_factory=TrainingConfig, description="How an update trains (epochs, learning rates, device, ...)."
     )
-    update_min_new_labels: int = Field(
-        default=200, ge=0, description="No drift-triggered update with fewer new labeled records than this."
+    gate: GateConfig = Field(default_factory=GateConfig, description="When a candidate replaces the current model.")
+    policy: PolicyConfig = Field(
+        # The service checks often; an hour between drift-triggered updates keeps it from retraining on every check.
+        default_factory=lambda: PolicyConfig(cooldown=timedelta(hours=1)),
+        description="When a drift check leads to an update.",
     )
-    update_max_model_age_days: float | None = Field(
-        default=90.0, gt=0, description="Update an older model when enough new labels exist; unset: never."
+    drift: DriftConfig = Field(
+        default_factory=DriftConfig,
+        description="What a drift check measures; fewer recent (or reference) records than `min_rows`: no check.",
     )
 
-    # --- learner ---
-    train_epochs: int = Field(default=4, ge=1, le=50, description="Epochs per update.")
-    train_batch_size: int = Field(default=16, ge=1, le=1024, description="Training batch size.")
-    train_min_steps: int = Field(
-        default=100,
-        ge=0,
-        le=1_000_000,
-        description="Fewest optimizer steps per update (small updates get more epochs).",
-    )
-    train_learning_rate: float = Field(
-        default=1e-4,
-        gt=0,
-        lt=1,
-        description="Encoder learning rate (full fine-tuning); the field tower and head learn at 1e-3.",
-    )
-    train_max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input during training.")
-    strategy: str = Field(default="replay_ewc", description="The strategy preset of every update.")
-    gate_tolerance: float = Field(
-        default=0.02,
-        ge=0,
-        le=1,
-        description="A loss on a past period or subgroup larger than this, and significant, rejects a candidate.",
-    )
-    gate_significance: float = Field(
-        default=0.05, gt=0, lt=1, description="Family-wise level of the gate's paired loss tests."
-    )
-    gate_min_accuracy: float = Field(
-        default=0.5, ge=0, le=1, description="Held-out accuracy the first model must reach (besides beating TF-IDF)."
-    )
-    device: str = Field(default="auto", description="Training device: auto, cpu or cuda.")
+    def with_overrides(self, **values: object) -> Settings:
+        """These settings with some replaced, validated like the rest."""
+        return type(self).model_validate({**self.model_dump(), **values})
+
+    def as_environment(self) -> dict[str, str]:
+        """The environment that makes another process read exactly these settings (nested ones as JSON)."""
+        environment: dict[str, str] = {}
+        for name, value in self.model_dump(mode="json").items():
+            if value is not None:
+                text = value if isinstance(value, str) else json.dumps(value)
+                environment[f"{ENV_PREFIX}{name.upper()}"] = text
+        return environment
+
+    def effective(self, environment: Mapping[str, str]) -> list[EffectiveSetting]:
+        """Every setting (nested ones by dotted name) with its value and where the value came from;
+        secrets are masked. `environment` is the one these settings were read from."""
+        defaults = _leaves(type(self).model_construct().model_dump(mode="json"))
+        rows = []
+        for path, value in _leaves(self.model_dump(mode="json")).items():
+            names = path.split(".")
+            variable = ENV_PREFIX + "__".join(names).upper()
+            parents = [ENV_PREFIX + "__".join(names[:depth]).upper() for depth in range(len(names) - 1, 0, -1)]
+            if variable in environment:
+                source = f"environment {variable}"
+            elif found := next((parent for parent in parents if parent in environment), None):
+                # A group set as JSON: its unnamed members keep the group's own defaults.
+                named = _json_has(environment[found], names[len(found[len(ENV_PREFIX) :].split("__")) :])
+                source = f"environment {found} (JSON)" if named else f"default of the group set by {found}"
+            elif value != defaults.get(path):
+                source = "set by the command"
+            else:
+                source = "default"
+            rows.append(
+                EffectiveSetting(
+                    name=path,
+                    variable=variable,
+                    value=_masked(path, value),
+                    source=source,
+                    changed=value != defaults.get(path),
+                )
+            )
+        return rows
+
+    def learner_config(self) -> LearnerConfig:
+        return LearnerConfig(strategy=preset(self.strategy), training=self.training)
 
     def storage_config(self) -> StorageConfig:
         home = self.home.resolve()

@@ -83,3 +83,13 @@ def test_config_show_says_where_each_value_came_from_and_masks_secrets(tmp_path)
     names = {line.split()[0] for line in only_set.stdout.splitlines()}
     assert {"gate.tolerance", "training.epochs", "patient_key", "database_url", "home"} <= names
     assert "gate.significance" not in names and "training.batch_size" not in names
+
+
+def test_a_bad_setting_fails_every_command_naming_the_setting_not_its_value(tmp_path) -> None:
+    env = {key: value for key, value in os.environ.items() if not key.startswith("ANAMNESIS_")}
+    env.update({"ANAMNESIS_HOME": str(tmp_path), "ANAMNESIS_DB_CONNECT_TIMEOUT_S": "hunter2-secret"})
+    for command in (["models"], ["config", "show"], ["train"], ["drift", "list"]):
+        result = subprocess.run([ANAMNESIS, *command], env=env, capture_output=True, text=True)
+        assert result.returncode == 2, command
+        assert "setting db_connect_timeout_s" in result.stderr and "hunter2" not in result.stderr + result.stdout
+        assert "Traceback" not in result.stderr

@@ -5,18 +5,15 @@ from __future__ import annotations
 import base64
 import io
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlmodel import Session
 
-from anamnesis.learner.results import DataWindow, UpdateMetrics
 from anamnesis.monitor.config import Family
-from anamnesis.monitor.policy import DecisionRecord
 from anamnesis.monitor.result import DriftResult
-from anamnesis.service.runtime import RuntimeChoice, RuntimeKind
-from anamnesis.storage.models import DriftReport, Job, ModelVersion
+from anamnesis.service.presentation import ReportView, VersionView, pct
+from anamnesis.storage.models import Job
 from anamnesis.storage.queries import (
     current_model,
     list_drift_reports,
@@ -31,7 +28,7 @@ _environment = Environment(
 
 
 def _pct(value: float | None) -> str:
-    return "–" if value is None else f"{value * 100:.1f}%"
+    return pct(value, missing="–", unit="%")
 
 
 def _when(moment: Any) -> str:
@@ -45,59 +42,6 @@ def _png(figure: Any) -> str:
 
     plt.close(figure)
     return base64.b64encode(buffer.getvalue()).decode()
-
-
-@dataclass(frozen=True)
-class VersionView:
-    """What the dashboard shows of a model version, read from its typed stored results."""
-
-    version: ModelVersion
-    metrics: UpdateMetrics | None
-    periods: list[str]
-    runtime: str
-
-    @classmethod
-    def of(cls, version: ModelVersion) -> VersionView:
-        runtime = RuntimeChoice.from_stored(version)
-        return cls(
-            version=version,
-            metrics=UpdateMetrics.from_stored(version),
-            periods=DataWindow.from_stored(version).periods,
-            runtime=runtime.kind.value if runtime else RuntimeKind.pytorch.value,
-        )
-
-    @property
-    def accuracy(self) -> float | None:
-        return self.metrics.evaluation.overall.accuracy if self.metrics else None
-
-    @property
-    def average_accuracy(self) -> float | None:
-        return self.metrics.continual.average_accuracy if self.metrics else None
-
-    @property
-    def forgetting(self) -> float | None:
-        return self.metrics.continual.forgetting if self.metrics else None
-
-    @property
-    def gate(self) -> str:
-        return self.metrics.gate.summary if self.metrics else ""
-
-
-@dataclass(frozen=True)
-class ReportView:
-    """What the dashboard shows of a drift report."""
-
-    report: DriftReport
-    result: DriftResult
-    decision: DecisionRecord
-
-    @classmethod
-    def of(cls, report: DriftReport) -> ReportView:
-        return cls(report=report, result=DriftResult.from_report(report), decision=DecisionRecord.from_stored(report))
-
-    @property
-    def flagged(self) -> str:
-        return ", ".join(family.value for family, value in self.result.flags.items() if value) or "none"
 
 
 def _accuracy_plot(versions: Sequence[VersionView]) -> str | None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 import traceback
 from dataclasses import dataclass, field
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import Engine
 from sqlmodel import Session
@@ -18,9 +20,16 @@ from anamnesis.learner.updater import run_update
 from anamnesis.service.runtime import runtime_preparer
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import LeaseHeldError
-from anamnesis.storage.models import JobKind, RunStatus
-from anamnesis.storage.queries import find_job
-from anamnesis.storage.repository import acquire_lease, finish_job, release_lease, report_run_progress
+from anamnesis.storage.models import Job, JobKind, RunStatus, Trigger
+from anamnesis.storage.queries import find_job, get_job
+from anamnesis.storage.repository import (
+    acquire_lease,
+    claim_job,
+    create_job,
+    finish_job,
+    release_lease,
+    report_run_progress,
+)
 
 logger = logging.getLogger("anamnesis.jobs")
 TRAINING_LEASE = "training"
@@ -34,12 +43,37 @@ class JobContext:
     engine: Engine
     identity: str
     stop: threading.Event = field(default_factory=threading.Event)
+
+    @classmethod
+    def here(cls, settings: Settings, engine: Engine) -> JobContext:
+        """A context for running a job in this (command-line) process."""
+        return cls(settings=settings, engine=engine, identity=f"cli:{socket.gethostname()}")
+
     training_lease: str | None = None
     current_run: int | None = None
 
     @property
     def stopping(self) -> bool:
         return self.stop.is_set()
+
+
+def run_now(
+    context: JobContext,
+    *,
+    kind: JobKind,
+    actor: str,
+    reason: str,
+    config: dict[str, Any],
+    hook: ProgressHook | None = None,
+) -> Job:
+    """Queues, claims and runs one job in this process (what the worker does with a queued job);
+    returns it finished, failed or succeeded."""
+    with Session(context.engine) as session:
+        run = create_job(session, kind=kind, trigger=Trigger.manual, actor=actor, reason=reason, config=config)
+        claim_job(session, run_id=run.id, worker=context.identity)
+    execute_job(context, run.id, extra_hook=hook)
+    with Session(context.engine) as session:
+        return get_job(session, run.id)
 
 
 def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | None = None) -> None:

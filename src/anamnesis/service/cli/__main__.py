@@ -1,0 +1,3 @@
+from anamnesis.service.cli import main
+
+main()

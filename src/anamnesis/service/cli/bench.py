@@ -1,0 +1,187 @@
+"""Benchmarks; results go to docs/benchmarks/."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from anamnesis.service.cli.context import fail
+
+bench_app = typer.Typer(help="Benchmarks; results go to docs/benchmarks/.", no_args_is_help=True)
+
+
+@bench_app.command("learn")
+def bench_learn(
+    scenario: Annotated[str, typer.Option(help="Cohort scenario to generate (ignored with --data).")] = "mixed",
+    periods: Annotated[int, typer.Option(min=1, max=40, help="Cohort periods.")] = 5,
+    per_period: Annotated[int, typer.Option(min=10, help="Cohort records per period.")] = 600,
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds; each draws the cohort (unless --data) and the training.")
+    ] = "0,1,2",
+    data: Annotated[Path | None, typer.Option(help="Your own CSV, JSONL or Parquet file instead of a cohort.")] = None,
+    text_col: Annotated[str, typer.Option(help="With --data: the text column.")] = "note",
+    label_col: Annotated[str, typer.Option(help="With --data: the label column.")] = "label",
+    period_col: Annotated[str, typer.Option(help="With --data: the period column.")] = "period",
+    site_col: Annotated[str | None, typer.Option(help="With --data: the site column.")] = None,
+    patient_col: Annotated[
+        str | None, typer.Option(help="With --data: the patient column (the held-out split keeps patients whole).")
+    ] = None,
+    fields: Annotated[str | None, typer.Option(help="With --data: comma-separated structured columns.")] = None,
+    class_incremental: Annotated[
+        int | None,
+        typer.Option(
+            min=2,
+            help="Regroup the labels into this many periods (sorted by name, label i -> period i mod K + 1): "
+            "every period brings only new classes.",
+        ),
+    ] = None,
+    strategies: Annotated[str, typer.Option(help="Comma-separated strategies.")] = ",".join(
+        ("naive", "ewc", "replay", "replay_ewc", "joint")
+    ),
+    epochs: Annotated[int | None, typer.Option(min=1, help="Epochs per update (default: the learner's).")] = None,
+    min_steps: Annotated[
+        int | None, typer.Option(min=0, help="Fewest optimizer steps per update (default: the learner's).")
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(min=1, help="Training batch size.")] = None,
+    learning_rate: Annotated[float | None, typer.Option(help="Encoder learning rate (full fine-tuning).")] = None,
+    max_length: Annotated[int | None, typer.Option(min=16, max=512, help="Tokens per input.")] = None,
+    field_input: Annotated[
+        str, typer.Option(help="How structured fields reach the model: features, text or both.")
+    ] = "features",
+    holdout: Annotated[float, typer.Option(min=0.05, max=0.6, help="Held-out share of each period.")] = 0.5,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    model: Annotated[str, typer.Option(help="minilm (the shipped model) or tiny (a random 2-layer BERT).")] = "minilm",
+    out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown and PNG results.")] = Path("docs/benchmarks"),
+    stem: Annotated[str, typer.Option(help="File name stem of the results.")] = "learn",
+    ewc_lambda: Annotated[float | None, typer.Option(min=0, help="EWC strength for the EWC strategies.")] = None,
+    replay_ratio: Annotated[
+        float | None, typer.Option(min=0.01, max=20, help="Replayed records per new record (history replay).")
+    ] = None,
+    class_weighting: Annotated[
+        str | None, typer.Option(help="none or balanced: weight each class's loss by its rarity in the update.")
+    ] = None,
+    replay_source: Annotated[
+        str | None, typer.Option(help="history (every stored record) or buffer (a bounded avalanche buffer).")
+    ] = None,
+) -> None:
+    """Run every strategy and the TF-IDF reference over the same streams, on several seeds; write the
+    accuracy matrices, forgetting, BWT, costs and the targets, each as a mean with its 95% interval."""
+    import shlex
+
+    from anamnesis.learner.benchmark import cohort_records, make_stream, read_records, run_benchmark, write_reports
+    from anamnesis.learner.config import PRESET_NAMES, FieldInput, ModelSpec, ReplaySource, TrainingConfig
+    from anamnesis.learner.modeling import load_base_classifier, tiny_classifier
+    from anamnesis.storage.errors import IngestFileError
+    from anamnesis.storage.ingest import ColumnMapping
+
+    chosen = [name.strip() for name in strategies.split(",") if name.strip()]
+    unknown = [name for name in chosen if name not in PRESET_NAMES]
+    if unknown:
+        fail(f"unknown strategies {', '.join(unknown)}; choose from {', '.join(PRESET_NAMES)}")
+    factories = {"minilm": load_base_classifier, "tiny": lambda labels, spec: tiny_classifier(labels, spec)}
+    if model not in factories:
+        fail(f"unknown model {model!r}; use minilm or tiny")
+    if replay_source is not None and replay_source not in ReplaySource.__members__:
+        fail(f"--replay-source must be one of {', '.join(ReplaySource.__members__)}")
+    source = ReplaySource(replay_source) if replay_source is not None else None
+    try:
+        seed_values = [int(seed) for seed in seeds.split(",") if seed.strip()]
+    except ValueError:
+        fail("--seeds must be comma-separated integers")
+    if not seed_values:
+        fail("--seeds needs at least one seed")
+    overrides = {
+        "epochs": epochs,
+        "min_steps": min_steps,
+        "batch_size": batch_size,
+        "learning_rate": learning_rate,
+        "max_length": max_length,
+        "class_weighting": class_weighting,
+    }
+    try:
+        training = TrainingConfig(
+            **{key: value for key, value in overrides.items() if value is not None},
+            holdout_fraction=holdout,
+            device=device,
+        )
+        spec = ModelSpec(fields=FieldInput(field_input))
+    except ValueError as error:
+        fail(str(error))
+    try:
+        if data is not None:
+            mapping = ColumnMapping(
+                text=text_col,
+                label=label_col,
+                period=period_col,
+                site=site_col,
+                patient=patient_col,
+                fields=tuple(f.strip() for f in fields.split(",")) if fields else None,
+            )
+            records = read_records(data, mapping=mapping)
+            streams = {
+                seed: make_stream(
+                    records, holdout_fraction=holdout, name=data.name, class_incremental=class_incremental
+                )
+                for seed in seed_values
+            }
+        else:
+            from anamnesis.cohort import Scenario
+
+            if scenario not in Scenario.__members__:
+                fail(f"unknown scenario {scenario!r}")
+            streams = {
+                seed: make_stream(
+                    cohort_records(scenario, periods=periods, per_period=per_period, seed=seed),
+                    holdout_fraction=holdout,
+                    name=f"cohort {scenario}, {periods} periods x {per_period}",
+                    class_incremental=class_incremental,
+                )
+                for seed in seed_values
+            }
+    except (IngestFileError, ValueError) as error:
+        fail(str(error))
+    result = run_benchmark(
+        streams,
+        strategies=chosen,
+        training=training,
+        model=spec,
+        new_bundle=factories[model],
+        ewc_lambda=ewc_lambda,
+        replay_ratio=replay_ratio,
+        replay_source=source,
+        class_incremental=class_incremental is not None,
+        progress=lambda line: typer.echo(line, err=True),
+    )
+    command = "anamnesis bench learn " + shlex.join(sys.argv[3:] if sys.argv[1:3] == ["bench", "learn"] else [])
+    for path in write_reports(result, out, command=command.strip(), stem=stem):
+        typer.echo(f"wrote {path}")
+    for target in result["targets"]:
+        typer.echo(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}: {target['measured']}")
+
+
+@bench_app.command("serve")
+def bench_serve(
+    requests: Annotated[int, typer.Option(min=20, help="Requests at concurrency 1; 4x that at 8 and 32.")] = 100,
+    out: Annotated[Path, typer.Option(help="Folder for serve.json and serve.md.")] = Path("docs/benchmarks"),
+) -> None:
+    """Latency (p50/p95/p99) and throughput at concurrency 1, 8, 32 against a naive PyTorch endpoint."""
+    import shlex
+
+    from anamnesis.service.bench_serve import run_bench, write_reports
+
+    levels = (1, 8, 32)
+    results = run_bench(
+        levels=levels,
+        requests_per_level={1: requests, 8: requests * 4, 32: requests * 4},
+        say=lambda line: typer.echo(line, err=True),
+    )
+    command = "anamnesis bench serve " + shlex.join(sys.argv[3:])
+    for path in write_reports(results, out, command.strip()):
+        typer.echo(f"wrote {path}")
+    typer.echo(
+        f"throughput ratio at 32: {results['throughput_ratio_at_max_concurrency']}x; "
+        f"p50 at 1 / bare forward: {results['p50_c1_over_bare_forward']}x"
+    )

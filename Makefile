@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test lint bench-learn bench-learn-ci bench-ewc-state bench-drift bench-serve bench-ingest clean
+.PHONY: install run test test-fast lint bench-learn bench-learn-ci bench-ewc-state bench-drift bench-serve bench-ingest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,11 +31,22 @@ run: install
 test: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/python -m pytest
+
+# The quick loop (about a minute): lint, types, and the unit tests of storage, migrations, stored
+# results, settings, the monitor and the cohort; no training, no subprocess fleet, no browser.
+FAST_TESTS = tests/test_storage.py tests/test_migrations.py tests/test_stored_results.py tests/test_settings.py \
+	tests/test_monitor_units.py tests/test_cohort.py tests/test_architecture.py
+test-fast: install
+	$(BIN)/ruff check .
+	$(BIN)/mypy
+	$(BIN)/python -m pytest -m "not slow" -q $(FAST_TESTS)
 
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/mypy
 	$(BIN)/lint-imports
 
 bench-ingest: install

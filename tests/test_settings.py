@@ -85,6 +85,7 @@ def test_config_show_says_where_each_value_came_from_and_masks_secrets(tmp_path)
     assert "gate.significance" not in names and "training.batch_size" not in names
 
 
+@pytest.mark.slow
 def test_a_bad_setting_fails_every_command_naming_the_setting_not_its_value(tmp_path) -> None:
     env = {key: value for key, value in os.environ.items() if not key.startswith("ANAMNESIS_")}
     env.update({"ANAMNESIS_HOME": str(tmp_path), "ANAMNESIS_DB_CONNECT_TIMEOUT_S": "hunter2-secret"})

@@ -262,10 +262,10 @@ PRESET_NAMES: tuple[PresetName, ...] = get_args(PresetName)
 
 def preset(name: str) -> StrategyConfig:
     """The named strategies the benchmark compares."""
-    try:
-        return _PRESETS[name]
-    except KeyError:
-        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(_PRESETS)}") from None
+    for known, config in _PRESETS.items():
+        if known == name:
+            return config
+    raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(_PRESETS)}")
 
 
 class GateConfig(_Config):

@@ -13,7 +13,7 @@ from sqlmodel import Session
 from anamnesis.monitor.config import Family
 from anamnesis.monitor.result import DriftResult
 from anamnesis.service.presentation import ReportView, VersionView, pct
-from anamnesis.storage.models import Job
+from anamnesis.storage.models import Job, row_id
 from anamnesis.storage.queries import (
     current_model,
     list_drift_reports,
@@ -45,7 +45,7 @@ def _png(figure: Any) -> str:
 
 
 def _accuracy_plot(versions: Sequence[VersionView]) -> str | None:
-    ordered = sorted((v for v in versions if v.metrics is not None), key=lambda v: v.version.id)
+    ordered = sorted((v for v in versions if v.metrics is not None), key=lambda v: row_id(v.version))
     if not ordered:
         return None
     import matplotlib
@@ -86,7 +86,7 @@ _DRIFT_SERIES: tuple[tuple[str, Callable[[DriftResult], float | None]], ...] = (
 
 
 def _drift_plot(reports: Sequence[ReportView]) -> str | None:
-    ordered = sorted(reports, key=lambda r: r.report.id)
+    ordered = sorted(reports, key=lambda r: row_id(r.report))
     if not ordered:
         return None
     import matplotlib

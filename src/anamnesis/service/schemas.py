@@ -11,7 +11,7 @@ from anamnesis.learner.config import LearnerConfig
 from anamnesis.learner.gate import GateDecision
 from anamnesis.learner.results import AccuracyMatrix, DataWindow, UpdateMetrics
 from anamnesis.service.runtime import RuntimeChoice
-from anamnesis.storage.models import JobKind, ModelStatus, ModelVersion, RunStatus, Trigger
+from anamnesis.storage.models import JobKind, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
 from anamnesis.storage.schemas import LabelName, PatientReference, RecordBase
 
 
@@ -112,7 +112,7 @@ class ModelVersionPublic(BaseModel):
     @classmethod
     def of(cls, version: ModelVersion) -> ModelVersionPublic:
         return cls(
-            id=version.id,
+            id=row_id(version),
             parent_id=version.parent_id,
             status=version.status,
             base_model=version.base_model,

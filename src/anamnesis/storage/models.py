@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import JSON, Column, DateTime, Dialect, Index, LargeBinary, String, Text, TypeDecorator, text
 from sqlmodel import Field, SQLModel
@@ -40,6 +40,17 @@ class UTCDateTime(TypeDecorator):
 def _enum_column(*, index: bool = False) -> Column:
     # Plain strings, not native PostgreSQL enums: a new value then needs no schema migration.
     return Column(String(30), nullable=False, index=index)
+
+
+class _Stored(Protocol):
+    id: int | None
+
+
+def row_id(row: _Stored) -> int:
+    """The id of a stored row: typed `int | None` because it is None until the row is first flushed."""
+    if row.id is None:
+        raise ValueError(f"this {type(row).__name__} has not been stored yet")
+    return row.id
 
 
 class ModelStatus(StrEnum):

@@ -93,7 +93,7 @@ def bench_learn(
         fail("--seeds must be comma-separated integers")
     if not seed_values:
         fail("--seeds needs at least one seed")
-    overrides = {
+    overrides: dict[str, object] = {
         "epochs": epochs,
         "min_steps": min_steps,
         "batch_size": batch_size,
@@ -102,10 +102,9 @@ def bench_learn(
         "class_weighting": class_weighting,
     }
     try:
-        training = TrainingConfig(
-            **{key: value for key, value in overrides.items() if value is not None},
-            holdout_fraction=holdout,
-            device=device,
+        training = TrainingConfig.model_validate(
+            {key: value for key, value in overrides.items() if value is not None}
+            | {"holdout_fraction": holdout, "device": device}
         )
         spec = ModelSpec(fields=FieldInput(field_input))
     except ValueError as error:

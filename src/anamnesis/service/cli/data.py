@@ -56,7 +56,14 @@ def ingest(
     from tqdm import tqdm
 
     from anamnesis.storage.errors import IngestFileError
-    from anamnesis.storage.ingest import ColumnMapping, FileFormat, estimate_rows, ingest_file, inspect_columns
+    from anamnesis.storage.ingest import (
+        ColumnMapping,
+        FileFormat,
+        detect_format,
+        estimate_rows,
+        ingest_file,
+        inspect_columns,
+    )
 
     settings = cli.settings
     try:
@@ -81,7 +88,7 @@ def ingest(
     )
     engine = cli.engine
     try:
-        total = estimate_rows(file, fmt)
+        total = estimate_rows(file, detect_format(file, fmt))
         with tqdm(total=total, unit="row", desc=f"ingest {file.name}", disable=None, file=sys.stderr) as bar:
             report = ingest_file(
                 engine,

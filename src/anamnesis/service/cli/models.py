@@ -25,7 +25,7 @@ def train(
 
     from anamnesis.learner.progress import ProgressState, TrainingControl
     from anamnesis.service.jobs import JobContext, run_now
-    from anamnesis.storage.models import JobKind, RunStatus
+    from anamnesis.storage.models import JobKind, RunStatus, row_id
     from anamnesis.storage.queries import version_of_job
 
     cli = CliContext.of(ctx)
@@ -60,7 +60,7 @@ def train(
         fail(f"job {finished.id} failed: {(finished.error or '').splitlines()[0]}", code=1)
     typer.echo(f"job {finished.id}: {finished.progress_message}")
     with Session(cli.engine) as session:
-        version = version_of_job(session, finished.id)
+        version = version_of_job(session, row_id(finished))
     if version is not None:
         typer.echo(f"gate: {version.decision_reason}")
 

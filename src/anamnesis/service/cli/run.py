@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from anamnesis.service.cli.context import CliContext, fail
+
+if TYPE_CHECKING:
+    from sqlalchemy import Engine
 
 config_app = typer.Typer(help="The effective configuration.", no_args_is_help=True)
 
@@ -121,7 +124,7 @@ def config_show(
         typer.echo(f"{row.name:<{width}}  {row.value:<24}  {row.source}")
 
 
-def _bootstrap_admin_key(engine) -> None:
+def _bootstrap_admin_key(engine: Engine) -> None:
     """On a fresh installation, creates the first admin key and prints it, once."""
     from sqlmodel import Session
 

@@ -8,7 +8,7 @@ from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, Se
 from anamnesis.service.runtime import promote_with_runtime
 from anamnesis.service.schemas import ModelDetail, ModelVersionPublic, PromoteRequest, RollbackRequest
 from anamnesis.storage.errors import NotFoundError
-from anamnesis.storage.models import ModelVersion
+from anamnesis.storage.models import ModelVersion, row_id
 from anamnesis.storage.queries import current_model, get_model_version, lineage, list_model_versions
 from anamnesis.storage.repository import rollback_model
 
@@ -19,7 +19,7 @@ def detail(session: SessionDep, version: ModelVersion) -> ModelDetail:
     public = ModelVersionPublic.of(version)
     return ModelDetail(
         **dict(public),
-        lineage=[v.id for v in lineage(session, version.id)],
+        lineage=[row_id(v) for v in lineage(session, row_id(version))],
         accuracy_matrix=public.metrics.accuracy_matrix if public.metrics else None,
         gate=public.metrics.gate if public.metrics else None,
     )

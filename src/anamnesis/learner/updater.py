@@ -168,15 +168,19 @@ def run_update(
         last_ewc_penalty=trained.last_ewc_penalty,
         wall_s=round(time.perf_counter() - started, 2),
     )
-    stored: list[UpdateMetrics] = []
 
     def metrics(version_id: int) -> dict[str, Any]:
-        stored.append(
-            _metrics(
-                ancestors, version_id, candidate_eval, parent_eval, periods, trained_periods, decision, cost
-            ).model_copy(update={"reference": reference_result})
-        )
-        return stored[-1].model_dump(mode="json")
+        return _metrics(
+            ancestors,
+            version_id,
+            candidate_eval,
+            parent_eval,
+            periods,
+            trained_periods,
+            decision,
+            cost,
+            reference_result,
+        ).model_dump(mode="json")
 
     with Session(engine) as session:
         version = create_model_version(
@@ -206,7 +210,12 @@ def run_update(
             )
         else:
             version = reject_model_version(session, version_id=version.id, actor=actor, reason=decision.summary)
-    return UpdateOutcome(version_id=version.id, promoted=decision.accept, decision=decision, metrics=stored[-1])
+    return UpdateOutcome(
+        version_id=version.id,
+        promoted=decision.accept,
+        decision=decision,
+        metrics=UpdateMetrics.model_validate(version.metrics),
+    )
 
 
 def _metrics(
@@ -218,6 +227,7 @@ def _metrics(
     trained_periods: list[str],
     decision: GateDecision,
     cost: TrainingCost,
+    reference: ReferenceResult | None,
 ) -> UpdateMetrics:
     history = [(v, UpdateMetrics.from_stored(v), DataWindow.from_stored(v)) for v in ancestors]
     rows = [MatrixRow(version_id=v.id, accuracy=m.accuracy_row if m else {}) for v, m, _ in history]
@@ -233,6 +243,7 @@ def _metrics(
         continual=continual_metrics([r.accuracy for r in rows], learned_at, trained_periods),
         gate=decision,
         training=cost,
+        reference=reference,
     )
 
 

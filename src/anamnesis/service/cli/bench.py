@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from anamnesis.service.cli.context import fail
+from anamnesis.service.cli.context import comma_list, fail
 
 bench_app = typer.Typer(help="Benchmarks; results go to docs/benchmarks/.", no_args_is_help=True)
 
@@ -117,7 +117,7 @@ def bench_learn(
                 period=period_col,
                 site=site_col,
                 patient=patient_col,
-                fields=tuple(f.strip() for f in fields.split(",")) if fields else None,
+                fields=comma_list(fields),
             )
             records = read_records(data, mapping=mapping)
             streams = {

@@ -22,6 +22,11 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def comma_list(text: str | None) -> tuple[str, ...] | None:
+    """The names in a comma-separated option ("a, b" -> ("a", "b")); None when the option is absent."""
+    return tuple(name.strip() for name in text.split(",") if name.strip()) if text else None
+
+
 def settings_problem(error: ValidationError) -> str:
     """Which settings are wrong and why, without their values (a value may be a secret)."""
     return "; ".join(

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from anamnesis.service.cli.context import ACTOR, CliContext, fail
+from anamnesis.service.cli.context import ACTOR, CliContext, comma_list, fail
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 cohort_app = typer.Typer(help="Synthetic oncology cohorts.", no_args_is_help=True)
@@ -83,7 +83,7 @@ def ingest(
         time=time_col,
         site=site_col,
         patient=patient_col,
-        fields=tuple(name.strip() for name in fields.split(",") if name.strip()) if fields else None,
+        fields=comma_list(fields),
         default_site=site,
     )
     engine = cli.engine

@@ -102,9 +102,7 @@ def models_show(ctx: typer.Context, version: Annotated[int, typer.Argument(help=
     cli = CliContext.of(ctx)
     from sqlmodel import Session
 
-    from anamnesis.learner.results import UpdateMetrics
-    from anamnesis.service.presentation import pct
-    from anamnesis.service.runtime import RuntimeChoice
+    from anamnesis.service.presentation import VersionView, pct
     from anamnesis.storage.errors import NotFoundError
     from anamnesis.storage.queries import get_model_version
 
@@ -116,9 +114,9 @@ def models_show(ctx: typer.Context, version: Annotated[int, typer.Argument(help=
             fail(str(error))
     typer.echo(f"model version v{v.id} ({v.status}), parent {('v' + str(v.parent_id)) if v.parent_id else 'none'}")
     typer.echo(f"labels: {', '.join(v.label_map)}")
-    runtime = RuntimeChoice.from_stored(v)
-    typer.echo(f"runtime: {runtime.kind if runtime else 'not chosen (never promoted)'}")
-    metrics = UpdateMetrics.from_stored(v)
+    view = VersionView.of(v)
+    typer.echo(f"runtime: {view.runtime if v.runtime else 'not chosen (never promoted)'}")
+    metrics = view.metrics
     if metrics is None:
         typer.echo("no stored metrics")
         return

@@ -10,7 +10,7 @@ from sqlmodel import Session
 from anamnesis.learner.config import EWCConfig, GateConfig, LearnerConfig, ReplayConfig, StrategyConfig, TrainingConfig
 from anamnesis.learner.modeling import tiny_classifier
 from anamnesis.learner.updater import UpdateOutcome, run_update
-from anamnesis.service.runtime import runtime_preparer
+from anamnesis.service.predicting.runtime import runtime_preparer
 from anamnesis.service.settings import Settings
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine

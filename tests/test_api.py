@@ -306,6 +306,31 @@ def test_open_inference_protocol_v2(deployment) -> None:
     assert client.post("/v2/models/anamnesis/infer", json=wrong_type, headers=keys.header()).status_code == 400
 
 
+def test_every_v2_failure_answers_the_protocols_error_body(deployment) -> None:
+    client, keys, _ = deployment
+    notes = ["lobe tumour"] * 300
+    too_many = {"inputs": [{"name": "note", "shape": [300], "datatype": "BYTES", "data": notes}]}
+    refusals = [
+        client.get("/v2/models/other"),
+        client.get("/v2/models/other/ready"),
+        client.post("/v2/models/other/infer", json=too_many, headers=keys.header("predict")),
+        client.post("/v2/models/anamnesis/infer", json=too_many, headers=keys.header("predict")),
+    ]
+    assert [response.status_code for response in refusals] == [404, 404, 404, 413]
+    assert all(set(response.json()) == {"error"} for response in refusals)
+    assert "at most 256" in refusals[-1].json()["error"]
+    bad_fields = {
+        "inputs": [
+            {"name": "note", "shape": [1], "datatype": "BYTES", "data": ["x"]},
+            {"name": "fields", "shape": [1], "datatype": "BYTES", "data": ["{not json"]},
+        ]
+    }
+    response = client.post("/v2/models/anamnesis/infer", json=bad_fields, headers=keys.header("predict"))
+    assert response.status_code == 400 and "JSON objects" in response.json()["error"]
+    # The same refusal on /v1 keeps FastAPI's `detail` body.
+    assert set(client.post("/v1/predict", json=[NOTE] * 300, headers=keys.header("predict")).json()) == {"detail"}
+
+
 def test_dashboard_renders_current_model_and_history(deployment) -> None:
     client, _, _ = deployment
     page = client.get("/")

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -344,6 +344,15 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def length_sorted_batches(inputs: ModelInputs, batch_size: int) -> Iterator[list[int]]:
+    """Row indices in batches of similar token length, so that padding stays small."""
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+    order = sorted(range(len(inputs)), key=lambda index: len(inputs.token_ids[index]))
+    for start in range(0, len(order), batch_size):
+        yield order[start : start + batch_size]
+
+
 @torch.inference_mode()
 def predict_proba(
     bundle: ModelBundle, inputs: ModelInputs, *, batch_size: int = 64, device: torch.device | None = None
@@ -351,12 +360,10 @@ def predict_proba(
     """Class probabilities for encoded records, batched by length to keep padding small."""
     device = device or torch.device("cpu")
     bundle.model.to(device).eval()
-    order = sorted(range(len(inputs)), key=lambda index: len(inputs.token_ids[index]))
     result = torch.empty((len(inputs), len(bundle.labels)), dtype=torch.float32)
     pad_id = bundle.tokenizer.pad_token_id or 0
     features = torch.from_numpy(inputs.features)
-    for start in range(0, len(order), batch_size):
-        chunk = order[start : start + batch_size]
+    for chunk in length_sorted_batches(inputs, batch_size):
         ids, mask = pad_batch([inputs.token_ids[index] for index in chunk], pad_id)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = bundle.model(ids.to(device), mask.to(device), features[chunk].to(device))

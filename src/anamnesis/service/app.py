@@ -19,8 +19,10 @@ from anamnesis.service.dashboard import render_dashboard
 from anamnesis.service.deps import RowId, SessionDep, StateDep
 from anamnesis.service.errors import register_error_handlers
 from anamnesis.service.metrics import ServiceMetrics
+from anamnesis.service.predicting.batcher import MicroBatcher
+from anamnesis.service.predicting.registry import DatabaseHealth, ModelRegistry
+from anamnesis.service.predicting.writer import PredictionWriter
 from anamnesis.service.routes import data, drift, health, inference_v2, jobs, models, predict
-from anamnesis.service.serving import DatabaseHealth, MicroBatcher, ModelRegistry, PredictionWriter
 from anamnesis.service.settings import Settings
 from anamnesis.service.state import ServiceState
 from anamnesis.service.worker import Worker

@@ -24,13 +24,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-import torch
 from pydantic import BaseModel, Field
 from sqlmodel import Session
 
 from anamnesis.cohort import Plan, generate
-from anamnesis.learner.modeling import BASE_MODEL_NAME, encode_records, load_base_classifier, pad_batch, save_bundle
-from anamnesis.service.runtime import choose_runtime
+from anamnesis.learner.modeling import BASE_MODEL_NAME, load_base_classifier, save_bundle
+from anamnesis.service.predicting.runtime import LoadedModel, PyTorchRuntime, choose_runtime
 from anamnesis.storage.artifacts import write_artifact
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
@@ -80,19 +79,21 @@ def _install(home: Path) -> tuple[StorageConfig, str]:
     return config, key
 
 
-def bare_forward_ms(samples: list[dict[str, Any]], repeats: int = 30) -> float:
+def _base_model() -> LoadedModel:
+    """The untrained base classifier behind the same batched inference the service uses, in PyTorch."""
     bundle = load_base_classifier(LABELS)
-    bundle.model.eval()
+    return LoadedModel(version_id=0, bundle=bundle, runtime=PyTorchRuntime(bundle), max_length=128)
+
+
+def bare_forward_ms(samples: list[dict[str, Any]], repeats: int = 30) -> float:
+    model = _base_model()
     timings = []
-    with torch.inference_mode():
-        for index in range(repeats + 5):
-            item = samples[index % len(samples)]
-            started = time.perf_counter()
-            inputs = encode_records(bundle, [item["note"]], [item["fields"]], max_length=128)
-            ids, mask = pad_batch(inputs.token_ids, 0)
-            bundle.model(ids, mask, torch.from_numpy(inputs.features))
-            if index >= 5:
-                timings.append((time.perf_counter() - started) * 1000)
+    for index in range(repeats + 5):
+        item = samples[index % len(samples)]
+        started = time.perf_counter()
+        model.predict([item["note"]], [item["fields"]])
+        if index >= 5:
+            timings.append((time.perf_counter() - started) * 1000)
     return statistics.median(timings)
 
 
@@ -259,8 +260,7 @@ def naive_app():
     """The baseline: one PyTorch forward per request, no batching, no background work."""
     from fastapi import FastAPI
 
-    bundle = load_base_classifier(LABELS)
-    bundle.model.eval()
+    model = _base_model()
     app = FastAPI()
 
     @app.get("/healthz")
@@ -269,10 +269,7 @@ def naive_app():
 
     @app.post("/predict")
     def predict(item: NaiveItem) -> dict[str, Any]:
-        inputs = encode_records(bundle, [item.note], [item.fields], max_length=128)
-        ids, mask = pad_batch(inputs.token_ids, 0)
-        with torch.inference_mode():
-            probabilities = bundle.model(ids, mask, torch.from_numpy(inputs.features)).softmax(-1)[0]
+        probabilities = model.predict([item.note], [item.fields]).probabilities[0]
         best = int(probabilities.argmax())
         return {"label": LABELS[best], "confidence": float(probabilities[best])}
 

@@ -28,7 +28,7 @@ from sqlmodel import Session
 
 from anamnesis.cohort import generate, write_stream
 from anamnesis.learner.updater import run_update
-from anamnesis.service.runtime import promote_with_runtime, runtime_preparer
+from anamnesis.service.predicting.runtime import promote_with_runtime, runtime_preparer
 from anamnesis.service.settings import Settings
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.ingest import ColumnMapping, ingest_file

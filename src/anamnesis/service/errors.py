@@ -1,13 +1,19 @@
-"""The one place where domain errors become HTTP answers."""
+"""The one place where domain errors become HTTP answers.
+
+Answers carry `{"detail": message}`, except under /v2, where the Open Inference Protocol asks for
+`{"error": message}`.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
 from anamnesis.learner.errors import NothingToLearnError
-from anamnesis.service.serving import NoModelError
+from anamnesis.service.predicting.errors import DatabaseUnavailableError, NoModelError, TooManyRecordsError
 from anamnesis.storage.errors import (
     ArtifactIntegrityError,
     ArtifactWriteError,
@@ -23,32 +29,56 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (LeaseHeldError, 409),
     (NothingToLearnError, 409),
     (InvalidInputError, 422),
+    (TooManyRecordsError, 413),
     (NoModelError, 503),
     (ArtifactIntegrityError, 500),
     (ArtifactWriteError, 500),
 ]
 
 
+RETRY_AFTER = {"Retry-After": "5"}
+
+
+class V2Error(Exception):
+    """A request the Open Inference Protocol routes refuse, with its status."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def register_error_handlers(app: FastAPI) -> None:
     for error_type, status in _STATUS:
         app.add_exception_handler(error_type, _handler(status))
+    app.add_exception_handler(V2Error, _v2_error)
+    app.add_exception_handler(DatabaseUnavailableError, _handler(503, RETRY_AFTER))
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(SQLAlchemyError, _database_error)
 
 
-def _handler(status: int):
+def _answer(request: Request, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
+    key = "error" if request.url.path.startswith("/v2/") else "detail"
+    return JSONResponse({key: message}, status_code=status, headers=headers)
+
+
+def _handler(
+    status: int, headers: dict[str, str] | None = None
+) -> Callable[[Request, Exception], Awaitable[JSONResponse]]:
     async def handle(request: Request, error: Exception) -> JSONResponse:
-        return JSONResponse({"detail": str(error)}, status_code=status)
+        return _answer(request, str(error), status, headers)
 
     return handle
 
 
+async def _v2_error(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, V2Error)
+    return _answer(request, str(error), error.status)
+
+
 async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:
     request.app.state.service.health.failed(error)
-    return JSONResponse(
-        {"detail": "the database is unavailable; try again shortly"}, status_code=503, headers={"Retry-After": "5"}
-    )
+    return _answer(request, "the database is unavailable; try again shortly", 503, RETRY_AFTER)
 
 
 async def _database_error(request: Request, error: Exception) -> JSONResponse:
-    return JSONResponse({"detail": f"database error ({type(error).__name__})"}, status_code=500)
+    return _answer(request, f"database error ({type(error).__name__})", 500)

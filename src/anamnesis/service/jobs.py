@@ -17,7 +17,7 @@ from sqlmodel import Session
 from anamnesis.learner.errors import NothingToLearnError, TrainingStoppedError
 from anamnesis.learner.progress import ProgressHook, ProgressState, TrainingControl
 from anamnesis.learner.updater import run_update
-from anamnesis.service.runtime import runtime_preparer
+from anamnesis.service.predicting.runtime import runtime_preparer
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import LeaseHeldError
 from anamnesis.storage.models import Job, JobKind, RunStatus, Trigger

@@ -20,11 +20,11 @@ from sqlmodel import Session
 
 from anamnesis.learner.results import DataWindow
 from anamnesis.learner.updater import holdout_of
-from anamnesis.monitor.data import WindowData, window_from_records
+from anamnesis.monitor.data import Predictor, WindowData, window_from_records
 from anamnesis.monitor.errors import WindowTooSmallError
 from anamnesis.monitor.reference import ReferenceCache
 from anamnesis.monitor.runner import UpdateContext, run_and_store
-from anamnesis.service.runtime import LoadedModel, load_model
+from anamnesis.service.predicting.runtime import LoadedModel, load_model
 from anamnesis.service.settings import Settings
 from anamnesis.storage.models import JobKind, ModelVersion, Trigger, utcnow
 from anamnesis.storage.queries import WindowRecord, current_model, labeled_records_since, last_job_since, recent_records
@@ -33,10 +33,12 @@ from anamnesis.storage.repository import create_job
 logger = logging.getLogger("anamnesis.monitoring")
 
 
-def predictor(model: LoadedModel):
+def predictor(model: LoadedModel) -> Predictor:
+    """The served model as the monitor's plain callable: (embeddings, probabilities) of records."""
+
     def predict(notes: Sequence[str], fields: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
-        probabilities, embeddings = model.infer(model.encode(list(notes), [dict(f) for f in fields]))
-        return embeddings, probabilities
+        outputs = model.predict(notes, fields)
+        return outputs.embeddings, outputs.probabilities
 
     return predict
 
@@ -62,10 +64,10 @@ def current_window(rows: Sequence[WindowRecord], model: LoadedModel, description
     missing = [row for row in rows if row.prediction is None or row.prediction.embedding is None]
     computed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if missing:
-        embeddings, probabilities = predictor(model)(
-            [r.record.note for r in missing], [r.record.fields for r in missing]
-        )
-        computed = {r.record.id: (e, p) for r, e, p in zip(missing, embeddings, probabilities, strict=True)}
+        outputs = model.predict([r.record.note for r in missing], [r.record.fields for r in missing])
+        computed = {
+            r.record.id: (e, p) for r, e, p in zip(missing, outputs.embeddings, outputs.probabilities, strict=True)
+        }
     embedding_rows, probability_rows = [], []
     for row in rows:
         if row.record.id in computed:

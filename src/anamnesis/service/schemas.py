@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from anamnesis.learner.config import LearnerConfig
 from anamnesis.learner.gate import GateDecision
 from anamnesis.learner.results import AccuracyMatrix, DataWindow, UpdateMetrics
-from anamnesis.service.runtime import RuntimeChoice
+from anamnesis.service.predicting.runtime import RuntimeChoice
 from anamnesis.storage.models import JobKind, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
 from anamnesis.storage.schemas import LabelName, PatientReference, RecordBase
 

@@ -11,7 +11,9 @@ from sqlmodel import Session
 
 from anamnesis.service.auth import KeyVerifier
 from anamnesis.service.metrics import ServiceMetrics
-from anamnesis.service.serving import DatabaseHealth, MicroBatcher, ModelRegistry, PredictionWriter
+from anamnesis.service.predicting.batcher import MicroBatcher
+from anamnesis.service.predicting.registry import DatabaseHealth, ModelRegistry
+from anamnesis.service.predicting.writer import PredictionWriter
 from anamnesis.service.settings import Settings
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.queries import current_model, job_counts, latest_drift_report

@@ -147,7 +147,7 @@ def promote(
     cli = CliContext.of(ctx)
     from sqlmodel import Session
 
-    from anamnesis.service.runtime import RuntimeChoice, promote_with_runtime
+    from anamnesis.service.predicting.runtime import RuntimeChoice, promote_with_runtime
     from anamnesis.storage.errors import ConflictError, NotFoundError
 
     settings, engine = cli.settings, cli.engine

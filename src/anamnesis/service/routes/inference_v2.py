@@ -16,7 +16,8 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from anamnesis.service.deps import PredictKey, StateDep
-from anamnesis.service.routes.predict import classify
+from anamnesis.service.errors import V2Error
+from anamnesis.service.predicting.classify import classify
 from anamnesis.service.schemas import (
     PredictItem,
     V2InferRequest,
@@ -28,16 +29,6 @@ from anamnesis.service.schemas import (
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 MODEL_NAME = "anamnesis"
-
-
-class V2Error(Exception):
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-def _error(message: str, status: int) -> JSONResponse:
-    return JSONResponse({"error": message}, status_code=status)
 
 
 @router.get("/health/live")
@@ -58,10 +49,7 @@ def _check_name(name: str) -> None:
 
 @router.get("/models/{name}", response_model=V2ModelMetadata, responses={404: {"description": "Unknown model."}})
 def metadata(name: str, state: StateDep) -> Any:
-    try:
-        _check_name(name)
-    except V2Error as error:
-        return _error(str(error), error.status)
+    _check_name(name)
     model = state.registry.current
     labels = list(model.labels) if model else []
     return V2ModelMetadata(
@@ -84,8 +72,7 @@ def metadata(name: str, state: StateDep) -> Any:
 
 @router.get("/models/{name}/ready", responses={503: {"description": "Not ready."}})
 def model_ready(name: str, state: StateDep) -> JSONResponse:
-    if name != MODEL_NAME:
-        return _error(f"unknown model {name!r}", 404)
+    _check_name(name)
     is_ready = state.registry.current is not None
     return JSONResponse({"name": MODEL_NAME, "ready": is_ready}, status_code=200 if is_ready else 503)
 
@@ -101,6 +88,13 @@ def _strings(tensor: V2Tensor) -> list[str]:
     return values
 
 
+def _json_object(value: str) -> Any:
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError as error:
+        raise V2Error(f"fields must hold JSON objects ({error.msg})") from None
+
+
 def _items(request: V2InferRequest) -> list[PredictItem]:
     tensors = {tensor.name: tensor for tensor in request.inputs}
     unknown = set(tensors) - {"note", "fields", "site"}
@@ -109,7 +103,7 @@ def _items(request: V2InferRequest) -> list[PredictItem]:
     if "note" not in tensors:
         raise V2Error("input 'note' is required")
     notes = _strings(tensors["note"])
-    fields = [json.loads(value) for value in _strings(tensors["fields"])] if "fields" in tensors else [{}] * len(notes)
+    fields = [_json_object(v) for v in _strings(tensors["fields"])] if "fields" in tensors else [{}] * len(notes)
     sites = _strings(tensors["site"]) if "site" in tensors else ["default"] * len(notes)
     if not len(fields) == len(sites) == len(notes):
         raise V2Error("inputs note, fields and site must have the same length")
@@ -118,7 +112,7 @@ def _items(request: V2InferRequest) -> list[PredictItem]:
         if not isinstance(field_values, dict):
             raise V2Error(f"fields[{index}] must be a JSON object")
         try:
-            items.append(PredictItem(note=note, fields=field_values, site=site))
+            items.append(PredictItem.model_validate({"note": note, "fields": field_values, "site": site}))
         except ValidationError as error:
             problems = "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_input=False)
@@ -133,13 +127,8 @@ def _items(request: V2InferRequest) -> list[PredictItem]:
     responses={400: {"description": "Bad input."}, 404: {"description": "Unknown model."}},
 )
 async def infer(name: str, request: V2InferRequest, state: StateDep, _: PredictKey) -> Any:
-    try:
-        _check_name(name)
-        items = _items(request)
-    except json.JSONDecodeError as error:
-        return _error(f"fields must hold JSON objects ({error.msg})", 400)
-    except V2Error as error:
-        return _error(str(error), error.status)
+    _check_name(name)
+    items = _items(request)
     answered = await classify(state, items)
     first = answered[0][1]
     labels, version = list(first.probabilities), first.version_id

@@ -5,7 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep, StateDep
-from anamnesis.service.runtime import promote_with_runtime
+from anamnesis.service.predicting.runtime import promote_with_runtime
 from anamnesis.service.schemas import ModelDetail, ModelVersionPublic, PromoteRequest, RollbackRequest
 from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.models import ModelVersion, row_id

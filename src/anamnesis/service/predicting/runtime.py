@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
@@ -28,11 +28,13 @@ from anamnesis.learner.modeling import (
     ModelInputs,
     RecordClassifier,
     encode_records,
+    length_sorted_batches,
     load_bundle,
     pad_batch,
 )
+from anamnesis.learner.updater import RuntimePreparer, holdout_of
 from anamnesis.storage.artifacts import verify_artifact, write_artifact
-from anamnesis.storage.models import ModelVersion
+from anamnesis.storage.models import ModelVersion, row_id
 from anamnesis.storage.queries import LabeledRecord, get_model_version
 from anamnesis.storage.repository import promote_model_version
 
@@ -85,8 +87,9 @@ class _LogitsAndEmbeddings(torch.nn.Module):
 
 
 def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
-    return shifted / shifted.sum(axis=1, keepdims=True)
+    shifted: np.ndarray = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
+    return probabilities
 
 
 class PyTorchRuntime:
@@ -156,9 +159,42 @@ def export_onnx_int8(bundle: ModelBundle, folder: Path) -> None:
     full.unlink()
 
 
+INFERENCE_BATCH = 64
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """What the model says about records, row for row in input order."""
+
+    probabilities: np.ndarray  # (rows, classes), columns in the model's label order
+    embeddings: np.ndarray  # (rows, hidden): the mean-pooled note embedding the monitor compares
+
+
+def infer_batched(
+    runtime: Runtime, bundle: ModelBundle, inputs: ModelInputs, *, batch_size: int = INFERENCE_BATCH
+) -> Outputs:
+    """The service's one batched inference: length-sorted batches through `runtime`, rows in input order.
+
+    Needs at least one record."""
+    pad_id = bundle.tokenizer.pad_token_id or 0
+    order: list[int] = []
+    probability_parts: list[np.ndarray] = []
+    embedding_parts: list[np.ndarray] = []
+    for chunk in length_sorted_batches(inputs, batch_size):
+        ids, mask = pad_batch([inputs.token_ids[index] for index in chunk], pad_id)
+        probabilities, embeddings = runtime.infer(ids.numpy(), mask.numpy(), inputs.features[chunk])
+        order.extend(chunk)
+        probability_parts.append(probabilities)
+        embedding_parts.append(embeddings)
+    if not order:
+        raise ValueError("no records to infer")
+    restore = np.argsort(order)
+    return Outputs(np.concatenate(probability_parts)[restore], np.concatenate(embedding_parts)[restore])
+
+
 @dataclass(frozen=True)
 class LoadedModel:
-    """A model version ready to serve: its runtime, and the bundle's encoding of records."""
+    """A model version ready to serve: its runtime and the bundle that encodes records for it."""
 
     version_id: int
     bundle: ModelBundle
@@ -173,28 +209,17 @@ class LoadedModel:
     def labels(self) -> tuple[str, ...]:
         return self.bundle.labels
 
-    def encode(self, notes: Sequence[str], fields: Sequence[dict[str, Any]]) -> ModelInputs:
-        return encode_records(self.bundle, notes, fields, max_length=self.max_length)
-
-    def infer(self, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray]:
-        return _infer(self.runtime, self.bundle, inputs)
-
-
-def _infer(runtime: Runtime, bundle: ModelBundle, inputs: ModelInputs) -> tuple[np.ndarray, np.ndarray]:
-    ids, mask = pad_batch(inputs.token_ids, bundle.tokenizer.pad_token_id or 0)
-    return runtime.infer(ids.numpy(), mask.numpy(), inputs.features)
+    def predict(self, notes: Sequence[str], fields: Sequence[Mapping[str, Any]]) -> Outputs:
+        """Class probabilities and note embeddings of records, by the batched inference."""
+        inputs = encode_records(self.bundle, notes, fields, max_length=self.max_length)
+        return infer_batched(self.runtime, self.bundle, inputs)
 
 
 def _accuracy(runtime: Runtime, bundle: ModelBundle, records: Sequence[LabeledRecord], max_length: int) -> float:
     """Accuracy of `runtime` on labeled records (at least one)."""
-    inputs = encode_labeled(bundle, records, max_length=max_length)
-    correct = 0
-    for start in range(0, len(records), 64):
-        chunk = list(range(start, min(start + 64, len(records))))
-        probabilities, _ = _infer(runtime, bundle, inputs.rows(chunk))
-        predicted = probabilities.argmax(axis=1)
-        correct += sum(bundle.labels[int(p)] == records[i].label for p, i in zip(predicted, chunk, strict=True))
-    return correct / len(records)
+    outputs = infer_batched(runtime, bundle, encode_labeled(bundle, records, max_length=max_length))
+    predicted = outputs.probabilities.argmax(axis=1)
+    return sum(bundle.labels[int(p)] == r.label for p, r in zip(predicted, records, strict=True)) / len(records)
 
 
 def choose_runtime(
@@ -254,10 +279,10 @@ def load_model(version: ModelVersion, *, max_length: int, mode: str = "auto") ->
         runtime = OnnxRuntime(folder / ONNX_FILE)
     else:
         runtime = PyTorchRuntime(bundle)
-    return LoadedModel(version_id=version.id, bundle=bundle, runtime=runtime, max_length=max_length)
+    return LoadedModel(version_id=row_id(version), bundle=bundle, runtime=runtime, max_length=max_length)
 
 
-def runtime_preparer(*, artifacts_dir: Path, max_length: int, mode: str):
+def runtime_preparer(*, artifacts_dir: Path, max_length: int, mode: str) -> RuntimePreparer:
     """The promotion hook of `learner.updater.run_update`: export, validate and choose the runtime."""
 
     def prepare(version: ModelVersion, bundle: ModelBundle, holdout: Sequence[LabeledRecord]) -> dict[str, Any]:
@@ -279,7 +304,6 @@ def promote_with_runtime(
     mode: str,
 ) -> ModelVersion:
     """A manual promotion: chooses the serving runtime first when the version never had one."""
-    from anamnesis.learner.updater import holdout_of
 
     version = get_model_version(session, version_id)
     runtime = None

@@ -16,12 +16,13 @@ import pytest
 from pydantic import ValidationError
 
 from anamnesis.cohort import generate
-from anamnesis.monitor.checks import run_check
+from anamnesis.monitor.checks import FAMILY_CHECKS, run_check
 from anamnesis.monitor.config import (
     DriftConfig,
     EmbeddingDriftConfig,
     EmbeddingMethod,
     Family,
+    FamilyConfig,
     PerformanceConfig,
     PolicyConfig,
     StructuredDriftConfig,
@@ -406,6 +407,22 @@ def test_disabled_families_are_reported_as_not_computed() -> None:
             computed=False, flagged=False, severity=0.0, scores={}, reason="disabled"
         )
     assert result.families[Family.structured].computed and result.families[Family.predictions].computed
+
+
+def test_every_family_has_a_check_a_config_section_and_a_headline_in_its_scores() -> None:
+    assert list(FAMILY_CHECKS) == list(Family)
+    config = SMALL.model_copy(update={"performance": PerformanceConfig(min_labels=10)})
+    assert all(isinstance(config.section(family), FamilyConfig) for family in Family)
+    reference = ReferenceProfile.build(_window(60, seed=0), config)
+    result = run_check(reference, _window(60, seed=1), config)
+    for family, check in FAMILY_CHECKS.items():
+        assert check.family == family and result.families[family].computed, family
+        if check.headline is not None:
+            assert check.headline.value(result.families[family]) is not None, family
+    # The performance summary is the performance family's measurements, not a second computation.
+    performance = result.families[Family.performance].scores
+    assert result.performance.measured_accuracy == performance["measured_accuracy"]
+    assert result.performance.labeled_rows == 60
 
 
 # --- results --------------------------------------------------------------------------------------

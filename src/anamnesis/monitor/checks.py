@@ -14,7 +14,7 @@ import weakref
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
@@ -22,7 +22,6 @@ from anamnesis.monitor.config import (
     DriftConfig,
     EmbeddingMethod,
     Family,
-    PerformanceConfig,
     StructuredDriftConfig,
     TextDescriptor,
 )
@@ -48,8 +47,8 @@ def _severity(score: float | None, threshold: float, baseline: float = 0.0) -> f
     return float(min(1.0, max(0.0, (score - baseline) / (threshold - baseline) / 2)))
 
 
-def _not_computed(reason: str) -> FamilyResult:
-    return FamilyResult(computed=False, flagged=False, severity=0.0, scores={}, reason=reason)
+def _not_computed(reason: str, scores: dict[str, Any] | None = None) -> FamilyResult:
+    return FamilyResult(computed=False, flagged=False, severity=0.0, scores=json_safe(scores or {}), reason=reason)
 
 
 def _names(columns: Sequence[str], limit: int = 6) -> str:
@@ -125,9 +124,10 @@ def plan_structured(reference: pd.DataFrame, current: pd.DataFrame, config: Stru
     )
 
 
-def _structured(reference: ReferenceProfile, current: WindowData, config: StructuredDriftConfig) -> FamilyResult:
+def _structured(reference: ReferenceProfile, current: WindowData, drift_config: DriftConfig) -> FamilyResult:
     from anamnesis.monitor import evidently_adapter
 
+    config = drift_config.structured
     plan = plan_structured(reference.window.fields, current.fields, config)
     drift = evidently_adapter.column_drift(plan.reference, plan.current, plan.specs)
     columns: dict[str, Any] = {}
@@ -403,12 +403,16 @@ def _predictions(reference: ReferenceProfile, current: WindowData, config: Drift
 # --- performance --------------------------------------------------------------------------------
 
 
-def _performance(
-    reference: ReferenceProfile, current: WindowData, config: PerformanceConfig
-) -> tuple[FamilyResult, PerformanceSummary, tuple[str, ...]]:
+def unknown_label_rows(window: WindowData) -> Counter[str]:
+    """Labeled rows per label the model does not know."""
+    known = set(window.class_names)
+    return Counter(label for label in window.truth if label is not None and label not in known)
+
+
+def _performance(reference: ReferenceProfile, current: WindowData, drift_config: DriftConfig) -> FamilyResult:
+    config = drift_config.performance
     labeled = [index for index, label in enumerate(current.truth) if label is not None]
-    known = set(current.class_names)
-    unknown_rows = Counter(current.truth[index] for index in labeled if current.truth[index] not in known)
+    unknown_rows = unknown_label_rows(current)
     new_labels = tuple(sorted(unknown_rows))
     summary: dict[str, Any] = {
         "labeled_rows": len(labeled),
@@ -466,13 +470,68 @@ def _performance(
             severity = 1.0
         parts.append(f"{rows} labels name classes the model does not know: {_names(list(new_labels))}")
     scores = {**summary, "new_label_rows": sum(unknown_rows.values())}
-    performance = PerformanceSummary.model_validate(json_safe(summary))
     if not computed:
-        return _not_computed("; ".join(parts)), performance, new_labels
-    family = FamilyResult(
+        return _not_computed("; ".join(parts), scores)
+    return FamilyResult(
         computed=True, flagged=flagged, severity=severity, scores=json_safe(scores), reason="; ".join(parts)
     )
-    return family, performance, new_labels
+
+
+# --- the registry -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Headline:
+    """The measurement that sums up a family from check to check, as a chart plots it."""
+
+    score: str
+    """The key of the family's scores."""
+    label: str
+    """How a chart names it."""
+
+    def value(self, result: FamilyResult) -> float | None:
+        value = result.scores.get(self.score)
+        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+class FamilyCheck(Protocol):
+    """One family of drift signals. A new family is a `Family` member, its section of `DriftConfig`
+    and a check here; the check, the stored result, the policy's severities, the report's summary and
+    the dashboard's chart take it from there."""
+
+    @property
+    def family(self) -> Family: ...
+
+    @property
+    def headline(self) -> Headline | None: ...
+
+    def run(self, reference: ReferenceProfile, current: WindowData, config: DriftConfig) -> FamilyResult:
+        """The family's verdict on `current` against the reference (called only when it is enabled)."""
+        ...
+
+
+@dataclass(frozen=True)
+class FunctionCheck:
+    """A `FamilyCheck` made of a function."""
+
+    family: Family
+    compute: Callable[[ReferenceProfile, WindowData, DriftConfig], FamilyResult]
+    headline: Headline | None = None
+
+    def run(self, reference: ReferenceProfile, current: WindowData, config: DriftConfig) -> FamilyResult:
+        return self.compute(reference, current, config)
+
+
+FAMILY_CHECKS: dict[Family, FamilyCheck] = {
+    check.family: check
+    for check in (
+        FunctionCheck(Family.structured, _structured, Headline("drifted_share", "structured")),
+        FunctionCheck(Family.text, _text, Headline("content_auc", "text (classifier AUC)")),
+        FunctionCheck(Family.embeddings, _embeddings, Headline("score", "embeddings (AUC)")),
+        FunctionCheck(Family.predictions, _predictions, Headline("class_distance", "predictions (JS)")),
+        FunctionCheck(Family.performance, _performance, Headline("measured_drop", "accuracy drop")),
+    )
+}
 
 
 # --- the check ----------------------------------------------------------------------------------
@@ -498,34 +557,13 @@ def run_check(reference: ReferenceProfile, current: WindowData, config: DriftCon
     validate_windows(reference, current, config)
     timings: dict[str, float] = {}
     families: dict[Family, FamilyResult] = {}
-
-    def timed(family: Family, compute: Callable[[], FamilyResult]) -> None:
+    for family in Family:
         started = time.perf_counter()
-        families[family] = compute()
+        if config.section(family).enabled:
+            families[family] = FAMILY_CHECKS[family].run(reference, current, config)
+        else:
+            families[family] = _not_computed("disabled")
         timings[family.value] = round(time.perf_counter() - started, 3)
-
-    enabled = {
-        Family.structured: config.structured.enabled,
-        Family.text: config.text.enabled,
-        Family.embeddings: config.embeddings.enabled,
-        Family.predictions: config.predictions.enabled,
-    }
-    computations: dict[Family, Callable[[], FamilyResult]] = {
-        Family.structured: lambda: _structured(reference, current, config.structured),
-        Family.text: lambda: _text(reference, current, config),
-        Family.embeddings: lambda: _embeddings(reference, current, config),
-        Family.predictions: lambda: _predictions(reference, current, config),
-    }
-    for family, compute in computations.items():
-        timed(family, compute if enabled[family] else lambda: _not_computed("disabled"))
-    started = time.perf_counter()
-    if config.performance.enabled:
-        families[Family.performance], performance, new_labels = _performance(reference, current, config.performance)
-    else:
-        families[Family.performance] = _not_computed("disabled")
-        performance = PerformanceSummary(labeled_rows=current.labeled_rows)
-        new_labels = tuple(sorted({label for label in current.truth if label and label not in current.class_names}))
-    timings[Family.performance.value] = round(time.perf_counter() - started, 3)
     structured = families[Family.structured]
     new_fields = tuple(structured.scores.get("new_fields", ())) if structured.computed else ()
     return DriftResult(
@@ -533,9 +571,9 @@ def run_check(reference: ReferenceProfile, current: WindowData, config: DriftCon
         current_window=json_safe(current.summary()),
         drift_detected=any(result.flagged for result in families.values()),
         flags={family: result.flagged for family, result in families.items()},
-        families={family: families[family] for family in Family},
-        performance=performance,
-        new_labels=new_labels,
+        families=families,
+        performance=PerformanceSummary.from_scores(families[Family.performance].scores, current.labeled_rows),
+        new_labels=tuple(sorted(unknown_label_rows(current))),
         new_fields=new_fields,
         timings=timings,
         config=config,

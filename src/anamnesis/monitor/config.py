@@ -98,7 +98,13 @@ class DistanceMetric(StrEnum):
     chebyshev = "chebyshev"
 
 
-class StructuredDriftConfig(_Config):
+class FamilyConfig(_Config):
+    """What every family's section has."""
+
+    enabled: bool = Field(default=True, description="Run this family's check.")
+
+
+class StructuredDriftConfig(FamilyConfig):
     enabled: bool = Field(default=True, description="Check the structured fields.")
     numerical_method: NumericalMethod = Field(
         default=NumericalMethod.wasserstein, description="Distance used for numerical columns."
@@ -156,7 +162,7 @@ class StructuredDriftConfig(_Config):
         return self
 
 
-class TextDriftConfig(_Config):
+class TextDriftConfig(FamilyConfig):
     enabled: bool = Field(default=True, description="Check the notes.")
     descriptors: tuple[TextDescriptor, ...] = Field(
         default=tuple(TextDescriptor),
@@ -191,7 +197,7 @@ class TextDriftConfig(_Config):
     )
 
 
-class EmbeddingDriftConfig(_Config):
+class EmbeddingDriftConfig(FamilyConfig):
     enabled: bool = Field(default=True, description="Check the note embeddings (when the windows carry them).")
     method: EmbeddingMethod = Field(default=EmbeddingMethod.model, description="Evidently's embedding drift method.")
     threshold: float = Field(
@@ -218,7 +224,7 @@ class EmbeddingDriftConfig(_Config):
         return self
 
 
-class PredictionDriftConfig(_Config):
+class PredictionDriftConfig(FamilyConfig):
     enabled: bool = Field(default=True, description="Check the model's outputs.")
     class_threshold: float = Field(
         default=0.1,
@@ -232,7 +238,7 @@ class PredictionDriftConfig(_Config):
     )
 
 
-class PerformanceConfig(_Config):
+class PerformanceConfig(FamilyConfig):
     enabled: bool = Field(default=True, description="Measure and estimate accuracy against the reference.")
     min_labels: int = Field(
         default=200,
@@ -279,6 +285,11 @@ class DriftConfig(_Config):
         "calibrated on windows of 500 rows: below that, sampling noise alone crosses them more often.",
     )
     random_seed: int = Field(default=0, ge=0, description="Seed of every sample a check draws.")
+
+    def section(self, family: Family) -> FamilyConfig:
+        """The settings of one family (the field named after it)."""
+        section: FamilyConfig = getattr(self, family.value)
+        return section
 
 
 def _default_severity_thresholds() -> dict[Family, float]:

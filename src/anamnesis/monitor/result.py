@@ -96,14 +96,13 @@ class PerformanceSummary(_Result):
     )
     estimated_drop: float | None = Field(default=None, description="reference_estimated_accuracy - estimated_accuracy.")
 
+    @classmethod
+    def from_scores(cls, scores: dict[str, JsonValue], labeled_rows: int) -> PerformanceSummary:
+        """The summary within the performance family's scores (only the row count when it did not run)."""
+        known = {key: value for key, value in scores.items() if key in cls.model_fields}
+        return cls.model_validate(known | {"labeled_rows": labeled_rows})
 
-# The measurement that sums up each family, in its own scale.
-HEADLINE_SCORES = {
-    Family.structured: "drifted_share",
-    Family.text: "content_auc",
-    Family.embeddings: "score",
-    Family.predictions: "class_distance",
-}
+
 # Keys a family's stored scores carry besides its measurements (so a family may not use them).
 FAMILY_META = ("severity", "computed", "reason")
 # Stored next to the families in the report's `scores` column.
@@ -160,11 +159,6 @@ class DriftResult(_Result):
         """The keyword arguments of `storage.repository.add_drift_report` that hold this result."""
         dumped = self.model_dump(mode="json", include={"reference_window", "current_window", "drift_detected", "flags"})
         return dumped | {"scores": self.scores}
-
-    def headline(self, family: Family) -> float | None:
-        """The family's headline measurement (what a dashboard plots over checks); None if absent."""
-        value = self.families[family].scores.get(HEADLINE_SCORES[family])
-        return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     @classmethod
     def from_report(cls, report: DriftReport) -> DriftResult:

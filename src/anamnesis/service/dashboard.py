@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlmodel import Session
 
-from anamnesis.monitor.config import Family
-from anamnesis.monitor.result import DriftResult
+from anamnesis.monitor.checks import FAMILY_CHECKS
 from anamnesis.service.presentation import ReportView, VersionView, pct
 from anamnesis.storage.models import Job, row_id
 from anamnesis.storage.queries import (
@@ -76,15 +75,6 @@ def _accuracy_plot(versions: Sequence[VersionView]) -> str | None:
     return _png(figure)
 
 
-_DRIFT_SERIES: tuple[tuple[str, Callable[[DriftResult], float | None]], ...] = (
-    ("structured", lambda r: r.headline(Family.structured)),
-    ("text (classifier AUC)", lambda r: r.headline(Family.text)),
-    ("embeddings (AUC)", lambda r: r.headline(Family.embeddings)),
-    ("predictions (JS)", lambda r: r.headline(Family.predictions)),
-    ("accuracy drop", lambda r: r.performance.measured_drop),
-)
-
-
 def _drift_plot(reports: Sequence[ReportView]) -> str | None:
     ordered = sorted(reports, key=lambda r: row_id(r.report))
     if not ordered:
@@ -96,10 +86,12 @@ def _drift_plot(reports: Sequence[ReportView]) -> str | None:
 
     figure, axis = plt.subplots(figsize=(10, 3.2))
     x = [f"#{r.report.id}" for r in ordered]
-    for name, measure in _DRIFT_SERIES:
-        values = [measure(r.result) for r in ordered]
+    for family, check in FAMILY_CHECKS.items():
+        if check.headline is None:
+            continue
+        values = [check.headline.value(r.result.families[family]) for r in ordered]
         if any(value is not None for value in values):
-            axis.plot(x, [float("nan") if v is None else v for v in values], marker="o", label=name)
+            axis.plot(x, [float("nan") if v is None else v for v in values], marker="o", label=check.headline.label)
     for index, view in enumerate(ordered):
         if view.result.drift_detected:
             axis.axvspan(index - 0.4, index + 0.4, color="#b42318", alpha=0.12)

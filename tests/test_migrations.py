@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -15,12 +16,16 @@ from sqlalchemy.engine import make_url
 from sqlmodel import Session, SQLModel, select
 
 from anamnesis.learner.results import UpdateMetrics
+from anamnesis.monitor.config import PolicyConfig
+from anamnesis.monitor.policy import DecisionRecord, PolicyInputs, decide_update
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.migrate import upgrade
-from anamnesis.storage.models import AuditEvent, Job, ModelVersion
+from anamnesis.storage.models import AuditEvent, DriftReport, Job, ModelVersion
 from tests.conftest import POSTGRES_URL, _admin_engine
 from tests.test_stored_results import LABELS, update_metrics
+
+DAY = timedelta(days=1)
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -123,3 +128,42 @@ def test_migration_0003_renames_trainingrun_to_job_and_strategy_to_learner_confi
         assert job is not None and job.actor == "tester" and job.kind == "retrain"
         assert version is not None and version.job_id == job.id and version.learner_config == {"seed": 7}
         assert [e.entity for e in session.exec(select(AuditEvent))] == ["job"]
+
+
+def test_migration_0004_keeps_each_stored_decisions_accuracy_limits(blank_engine: sa.Engine) -> None:
+    upgrade(blank_engine, "0003")
+    inputs = PolicyInputs(
+        measured_drop=0.06, max_accuracy_drop=0.05, max_estimated_drop=0.07, new_labeled_records=300, model_age=DAY
+    )
+    policy = PolicyConfig()
+    decision = decide_update(inputs, policy)
+    current = DecisionRecord.of(decision, inputs, policy).model_dump(mode="json")
+    # What 0003-era code stored: the limits were the policy's own.
+    limits = {key: current["inputs"].pop(key) for key in ("max_accuracy_drop", "max_estimated_drop")}
+    old = {**current, "policy": {**current["policy"], **limits}}
+    reports = sa.table(
+        "driftreport",
+        *(sa.column(name, sa.JSON) for name in ("reference_window", "current_window", "flags", "scores", "decision")),
+        sa.column("drift_detected", sa.Boolean),
+        sa.column("created_at"),
+    )
+    with blank_engine.begin() as connection:
+        connection.execute(
+            reports.insert().values(
+                reference_window={},
+                current_window={},
+                flags={},
+                scores={},
+                decision=old,
+                drift_detected=False,
+                created_at=sa.func.current_timestamp(),
+            )
+        )
+
+    upgrade(blank_engine)
+    with Session(blank_engine) as session:
+        report = session.get(DriftReport, 1)
+        assert report is not None
+        stored = DecisionRecord.from_stored(report)
+    assert stored.inputs == inputs and stored.policy == policy
+    assert stored.reasons == ("measured accuracy dropped by 0.060 (limit 0.050)",)

@@ -468,9 +468,7 @@ def test_drift_result_round_trips_and_refuses_inconsistent_flags() -> None:
 
 # --- the update policy ----------------------------------------------------------------------------
 
-POLICY = PolicyConfig(
-    cooldown=timedelta(days=1), min_new_labels=100, max_model_age=timedelta(days=90), max_accuracy_drop=0.03
-)
+POLICY = PolicyConfig(cooldown=timedelta(days=1), min_new_labels=100, max_model_age=timedelta(days=90))
 
 
 def _inputs(**changes: Any) -> PolicyInputs:
@@ -488,6 +486,18 @@ def test_policy_updates_on_a_measured_accuracy_drop() -> None:
     decision = decide_update(_inputs(measured_drop=0.05), POLICY)
     assert decision.update and decision.triggers == (UpdateTrigger.measured_drop,)
     assert decision.reasons == ("measured accuracy dropped by 0.050 (limit 0.030)",)
+
+
+def test_an_accuracy_drop_triggers_at_the_limit_the_check_flags_it_at() -> None:
+    config = DriftConfig(performance=PerformanceConfig(max_accuracy_drop=0.08, max_estimated_drop=0.1))
+    inputs = PolicyInputs.from_result(
+        DriftResult.model_validate(_result(config=config)), new_labeled_records=500, model_age=timedelta(days=10)
+    )
+    assert (inputs.max_accuracy_drop, inputs.max_estimated_drop) == (0.08, 0.1)
+    below = decide_update(inputs.model_copy(update={"measured_drop": 0.05, "estimated_drop": 0.09}), POLICY)
+    assert not below.update and below.blocked_by == UpdateBlocker.no_trigger
+    above = decide_update(inputs.model_copy(update={"measured_drop": 0.09}), POLICY)
+    assert above.triggers == (UpdateTrigger.measured_drop,) and "limit 0.080" in above.reasons[0]
 
 
 def test_policy_updates_on_an_estimated_drop_without_labels_of_the_window() -> None:

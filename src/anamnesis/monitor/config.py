@@ -297,7 +297,8 @@ def _default_severity_thresholds() -> dict[Family, float]:
 
 
 class PolicyConfig(_Config):
-    """When a drift check leads to a model update."""
+    """When a drift check leads to a model update. An accuracy drop triggers one at the limits the
+    check flags it at (`PerformanceConfig.max_accuracy_drop`, `max_estimated_drop`): one threshold each."""
 
     cooldown: timedelta = Field(
         default=timedelta(days=1),
@@ -308,12 +309,6 @@ class PolicyConfig(_Config):
         default=200,
         ge=0,
         description="No update with fewer labeled records than this since the last update: the learner needs them.",
-    )
-    max_accuracy_drop: float = Field(
-        default=0.03, gt=0, lt=1, description="Update when the measured accuracy drop is at least this."
-    )
-    max_estimated_drop: float = Field(
-        default=0.04, gt=0, lt=1, description="Update when the label-free estimated drop is at least this."
     )
     severity_thresholds: dict[Family, float] = Field(
         default_factory=_default_severity_thresholds,

@@ -18,7 +18,7 @@ from enum import StrEnum
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from anamnesis.monitor.config import Family, PolicyConfig
+from anamnesis.monitor.config import Family, PerformanceConfig, PolicyConfig
 from anamnesis.monitor.result import DriftResult
 from anamnesis.storage.models import DriftReport
 
@@ -53,6 +53,18 @@ class PolicyInputs(_Model):
         "significant at the check's level, so that a drop sampling noise explains triggers nothing.",
     )
     estimated_drop: float | None = Field(default=None, description="Label-free estimated accuracy drop.")
+    max_accuracy_drop: float = Field(
+        default=PerformanceConfig().max_accuracy_drop,
+        gt=0,
+        lt=1,
+        description="The measured drop that triggers: the check's own flag limit (`PerformanceConfig`).",
+    )
+    max_estimated_drop: float = Field(
+        default=PerformanceConfig().max_estimated_drop,
+        gt=0,
+        lt=1,
+        description="The estimated drop that triggers: the check's own flag limit (`PerformanceConfig`).",
+    )
     new_classes: tuple[str, ...] = Field(
         default=(), description="Flagged labels the model does not know (enough rows to rule out a typo)."
     )
@@ -82,11 +94,14 @@ class PolicyInputs(_Model):
             and new_label_rows >= (result.config.performance.min_new_label_rows)
         )
         summary = result.performance
-        significant = summary.drop_p_value is not None and summary.drop_p_value < result.config.performance.significance
+        limits = result.config.performance
+        significant = summary.drop_p_value is not None and summary.drop_p_value < limits.significance
         return cls(
             severity={family: family_result.severity for family, family_result in result.families.items()},
             measured_drop=summary.measured_drop if performance.computed and significant else None,
             estimated_drop=summary.estimated_drop if performance.computed else None,
+            max_accuracy_drop=limits.max_accuracy_drop,
+            max_estimated_drop=limits.max_estimated_drop,
             new_classes=result.new_labels if flagged_new else (),
             new_labeled_records=new_labeled_records,
             model_age=model_age,
@@ -125,18 +140,18 @@ def _duration(value: timedelta) -> str:
 
 def _triggers(inputs: PolicyInputs, config: PolicyConfig) -> list[tuple[UpdateTrigger, str]]:
     found: list[tuple[UpdateTrigger, str]] = []
-    if inputs.measured_drop is not None and inputs.measured_drop >= config.max_accuracy_drop:
+    if inputs.measured_drop is not None and inputs.measured_drop >= inputs.max_accuracy_drop:
         found.append(
             (
                 UpdateTrigger.measured_drop,
-                f"measured accuracy dropped by {inputs.measured_drop:.3f} (limit {config.max_accuracy_drop:.3f})",
+                f"measured accuracy dropped by {inputs.measured_drop:.3f} (limit {inputs.max_accuracy_drop:.3f})",
             )
         )
-    if inputs.estimated_drop is not None and inputs.estimated_drop >= config.max_estimated_drop:
+    if inputs.estimated_drop is not None and inputs.estimated_drop >= inputs.max_estimated_drop:
         found.append(
             (
                 UpdateTrigger.estimated_drop,
-                f"estimated accuracy dropped by {inputs.estimated_drop:.3f} (limit {config.max_estimated_drop:.3f})",
+                f"estimated accuracy dropped by {inputs.estimated_drop:.3f} (limit {inputs.max_estimated_drop:.3f})",
             )
         )
     for family, threshold in sorted(config.severity_thresholds.items()):

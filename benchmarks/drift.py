@@ -13,7 +13,7 @@ period in which each drift scenario is first detected. Each part updates its sec
 docs/benchmarks/drift.json and rewrites docs/benchmarks/drift.md from it.
 
 The embeddings come from TF-IDF -> TruncatedSVD(384) and the probabilities from a TF-IDF logistic
-regression (tests/standin_model.py): the monitor's cost does not depend on where they come
+regression (anamnesis.monitor.standin): the monitor's cost does not depend on where they come
 from; the service computes them at prediction time with the real model.
 """
 
@@ -32,17 +32,15 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from anamnesis.cohort import DriftKind, generate
+from anamnesis.monitor.checks import run_check
+from anamnesis.monitor.config import DriftConfig, Family
+from anamnesis.monitor.data import WindowData
+from anamnesis.monitor.reference import ReferenceProfile
+from anamnesis.monitor.report import render_html
+from anamnesis.monitor.standin import CheapModel, stream_window, train_model
+
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-
-from anamnesis.cohort import DriftKind, generate  # noqa: E402
-from anamnesis.monitor.checks import run_check  # noqa: E402
-from anamnesis.monitor.config import DriftConfig, Family  # noqa: E402
-from anamnesis.monitor.data import WindowData  # noqa: E402
-from anamnesis.monitor.reference import ReferenceProfile  # noqa: E402
-from anamnesis.monitor.report import render_html  # noqa: E402
-from tests.standin_model import CheapModel, stream_window, train_model  # noqa: E402
-
 DOCS = ROOT / "docs" / "benchmarks"
 JSON_PATH = DOCS / "drift.json"
 MD_PATH = DOCS / "drift.md"

@@ -109,6 +109,12 @@ def test_malformed_files_get_clear_errors_and_store_nothing_wrong(sqlite_config:
     bad_column.write_text("text,label\nhello,x\n")
     result = run_cli("ingest", str(bad_column), config=sqlite_config, check=False)
     assert result.returncode == 2 and "'note' not found" in result.stderr
+    result = run_cli("ingest", str(bad_column), "--format", "xlsx", config=sqlite_config, check=False)
+    assert result.returncode == 2 and "unknown --format; choose one of csv, jsonl, parquet" in result.stderr
+    result = run_cli(
+        "cohort", "generate", "--out", str(tmp_path / "c.csv"), "--scenario", "calm", config=sqlite_config, check=False
+    )
+    assert result.returncode == 2 and "unknown scenario; choose one of stable" in result.stderr
     rows = tmp_path / "rows.csv"
     rows.write_bytes(b"note,label,age\nfine note,surgery,60\n,surgery,61\nbad age,surgery,old\nbroken \xff,x,1\n")
     rejects = tmp_path / "rejects.csv"
@@ -166,7 +172,8 @@ def test_train_models_promote_rollback_keys_and_drift_commands(sqlite_config: St
         assert key.stdout.startswith("anm_") and "stored hashed" in key.stderr
         assert "lab" in run_cli("keys", "list", config=sqlite_config).stdout
         bad_role = run_cli("keys", "create", "--name", "x", "--role", "root", config=sqlite_config, check=False)
-        assert bad_role.returncode == 2 and "unknown role" in bad_role.stderr
+        assert bad_role.returncode == 2 and "unknown role; choose one of predict, admin" in bad_role.stderr
+        assert "root" not in bad_role.stderr  # the option and its choices, never the value
         engine = create_db_engine(sqlite_config)
         store(engine, toy_records(LABELS, 40, period="3", seed=4))  # records since v1 went live again
         engine.dispose()

@@ -1,6 +1,6 @@
 """The drift monitor on simulated cohorts: alarm control, detection, the HTML report, storage.
 
-A cheap stand-in model (tests/standin_model.py) is trained once on its own stream; each
+A cheap stand-in model (anamnesis.monitor.standin) is trained once on its own stream; each
 check compares period 1 of a stream (the reference, labeled) with a later period. The thresholds
 are DriftConfig's defaults; docs/monitor.md gives their calibration and margins over more seeds.
 """
@@ -27,8 +27,8 @@ from anamnesis.monitor.reference import ReferenceProfile
 from anamnesis.monitor.report import render_html, write_html
 from anamnesis.monitor.result import DriftResult
 from anamnesis.monitor.runner import UpdateContext, run_and_store
+from anamnesis.monitor.standin import CheapModel, stream_window, train_model
 from anamnesis.storage.models import AuditAction, AuditEvent, DriftReport
-from tests.standin_model import CheapModel, stream_window, train_model
 
 CONFIG = DriftConfig()
 

@@ -22,7 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from statistics import mean, stdev
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from scipy.stats import t as student_t
 
@@ -36,6 +36,9 @@ from anamnesis.learner.reference import reference_predictions
 from anamnesis.learner.state import LearnerState
 from anamnesis.storage.ingest import ColumnMapping, FileFormat, validated_batches
 from anamnesis.storage.queries import LabeledRecord
+
+if TYPE_CHECKING:
+    from anamnesis.cohort import Scenario
 
 BENCHMARK_KEY = b"benchmark"  # patient references are hashed even here; the key does not matter
 REFERENCE = "tfidf"
@@ -117,11 +120,11 @@ def make_stream(
     )
 
 
-def cohort_records(scenario: str, *, periods: int, per_period: int, seed: int) -> list[LabeledRecord]:
+def cohort_records(scenario: Scenario, *, periods: int, per_period: int, seed: int) -> list[LabeledRecord]:
     """A generated cohort read back through the ingest path (raw patient ids become keyed hashes)."""
-    from anamnesis.cohort import Scenario, generate, write_stream
+    from anamnesis.cohort import generate, write_stream
 
-    cohort = generate(scenario=Scenario(scenario), periods=periods, per_period=per_period, seed=seed)
+    cohort = generate(scenario=scenario, periods=periods, per_period=per_period, seed=seed)
     mapping = ColumnMapping(
         text="note", label="label", period="period", time="observed_at", site="site", patient="patient_id"
     )

@@ -7,6 +7,8 @@ so a renamed field is a type error and a failing validation, not a silently empt
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field
 
 from anamnesis.learner.evaluation import ContinualMetrics, Evaluation, StoredResult
@@ -43,7 +45,7 @@ class TrainingCost(StoredResult):
 class ReferenceResult(StoredResult):
     """The TF-IDF reference the first model must beat, scored on the same held-out records."""
 
-    model: str = "tfidf+logistic_regression"
+    model: Literal["tfidf+logistic_regression"] = "tfidf+logistic_regression"
     evaluation: Evaluation
 
 

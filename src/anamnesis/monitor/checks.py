@@ -19,9 +19,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import pandas as pd
 
 from anamnesis.monitor.config import (
+    CategoricalMethod,
     DriftConfig,
     EmbeddingMethod,
     Family,
+    NumericalMethod,
     StructuredDriftConfig,
     TextDescriptor,
 )
@@ -118,7 +120,7 @@ def plan_structured(reference: pd.DataFrame, current: pd.DataFrame, config: Stru
             kind, method, threshold = ColumnKind.numerical, config.numerical_method, config.numerical_threshold
         else:
             kind, method, threshold = ColumnKind.categorical, config.categorical_method, config.categorical_threshold
-        specs.append(ColumnSpec(column, kind, method.value, threshold))
+        specs.append(ColumnSpec(column, kind, method, threshold))
     return StructuredPlan(
         ref, cur, tuple(specs), present_ref, present_cur, tuple(new_fields), tuple(dropped), tuple(sparse)
     )
@@ -226,7 +228,7 @@ def _text(reference: ReferenceProfile, current: WindowData, config: DriftConfig)
     usable, unavailable = descriptor_specs(reference, config)
     specs = [
         evidently_adapter.ColumnSpec(
-            d.value, evidently_adapter.ColumnKind.numerical, text.descriptor_method.value, text.descriptor_threshold
+            d.value, evidently_adapter.ColumnKind.numerical, text.descriptor_method, text.descriptor_threshold
         )
         for d in usable
     ]
@@ -359,8 +361,8 @@ def prediction_specs(config: DriftConfig) -> list[ColumnSpec]:
 
     settings = config.predictions
     return [
-        ColumnSpec(PREDICTED_CLASS, ColumnKind.categorical, "jensenshannon", settings.class_threshold),
-        ColumnSpec(CONFIDENCE, ColumnKind.numerical, "wasserstein", settings.confidence_threshold),
+        ColumnSpec(PREDICTED_CLASS, ColumnKind.categorical, CategoricalMethod.jensenshannon, settings.class_threshold),
+        ColumnSpec(CONFIDENCE, ColumnKind.numerical, NumericalMethod.wasserstein, settings.confidence_threshold),
     ]
 
 

@@ -37,7 +37,13 @@ from evidently.presets import DataDriftPreset
 from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 
-from anamnesis.monitor.config import DistanceMetric, EmbeddingMethod, TextDescriptor
+from anamnesis.monitor.config import (
+    CategoricalMethod,
+    DistanceMetric,
+    EmbeddingMethod,
+    NumericalMethod,
+    TextDescriptor,
+)
 from anamnesis.monitor.errors import NotComputableError
 
 NOTE = "note"
@@ -59,7 +65,7 @@ class ColumnSpec:
 
     name: str
     kind: ColumnKind
-    method: str
+    method: NumericalMethod | CategoricalMethod
     threshold: float
 
 

@@ -215,7 +215,7 @@ def render_html(result: DriftResult, reference: ReferenceProfile, current: Windo
             evidently_adapter.ColumnSpec(
                 f"note:{name}",
                 evidently_adapter.ColumnKind.numerical,
-                config.text.descriptor_method.value,
+                config.text.descriptor_method,
                 config.text.descriptor_threshold,
             )
             for name in names

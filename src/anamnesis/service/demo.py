@@ -26,7 +26,7 @@ import httpx
 import pandas as pd
 from sqlmodel import Session
 
-from anamnesis.cohort import generate, write_stream
+from anamnesis.cohort import Scenario, generate, write_stream
 from anamnesis.learner.updater import run_update
 from anamnesis.service.predicting.runtime import promote_with_runtime, runtime_preparer
 from anamnesis.service.settings import Settings
@@ -46,7 +46,7 @@ MAPPING = ColumnMapping(
 def run_demo(
     settings: Settings,
     *,
-    scenario: str,
+    scenario: Scenario,
     periods: int,
     per_period: int,
     history: int,

@@ -15,6 +15,7 @@ from anamnesis.storage.models import (
     ApiKey,
     DriftReport,
     Job,
+    JobKind,
     Label,
     ModelStatus,
     ModelVersion,
@@ -229,6 +230,7 @@ def labeled_records_since(session: Session, label_id: int) -> int:
     return session.scalar(select(func.count(func.distinct(Label.record_id))).where(Label.id > label_id)) or 0
 
 
-def last_job_since(session: Session, kind: str, since: datetime) -> Job | None:
+def last_job_since(session: Session, kind: JobKind, since: datetime) -> Job | None:
+    """The newest job of `kind` created after `since`."""
     statement = select(Job).where(Job.kind == kind, Job.created_at > since).order_by(Job.id.desc()).limit(1)
     return session.scalars(statement).first()

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from anamnesis.service.cli.context import comma_list, fail
+from anamnesis.service.cli.context import choice, comma_list, fail
 
 bench_app = typer.Typer(help="Benchmarks; results go to docs/benchmarks/.", no_args_is_help=True)
 
@@ -129,11 +129,10 @@ def bench_learn(
         else:
             from anamnesis.cohort import Scenario
 
-            if scenario not in Scenario.__members__:
-                fail(f"unknown scenario {scenario!r}")
+            cohort_scenario = choice(Scenario, scenario, "scenario")
             streams = {
                 seed: make_stream(
-                    cohort_records(scenario, periods=periods, per_period=per_period, seed=seed),
+                    cohort_records(cohort_scenario, periods=periods, per_period=per_period, seed=seed),
                     holdout_fraction=holdout,
                     name=f"cohort {scenario}, {periods} periods x {per_period}",
                     class_incremental=class_incremental,

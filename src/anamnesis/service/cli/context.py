@@ -4,7 +4,8 @@ a command fails (a message naming the problem, never a traceback or a value)."""
 from __future__ import annotations
 
 import logging
-from typing import TYPE_CHECKING, NoReturn
+from enum import StrEnum
+from typing import TYPE_CHECKING, NoReturn, TypeVar
 
 import typer
 from pydantic import ValidationError
@@ -20,6 +21,17 @@ ACTOR = "cli"
 def fail(message: str, code: int = 2) -> NoReturn:
     typer.secho(f"error: {message}", err=True, fg=typer.colors.RED)
     raise typer.Exit(code)
+
+
+Choice = TypeVar("Choice", bound=StrEnum)
+
+
+def choice(kind: type[Choice], value: str, option: str) -> Choice:
+    """`value` as a member of `kind`, or a CLI error naming the option and its choices."""
+    try:
+        return kind(value)
+    except ValueError:
+        fail(f"unknown {option}; choose one of {', '.join(member.value for member in kind)}")
 
 
 def comma_list(text: str | None) -> tuple[str, ...] | None:

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from anamnesis.service.cli.context import ACTOR, CliContext, comma_list, fail
+from anamnesis.service.cli.context import ACTOR, CliContext, choice, comma_list, fail
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 cohort_app = typer.Typer(help="Synthetic oncology cohorts.", no_args_is_help=True)
@@ -66,10 +66,7 @@ def ingest(
     )
 
     settings = cli.settings
-    try:
-        fmt = FileFormat(file_format) if file_format else None
-    except ValueError:
-        fail(f"unknown format {file_format!r}; use csv, jsonl or parquet")
+    fmt = choice(FileFormat, file_format, "--format") if file_format else None
     try:
         columns = inspect_columns(file, fmt)
     except IngestFileError as error:
@@ -132,11 +129,9 @@ def cohort_generate(
     """Generate a seeded synthetic lung-cancer cohort stream that `anamnesis ingest` reads."""
     from anamnesis.cohort import Scenario, generate, write_stream
 
-    try:
-        chosen = Scenario(scenario)
-    except ValueError:
-        fail(f"unknown scenario {scenario!r}; choose one of {', '.join(s.value for s in Scenario)}")
-    stream = generate(scenario=chosen, periods=periods, per_period=per_period, seed=seed)
+    stream = generate(
+        scenario=choice(Scenario, scenario, "scenario"), periods=periods, per_period=per_period, seed=seed
+    )
     try:
         written = write_stream(stream, out)
     except (OSError, ValueError) as error:

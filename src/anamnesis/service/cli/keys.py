@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from anamnesis.service.cli.context import ACTOR, CliContext, fail
+from anamnesis.service.cli.context import ACTOR, CliContext, choice, fail
 
 keys_app = typer.Typer(help="API keys.", no_args_is_help=True)
 
@@ -24,10 +24,7 @@ def keys_create(
     from anamnesis.storage.models import ApiRole
     from anamnesis.storage.repository import create_api_key
 
-    try:
-        chosen = ApiRole(role)
-    except ValueError:
-        fail(f"unknown role {role!r}; use predict or admin")
+    chosen = choice(ApiRole, role, "role")
     if not name.strip() or len(name) > 100:
         fail("the name must be 1 to 100 characters")
     engine = cli.engine

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from anamnesis.service.cli.context import CliContext, fail
+from anamnesis.service.cli.context import CliContext, choice, fail
 
 if TYPE_CHECKING:
     from sqlalchemy import Engine
@@ -92,10 +92,13 @@ def demo(
         # held-out split, the same at every run of one seed.
         patient_key=f"anamnesis-demo-{seed}",
     )
+    from anamnesis.cohort import Scenario
+
+    chosen = choice(Scenario, scenario, "scenario")
     try:
         run_demo(
             settings,
-            scenario=scenario,
+            scenario=chosen,
             periods=periods,
             per_period=per_period,
             history=history,

@@ -18,13 +18,13 @@ from typing import Any
 import numpy as np
 
 from anamnesis.service.predicting.registry import ModelRegistry
-from anamnesis.service.predicting.runtime import LoadedModel
+from anamnesis.service.predicting.runtime import LoadedModel, RuntimeKind
 
 
 @dataclass(frozen=True)
 class ItemResult:
     version_id: int
-    runtime: str
+    runtime: RuntimeKind
     label: str
     confidence: float
     probabilities: dict[str, float]

@@ -17,6 +17,7 @@ from sqlmodel import Session
 
 from anamnesis.service.predicting.errors import NoModelError
 from anamnesis.service.predicting.runtime import LoadedModel, load_model
+from anamnesis.service.settings import RuntimeMode
 from anamnesis.storage.queries import current_model
 
 logger = logging.getLogger("anamnesis.serving")
@@ -51,7 +52,7 @@ class ModelRegistry:
     """The current model of this process, refreshed from the database by a watcher thread."""
 
     def __init__(
-        self, engine: Engine, *, max_length: int, runtime_mode: str, poll_s: float, health: DatabaseHealth
+        self, engine: Engine, *, max_length: int, runtime_mode: RuntimeMode, poll_s: float, health: DatabaseHealth
     ) -> None:
         self._engine = engine
         self._max_length = max_length

@@ -33,6 +33,7 @@ from anamnesis.learner.modeling import (
     pad_batch,
 )
 from anamnesis.learner.updater import RuntimePreparer, holdout_of
+from anamnesis.service.settings import RuntimeMode
 from anamnesis.storage.artifacts import verify_artifact, write_artifact
 from anamnesis.storage.models import ModelVersion, row_id
 from anamnesis.storage.queries import LabeledRecord, get_model_version
@@ -68,7 +69,7 @@ class RuntimeChoice(BaseModel):
 
 
 class Runtime(Protocol):
-    kind: str
+    kind: RuntimeKind
 
     def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Class probabilities and mean-pooled note embeddings for a padded batch and its field features."""
@@ -93,7 +94,7 @@ def _softmax(logits: np.ndarray) -> np.ndarray:
 
 
 class PyTorchRuntime:
-    kind = "pytorch"
+    kind = RuntimeKind.pytorch
 
     def __init__(self, bundle: ModelBundle) -> None:
         self._module = _LogitsAndEmbeddings(bundle.model).eval()
@@ -107,7 +108,7 @@ class PyTorchRuntime:
 
 
 class OnnxRuntime:
-    kind = "onnx-int8"
+    kind = RuntimeKind.onnx_int8
 
     def __init__(self, path: Path, *, threads: int | None = None) -> None:
         import onnxruntime
@@ -202,7 +203,7 @@ class LoadedModel:
     max_length: int
 
     @property
-    def kind(self) -> str:
+    def kind(self) -> RuntimeKind:
         return self.runtime.kind
 
     @property
@@ -229,7 +230,7 @@ def choose_runtime(
     *,
     artifacts_dir: Path,
     max_length: int,
-    mode: str = "auto",
+    mode: RuntimeMode = "auto",
 ) -> RuntimeChoice:
     """Exports and validates the ONNX int8 model; returns what to record as the version's runtime."""
     if mode == "pytorch":
@@ -266,7 +267,7 @@ def choose_runtime(
     )
 
 
-def load_model(version: ModelVersion, *, max_length: int, mode: str = "auto") -> LoadedModel:
+def load_model(version: ModelVersion, *, max_length: int, mode: RuntimeMode = "auto") -> LoadedModel:
     """Loads the runtime recorded at promotion (checking every artifact's sha256)."""
     bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
     runtime: Runtime
@@ -282,7 +283,7 @@ def load_model(version: ModelVersion, *, max_length: int, mode: str = "auto") ->
     return LoadedModel(version_id=row_id(version), bundle=bundle, runtime=runtime, max_length=max_length)
 
 
-def runtime_preparer(*, artifacts_dir: Path, max_length: int, mode: str) -> RuntimePreparer:
+def runtime_preparer(*, artifacts_dir: Path, max_length: int, mode: RuntimeMode) -> RuntimePreparer:
     """The promotion hook of `learner.updater.run_update`: export, validate and choose the runtime."""
 
     def prepare(version: ModelVersion, bundle: ModelBundle, holdout: Sequence[LabeledRecord]) -> dict[str, Any]:
@@ -301,7 +302,7 @@ def promote_with_runtime(
     allow_rejected: bool,
     artifacts_dir: Path,
     max_length: int,
-    mode: str,
+    mode: RuntimeMode,
 ) -> ModelVersion:
     """A manual promotion: chooses the serving runtime first when the version never had one."""
 

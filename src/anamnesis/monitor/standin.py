@@ -1,8 +1,10 @@
-"""Helpers for the monitor's tests and benchmark (no tests here): a cheap stand-in for the model.
+"""A cheap stand-in for the served model, for the monitor's fast tests and dry runs; never served.
 
 The monitor takes the model through the `Predictor` callable; the service plugs the real
 transformer in. Here TF-IDF fitted on period-1 records gives embeddings (TruncatedSVD) and a
 logistic regression gives class probabilities: a few hundred milliseconds instead of minutes.
+Thresholds that depend on the model (embeddings, predictions, the label-free estimate) measured
+with it say nothing about the transformer.
 """
 
 from __future__ import annotations
@@ -41,7 +43,11 @@ class CheapModel:
             record_text(n, f) for n, f in zip(frame.note, frame[list(field_columns)].to_dict("records"), strict=True)
         ]
         self.vectorizer = TfidfVectorizer(
-            ngram_range=(1, 2), min_df=2, sublinear_tf=True, token_pattern=r"(?u)\b\w+\b", max_features=50_000
+            ngram_range=(1, 2),
+            min_df=2,
+            sublinear_tf=True,
+            token_pattern=r"(?u)\b\w+\b",  # noqa: S106 (a regular expression, not a password)
+            max_features=50_000,
         )
         features = self.vectorizer.fit_transform(texts)
         self.svd = TruncatedSVD(dims, random_state=0).fit(features)

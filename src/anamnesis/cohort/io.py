@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import SupportsInt, cast
 
 import pandas as pd
 
@@ -70,7 +71,7 @@ def _json_record(record: dict[str, object]) -> dict[str, object]:
         elif isinstance(value, pd.Timestamp):
             clean[key] = value.isoformat()
         elif key in INTEGER_FIELDS and value is not None:
-            clean[key] = int(value)
+            clean[key] = int(cast(SupportsInt, value))  # a number: NaN was handled above
         else:
             clean[key] = value
     return clean

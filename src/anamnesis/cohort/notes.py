@@ -9,10 +9,13 @@ from __future__ import annotations
 
 import random
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 from anamnesis.cohort.sites import Dialect, NoteStyle, SiteProfile
+
+Option = TypeVar("Option")
 
 LOBE_NAMES = {
     "RUL": "right upper lobe",
@@ -94,7 +97,7 @@ class _Writer:
         self.registry = dialect is Dialect.registry
         self.rnd = rnd
 
-    def pick(self, options: list[str] | tuple[str, ...]) -> str:
+    def pick(self, options: Sequence[Option]) -> Option:
         return options[self.rnd.randrange(len(options))]
 
     def chance(self, probability: float) -> bool:
@@ -589,7 +592,7 @@ CLOSINGS = (
 CLOSINGS_REGISTRY = ("Referred by GP.", "Ext. referral.", "MTB review.", "Data entry complete.", "Reviewed.")
 
 
-def _join(facts: list[Fact | None], register: str, separator: str) -> str:
+def _join(facts: Sequence[Fact | None], register: str, separator: str) -> str:
     return separator.join(getattr(fact, register) for fact in facts if fact is not None)
 
 

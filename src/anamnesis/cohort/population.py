@@ -116,7 +116,7 @@ def sample_period(
     frame["preference"] = np.where(
         rng.random(size) < PREFERENCE_RATE,
         np.where(rng.random(size) < 0.5, Preference.declines_operation.value, Preference.declines_systemic.value),
-        None,
+        np.full(size, None, dtype=object),
     ).astype(object)
     _known_results(rng, frame, her2_testing)
     _views(rng, frame, sites)
@@ -132,7 +132,8 @@ def _categorical(rng: np.random.Generator, probs: np.ndarray) -> np.ndarray:
     """One draw per row of `probs` (rows sum to 1)."""
     cumulative = np.cumsum(probs, axis=1)
     draws = (rng.random(len(probs))[:, None] > cumulative).sum(axis=1)
-    return np.minimum(draws, probs.shape[1] - 1)
+    chosen: np.ndarray = np.minimum(draws, probs.shape[1] - 1)
+    return chosen
 
 
 def _driver_probs(frame: pd.DataFrame, never: np.ndarray, param: dict[str, np.ndarray]) -> np.ndarray:

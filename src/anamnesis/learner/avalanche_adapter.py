@@ -12,10 +12,10 @@ import math
 import os
 import tempfile
 import warnings
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from unittest import mock
 
 import numpy as np
@@ -38,6 +38,9 @@ from anamnesis.learner.data import Sample
 from anamnesis.learner.modeling import ModelBundle, RecordClassifier, is_head_parameter, seed_everything
 from anamnesis.learner.progress import ProgressHook, ProgressState, TrainingControl
 from anamnesis.learner.state import BufferGroup, EWCState, LearnerState, ReplayState
+
+if TYPE_CHECKING:
+    from peft import PeftModel
 
 
 def _avalanche_home_is_usable() -> bool:
@@ -87,9 +90,10 @@ class PackedClassifier(nn.Module):
     the field features in its first `field_dim` columns. Token ids below 2**24 are exact in float32.
     """
 
-    def __init__(self, model: RecordClassifier) -> None:
+    def __init__(self, model: RecordClassifier, *, trained: nn.Module | None = None) -> None:
+        """`trained`: what runs in place of `model` (its LoRA wrapper), when not the model itself."""
         super().__init__()
-        self.hf = model
+        self.hf = trained if trained is not None else model
         self.field_dim = model.spec.field_dim if model.spec.uses_features else 0
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -97,7 +101,7 @@ class PackedClassifier(nn.Module):
         ids, mask = x[:, 0, :length].long(), x[:, 1, :length].long()
         features = x[:, 2, : self.field_dim]
         with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.device.type == "cuda"):
-            logits = self.hf(ids, mask, features)
+            logits: torch.Tensor = self.hf(ids, mask, features)
         return logits.float()
 
 
@@ -112,7 +116,7 @@ def pack_sample(sample: Sample) -> torch.Tensor:
     return packed
 
 
-class _SampleTensors(Dataset):
+class _SampleTensors(Dataset[tuple[torch.Tensor, int]]):
     def __init__(self, samples: Sequence[Sample]) -> None:
         self._inputs = [pack_sample(sample) for sample in samples]
         self._targets = [sample.target for sample in samples]
@@ -166,7 +170,7 @@ class _BucketBatchSampler(Sampler[list[int]]):
         self.batch_size = batch_size
         self.generator = generator
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[list[int]]:
         order = torch.randperm(len(self.lengths), generator=self.generator).tolist()
         window = self.batch_size * 50
         batches: list[list[int]] = []
@@ -338,7 +342,7 @@ class NormalizedEWCPlugin(EWCPlugin):
         }
         del self.importances[t - 1]
 
-    def compute_importances(  # type: ignore[override]
+    def compute_importances(
         self,
         model: nn.Module,
         criterion: nn.Module,
@@ -542,13 +546,10 @@ def train_experience(
         raise ValueError("an experience needs at least one sample")
     training, strategy_config = config.training, config.strategy
     seed_everything(training.seed + state.experiences_trained)
-    model: nn.Module = bundle.model
     if training.freeze_word_embeddings:
-        model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
-    lora = strategy_config.finetune == FinetuneMode.lora
-    if lora:
-        model = _with_lora(model, config)
-    wrapper = PackedClassifier(model).to(device)
+        bundle.model.bert.embeddings.word_embeddings.weight.requires_grad_(False)
+    lora_model = _with_lora(bundle.model, config) if strategy_config.finetune == FinetuneMode.lora else None
+    wrapper = PackedClassifier(bundle.model, trained=lora_model).to(device)
 
     epochs = update_epochs(training, len(samples) + len(replayed))
     progress = _ProgressPlugin(hook, epochs)
@@ -598,12 +599,18 @@ def train_experience(
         strategy.clock.train_exp_counter = state.experiences_trained
         strategy.train(make_experience(make_dataset(samples), state.experiences_trained), num_workers=0)
 
-    if lora:
-        bundle.model = model.merge_and_unload()
+    if lora_model is not None:
+        merged = lora_model.merge_and_unload()
+        if not isinstance(merged, RecordClassifier):
+            raise TypeError(f"merging the LoRA adapters gave a {type(merged).__name__}")
+        bundle.model = merged
     bundle.model.eval()
+    replay_config = strategy_config.replay
     next_state = LearnerState(
         experiences_trained=state.experiences_trained + 1,
-        replay=_capture_replay(replay_plugin.storage_policy, strategy_config.replay) if replay_plugin else None,
+        replay=_capture_replay(replay_plugin.storage_policy, replay_config)
+        if replay_plugin and replay_config
+        else None,
         ewc=_capture_ewc(ewc_plugin) if ewc_plugin else None,
     )
     return ExperienceResult(
@@ -631,14 +638,15 @@ def _parameter_groups(wrapper: nn.Module, config: LearnerConfig) -> list[dict[st
         else (training.learning_rate)
     )
     head_rate = training.head_learning_rate or encoder_rate
-    head, encoder = [], []
+    head: list[nn.Parameter] = []
+    encoder: list[nn.Parameter] = []
     for name, parameter in wrapper.named_parameters():
         if parameter.requires_grad:
             (head if is_head_parameter(name) else encoder).append(parameter)
     return [{"params": encoder, "lr": encoder_rate}, {"params": head, "lr": head_rate}]
 
 
-def _with_lora(model: RecordClassifier, config: LearnerConfig) -> nn.Module:
+def _with_lora(model: RecordClassifier, config: LearnerConfig) -> PeftModel:
     """Adapters on the encoder's attention; the field tower, fusion layer and head train fully."""
     from peft import LoraConfig, get_peft_model
 

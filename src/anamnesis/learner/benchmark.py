@@ -278,9 +278,9 @@ def run_benchmark(
     }
 
 
-def interval(values: Sequence[float], level: float = 0.95) -> dict[str, Any]:
+def interval(measured: Sequence[float | None], level: float = 0.95) -> dict[str, Any]:
     """Mean with a Student-t interval over seeds (half-width None with one value)."""
-    values = [v for v in values if v is not None and not math.isnan(v)]
+    values = [v for v in measured if v is not None and not math.isnan(v)]
     if not values:
         return {"mean": None, "half_width": None, "values": []}
     if len(values) == 1:
@@ -294,26 +294,26 @@ def summarize(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     seeds = list(per_seed)
     names = list(per_seed[seeds[0]]["strategies"])
 
-    def values(name: str, pick: Callable[[dict[str, Any]], float | None]) -> list[float]:
-        return [pick(per_seed[seed]["strategies"][name]) for seed in seeds]  # type: ignore[misc]
+    def runs(name: str) -> list[dict[str, Any]]:
+        return [per_seed[seed]["strategies"][name] for seed in seeds]
 
     summary: dict[str, Any] = {}
     for name in names:
         first = per_seed[seeds[0]]["strategies"][name]
         periods = list(first["just_trained"])
         entry = {
-            "final_average_accuracy": interval(values(name, lambda r: r["final_average_accuracy"])),
-            "average_forgetting": interval(values(name, lambda r: r["average_forgetting"])),
-            "bwt": interval(values(name, lambda r: r["bwt"])),
-            "last_update_wall_s": interval(values(name, lambda r: r["updates"][-1]["wall_s"])),
-            "last_update_samples": interval(values(name, lambda r: r["updates"][-1]["samples_processed"])),
-            "total_wall_s": interval(values(name, lambda r: r["total_wall_s"])),
-            "just_trained": {p: interval(values(name, lambda r, p=p: r["just_trained"][p])) for p in periods},
+            "final_average_accuracy": interval([r["final_average_accuracy"] for r in runs(name)]),
+            "average_forgetting": interval([r["average_forgetting"] for r in runs(name)]),
+            "bwt": interval([r["bwt"] for r in runs(name)]),
+            "last_update_wall_s": interval([r["updates"][-1]["wall_s"] for r in runs(name)]),
+            "last_update_samples": interval([r["updates"][-1]["samples_processed"] for r in runs(name)]),
+            "total_wall_s": interval([r["total_wall_s"] for r in runs(name)]),
+            "just_trained": {p: interval([r["just_trained"][p] for r in runs(name)]) for p in periods},
             "wall_s_per_update": [
-                interval(values(name, lambda r, i=i: r["updates"][i]["wall_s"])) for i in range(len(periods))
+                interval([r["updates"][i]["wall_s"] for r in runs(name)]) for i in range(len(periods))
             ],
             "samples_per_update": [
-                interval(values(name, lambda r, i=i: r["updates"][i]["samples_processed"])) for i in range(len(periods))
+                interval([r["updates"][i]["samples_processed"] for r in runs(name)]) for i in range(len(periods))
             ],
         }
         if name != REFERENCE:
@@ -335,9 +335,7 @@ def summarize(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
                 for p in periods
             }
         else:
-            entry["alone_per_period"] = {
-                p: interval(values(name, lambda r, p=p: r["alone_per_period"][p])) for p in periods
-            }
+            entry["alone_per_period"] = {p: interval([r["alone_per_period"][p] for r in runs(name)]) for p in periods}
         summary[name] = entry
     for name in names:
         if name not in (REFERENCE, "joint") and "joint" in names:
@@ -351,7 +349,8 @@ def _versus(per_seed: Mapping[str, Any], seeds: Sequence[str], name: str, other:
     """Paired per seed: accuracy difference and the cost ratios of the last update."""
 
     def result(seed: str, which: str) -> dict[str, Any]:
-        return per_seed[seed]["strategies"][which]
+        strategy: dict[str, Any] = per_seed[seed]["strategies"][which]
+        return strategy
 
     return {
         "accuracy_difference": interval(
@@ -482,7 +481,8 @@ def evaluate_targets(summary: Mapping[str, Any], *, class_incremental: bool) -> 
 
 def _low(entry: Mapping[str, Any]) -> float:
     half = entry["half_width"]
-    return entry["mean"] - half if half is not None else entry["mean"]
+    mean: float = entry["mean"]
+    return mean - half if half is not None else mean
 
 
 def _target(name: str, measured: str, met: bool) -> dict[str, Any]:

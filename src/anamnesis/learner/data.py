@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from enum import StrEnum
 
 import numpy as np
@@ -49,7 +50,7 @@ def _natural(text: str) -> list[object]:
 
 def order_periods(records: Iterable[LabeledRecord]) -> list[str]:
     """Periods in time order: by their earliest record, then by name (numbers numerically)."""
-    first_seen: dict[str, object] = {}
+    first_seen: dict[str, datetime] = {}
     for record in records:
         seen = first_seen.get(record.period)
         if seen is None or record.observed_at < seen:

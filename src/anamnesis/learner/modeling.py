@@ -26,7 +26,7 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
-from transformers import BertConfig, BertModel, BertTokenizerFast, PreTrainedTokenizerBase
+from transformers import BertConfig, BertModel, BertTokenizer, PreTrainedTokenizerBase
 
 from anamnesis.learner.config import ModelSpec
 from anamnesis.learner.features import FieldEncoding, encode_many
@@ -118,7 +118,11 @@ class ModelInputs:
 
 
 def load_tokenizer(model_dir: Path | None = None) -> PreTrainedTokenizerBase:
-    return BertTokenizerFast.from_pretrained(str(model_dir or base_model_dir()), local_files_only=True)
+    # transformers 5: BertTokenizer is the fast (Rust) tokenizer; BertTokenizerFast is its alias.
+    tokenizer: PreTrainedTokenizerBase = BertTokenizer.from_pretrained(
+        str(model_dir or base_model_dir()), local_files_only=True
+    )
+    return tokenizer
 
 
 def base_model_dir() -> Path:
@@ -223,7 +227,10 @@ def encode_inputs(
 ) -> list[list[int]]:
     """Token ids of the notes, or of (fields, note) pairs truncated from the longer of the two."""
     if not fields_in_text:
-        return tokenizer(list(notes), truncation=True, max_length=max_length, padding=False)["input_ids"]
+        note_ids: list[list[int]] = tokenizer(list(notes), truncation=True, max_length=max_length, padding=False)[
+            "input_ids"
+        ]
+        return note_ids
     encoded = tokenizer(
         [format_fields(item) for item in fields],
         list(notes),
@@ -231,7 +238,8 @@ def encode_inputs(
         max_length=max_length,
         padding=False,
     )
-    return encoded["input_ids"]
+    pair_ids: list[list[int]] = encoded["input_ids"]
+    return pair_ids
 
 
 def encode_records(
@@ -297,7 +305,7 @@ def load_bundle(folder: Path, *, expected_sha256: str, device: str = "cpu") -> M
     model = RecordClassifier(encoder, num_labels=len(labels), spec=spec)
     model.load_state_dict(load_file(str(folder / WEIGHTS_FILE), device=device), strict=True)
     model.to(device).eval()
-    tokenizer = BertTokenizerFast.from_pretrained(str(folder), local_files_only=True)
+    tokenizer = BertTokenizer.from_pretrained(str(folder), local_files_only=True)
     encoding = FieldEncoding.model_validate(description["field_encoding"])
     return ModelBundle(model=model, tokenizer=tokenizer, labels=labels, encoding=encoding)
 

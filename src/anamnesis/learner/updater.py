@@ -50,7 +50,7 @@ from anamnesis.learner.results import (
 )
 from anamnesis.learner.state import LearnerState
 from anamnesis.storage.artifacts import write_artifact
-from anamnesis.storage.models import ModelVersion
+from anamnesis.storage.models import ModelVersion, row_id
 from anamnesis.storage.queries import LabeledRecord, current_model, labeled_records, lineage, newest_label_id
 from anamnesis.storage.repository import create_model_version, promote_model_version, reject_model_version
 
@@ -92,7 +92,7 @@ def run_update(
         parent = current_model(session)
         cutoff = newest_label_id(session)
         records = labeled_records(session, max_label_id=cutoff) if cutoff is not None else []
-        ancestors = lineage(session, parent.id) if parent is not None else []
+        ancestors = lineage(session, row_id(parent)) if parent is not None else []
     parent_window = DataWindow.from_stored(parent) if parent is not None else None
     parent_cutoff = (parent_window.label_cutoff or 0) if parent_window is not None else 0
     train_records, holdout_records = split_holdout(records, config.training.holdout_fraction)
@@ -206,12 +206,12 @@ def run_update(
         if decision.accept:
             runtime = prepare_runtime(version, trained.bundle, holdout_records) if prepare_runtime else None
             version = promote_model_version(
-                session, version_id=version.id, actor=actor, reason=decision.summary, runtime=runtime
+                session, version_id=row_id(version), actor=actor, reason=decision.summary, runtime=runtime
             )
         else:
-            version = reject_model_version(session, version_id=version.id, actor=actor, reason=decision.summary)
+            version = reject_model_version(session, version_id=row_id(version), actor=actor, reason=decision.summary)
     return UpdateOutcome(
-        version_id=version.id,
+        version_id=row_id(version),
         promoted=decision.accept,
         decision=decision,
         metrics=UpdateMetrics.model_validate(version.metrics),
@@ -230,7 +230,7 @@ def _metrics(
     reference: ReferenceResult | None,
 ) -> UpdateMetrics:
     history = [(v, UpdateMetrics.from_stored(v), DataWindow.from_stored(v)) for v in ancestors]
-    rows = [MatrixRow(version_id=v.id, accuracy=m.accuracy_row if m else {}) for v, m, _ in history]
+    rows = [MatrixRow(version_id=row_id(v), accuracy=m.accuracy_row if m else {}) for v, m, _ in history]
     rows.append(MatrixRow(version_id=version_id, accuracy=candidate_eval.accuracy_row()))
     learned_at: dict[str, int] = {}
     for step, window in enumerate([*(w.periods for _, _, w in history), trained_periods]):

@@ -31,7 +31,7 @@ from anamnesis.monitor.data import WindowData
 from anamnesis.monitor.errors import NotComputableError, ReferenceMismatchError, WindowTooSmallError
 from anamnesis.monitor.quality import classification_quality, drop_p_value
 from anamnesis.monitor.reference import ReferenceProfile, sample_rows
-from anamnesis.monitor.result import DriftResult, FamilyResult, PerformanceSummary, json_safe
+from anamnesis.monitor.result import DriftResult, FamilyResult, PerformanceSummary, json_object
 
 if TYPE_CHECKING:
     from anamnesis.monitor.evidently_adapter import ColumnDrift, ColumnSpec, TextContentDrift
@@ -50,7 +50,7 @@ def _severity(score: float | None, threshold: float, baseline: float = 0.0) -> f
 
 
 def _not_computed(reason: str, scores: dict[str, Any] | None = None) -> FamilyResult:
-    return FamilyResult(computed=False, flagged=False, severity=0.0, scores=json_safe(scores or {}), reason=reason)
+    return FamilyResult(computed=False, flagged=False, severity=0.0, scores=json_object(scores or {}), reason=reason)
 
 
 def _names(columns: Sequence[str], limit: int = 6) -> str:
@@ -117,10 +117,10 @@ def plan_structured(reference: pd.DataFrame, current: pd.DataFrame, config: Stru
         ref[column] = ref_values
         cur[column] = cur_values
         if numeric:
-            kind, method, threshold = ColumnKind.numerical, config.numerical_method, config.numerical_threshold
+            spec = ColumnSpec(column, ColumnKind.numerical, config.numerical_method, config.numerical_threshold)
         else:
-            kind, method, threshold = ColumnKind.categorical, config.categorical_method, config.categorical_threshold
-        specs.append(ColumnSpec(column, kind, method, threshold))
+            spec = ColumnSpec(column, ColumnKind.categorical, config.categorical_method, config.categorical_threshold)
+        specs.append(spec)
     return StructuredPlan(
         ref, cur, tuple(specs), present_ref, present_cur, tuple(new_fields), tuple(dropped), tuple(sparse)
     )
@@ -194,7 +194,7 @@ def _structured(reference: ReferenceProfile, current: WindowData, drift_config: 
         "dropped_fields": list(plan.dropped_fields),
         "columns": columns,
     }
-    return FamilyResult(computed=True, flagged=flagged, severity=severity, scores=json_safe(scores), reason=reason)
+    return FamilyResult(computed=True, flagged=flagged, severity=severity, scores=json_object(scores), reason=reason)
 
 
 # --- text ---------------------------------------------------------------------------------------
@@ -280,7 +280,7 @@ def _text(reference: ReferenceProfile, current: WindowData, config: DriftConfig)
     if not drift and auc is None:
         return _not_computed("; ".join(parts) or "no descriptor or content signal configured")
     return FamilyResult(
-        computed=True, flagged=flagged, severity=severity, scores=json_safe(scores), reason="; ".join(parts)
+        computed=True, flagged=flagged, severity=severity, scores=json_object(scores), reason="; ".join(parts)
     )
 
 
@@ -344,7 +344,7 @@ def _embeddings(reference: ReferenceProfile, current: WindowData, config: DriftC
         computed=True,
         flagged=flagged,
         severity=_severity(score, settings.threshold, baseline=baseline),
-        scores=json_safe(scores),
+        scores=json_object(scores),
         reason=f"{label} {score:.3f} (flags above {settings.threshold:.2f})",
     )
 
@@ -397,7 +397,7 @@ def _predictions(reference: ReferenceProfile, current: WindowData, config: Drift
         computed=True,
         flagged=classes.drifted or confidence.drifted,
         severity=severity,
-        scores=json_safe(scores),
+        scores=json_object(scores),
         reason=reason,
     )
 
@@ -413,11 +413,11 @@ def unknown_label_rows(window: WindowData) -> Counter[str]:
 
 def _performance(reference: ReferenceProfile, current: WindowData, drift_config: DriftConfig) -> FamilyResult:
     config = drift_config.performance
-    labeled = [index for index, label in enumerate(current.truth) if label is not None]
+    labeled = current.labeled
     unknown_rows = unknown_label_rows(current)
     new_labels = tuple(sorted(unknown_rows))
     summary: dict[str, Any] = {
-        "labeled_rows": len(labeled),
+        "labeled_rows": len(labeled.indices),
         "reference_accuracy": reference.accuracy,
         "reference_macro_f1": reference.macro_f1,
         "reference_estimated_accuracy": reference.estimated_accuracy,
@@ -426,14 +426,12 @@ def _performance(reference: ReferenceProfile, current: WindowData, drift_config:
     flagged = False
     severity = 0.0
     computed = False
-    if reference.accuracy is not None and len(labeled) >= config.min_labels:
+    if reference.accuracy is not None and len(labeled.indices) >= config.min_labels:
         computed = True
-        truth = [current.truth[index] for index in labeled]
-        predicted = [current.predicted[index] for index in labeled]
-        accuracy, macro_f1 = classification_quality(truth, predicted)
+        accuracy, macro_f1 = classification_quality(labeled.truth, labeled.predicted)
         drop = reference.accuracy - accuracy
         reference_labeled = reference.window.labeled_rows
-        p_value = drop_p_value(reference.accuracy, reference_labeled, accuracy, len(labeled))
+        p_value = drop_p_value(reference.accuracy, reference_labeled, accuracy, len(labeled.indices))
         significant = p_value < config.significance
         measured_flag = significant and drop >= config.max_accuracy_drop
         summary |= {
@@ -446,13 +444,13 @@ def _performance(reference: ReferenceProfile, current: WindowData, drift_config:
         if significant:  # a drop that sampling noise explains has no severity
             severity = max(severity, _severity(drop, config.max_accuracy_drop))
         parts.append(
-            f"measured accuracy {accuracy:.3f} on {len(labeled)} labels vs {reference.accuracy:.3f} "
+            f"measured accuracy {accuracy:.3f} on {len(labeled.indices)} labels vs {reference.accuracy:.3f} "
             f"(drop {drop:+.3f}, p={p_value:.3g}; flags at {config.max_accuracy_drop:.2f} with p<{config.significance})"
         )
     elif reference.accuracy is None:
         parts.append("the reference has too few labels for accuracy")
     else:
-        parts.append(f"{len(labeled)} labels arrived (measured accuracy needs {config.min_labels})")
+        parts.append(f"{len(labeled.indices)} labels arrived (measured accuracy needs {config.min_labels})")
     if reference.calibration is not None and reference.estimated_accuracy is not None:
         computed = True
         estimated = float(reference.calibration.estimate(current.confidence).mean())
@@ -475,7 +473,7 @@ def _performance(reference: ReferenceProfile, current: WindowData, drift_config:
     if not computed:
         return _not_computed("; ".join(parts), scores)
     return FamilyResult(
-        computed=True, flagged=flagged, severity=severity, scores=json_safe(scores), reason="; ".join(parts)
+        computed=True, flagged=flagged, severity=severity, scores=json_object(scores), reason="; ".join(parts)
     )
 
 
@@ -567,16 +565,16 @@ def run_check(reference: ReferenceProfile, current: WindowData, config: DriftCon
             families[family] = _not_computed("disabled")
         timings[family.value] = round(time.perf_counter() - started, 3)
     structured = families[Family.structured]
-    new_fields = tuple(structured.scores.get("new_fields", ())) if structured.computed else ()
+    new_fields = structured.scores.get("new_fields") if structured.computed else None
     return DriftResult(
-        reference_window=json_safe(reference.window.summary()),
-        current_window=json_safe(current.summary()),
+        reference_window=json_object(reference.window.summary()),
+        current_window=json_object(current.summary()),
         drift_detected=any(result.flagged for result in families.values()),
         flags={family: result.flagged for family, result in families.items()},
         families=families,
         performance=PerformanceSummary.from_scores(families[Family.performance].scores, current.labeled_rows),
         new_labels=tuple(sorted(unknown_label_rows(current))),
-        new_fields=new_fields,
+        new_fields=tuple(str(name) for name in new_fields) if isinstance(new_fields, list) else (),
         timings=timings,
         config=config,
     )

@@ -68,6 +68,15 @@ def _float_matrix(values: object, name: str, rows: int) -> np.ndarray:
     return matrix
 
 
+@dataclass(frozen=True)
+class LabeledRows:
+    """The labeled rows of a window: row indices, labels and the model's predictions, row for row."""
+
+    indices: list[int]
+    truth: list[str]
+    predicted: list[str]
+
+
 @dataclass(frozen=True, kw_only=True, eq=False)
 class WindowData:
     """One window of records and the model's outputs, validated and copied at construction.
@@ -138,7 +147,18 @@ class WindowData:
     @cached_property
     def confidence(self) -> np.ndarray:
         """The top-class probability of each row."""
-        return self.probabilities.max(axis=1)
+        confidence: np.ndarray = self.probabilities.max(axis=1)
+        return confidence
+
+    @cached_property
+    def labeled(self) -> LabeledRows:
+        """The rows whose label has arrived, with their labels and predictions."""
+        rows = [(index, label) for index, label in enumerate(self.truth) if label is not None]
+        return LabeledRows(
+            indices=[index for index, _ in rows],
+            truth=[label for _, label in rows],
+            predicted=[self.predicted[index] for index, _ in rows],
+        )
 
     @property
     def labeled_rows(self) -> int:

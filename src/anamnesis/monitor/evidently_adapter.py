@@ -134,7 +134,7 @@ def text_descriptors(notes: Sequence[str], descriptors: Sequence[TextDescriptor]
     return values[names].astype("float64").reset_index(drop=True)
 
 
-def _status_by_metric(snapshot_dict: dict) -> dict[str, bool]:
+def _status_by_metric(snapshot_dict: dict[str, Any]) -> dict[str, bool]:
     return {
         test["metric_config"]["metric_id"]: str(getattr(test["status"], "value", test["status"])) == "FAIL"
         for test in snapshot_dict["tests"]
@@ -265,7 +265,7 @@ def drift_report_html(
         Dataset.from_pandas(current[names].copy(), data_definition=definition),
         Dataset.from_pandas(reference[names].copy(), data_definition=definition),
     )
-    page = snapshot.get_html_str(as_iframe=False)
+    page: str = snapshot.get_html_str(as_iframe=False)
     body = re.search(r"<body[^>]*>", page)
     if body is None:  # pragma: no cover - evidently's template always has a body
         return f"<!DOCTYPE html><html><body>{summary_html}{page}</body></html>"

@@ -53,7 +53,8 @@ class Calibration:
         )
 
     def estimate(self, confidence: np.ndarray) -> np.ndarray:
-        return np.interp(np.asarray(confidence, dtype=np.float64), self.confidence, self.accuracy)
+        estimated: np.ndarray = np.interp(np.asarray(confidence, dtype=np.float64), self.confidence, self.accuracy)
+        return estimated
 
 
 @dataclass(frozen=True)
@@ -130,15 +131,15 @@ class ReferenceProfile:
         if window.embeddings is not None:
             rows = sample_rows(window.rows, settings.embedding_rows, settings.random_seed)
             embedding_sample = window.embeddings[rows]
-        labeled = [index for index, label in enumerate(window.truth) if label is not None]
+        labeled = window.labeled
         accuracy = macro_f1 = estimated = None
         calibration = None
-        if len(labeled) >= settings.min_labels:
-            truth = [window.truth[index] for index in labeled]
-            predicted = [window.predicted[index] for index in labeled]
-            accuracy, macro_f1 = classification_quality(truth, predicted)
-            correct = np.array([t == p for t, p in zip(truth, predicted, strict=True)], dtype=np.float64)
-            calibration = Calibration.fit(window.confidence[labeled], correct)
+        if len(labeled.indices) >= settings.min_labels:
+            accuracy, macro_f1 = classification_quality(labeled.truth, labeled.predicted)
+            correct = np.array(
+                [t == p for t, p in zip(labeled.truth, labeled.predicted, strict=True)], dtype=np.float64
+            )
+            calibration = Calibration.fit(window.confidence[labeled.indices], correct)
             estimated = float(calibration.estimate(window.confidence).mean())
         return cls(
             window=_without_embeddings(window),
@@ -167,7 +168,7 @@ class ReferenceProfile:
         if self.calibration is not None:
             arrays["calibration_confidence"] = self.calibration.confidence
             arrays["calibration_accuracy"] = self.calibration.accuracy
-        np.savez(folder / "arrays.npz", **arrays)
+        np.savez(folder / "arrays.npz", **arrays)  # type: ignore[arg-type]  # the stub lets **arrays collide with allow_pickle: bool
         meta = {
             "format": FORMAT_VERSION,
             "settings": self.settings.to_json(),

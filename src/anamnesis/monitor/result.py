@@ -6,6 +6,7 @@ No Evidently here, so the dashboard and the API can read stored results without 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, field_validator, model_validator
@@ -33,6 +34,11 @@ def json_safe(value: Any) -> JsonValue:
     if isinstance(value, float):
         return value if math.isfinite(value) else None
     raise TypeError(f"not JSON-serialisable: {type(value).__name__}")
+
+
+def json_object(value: Mapping[str, Any]) -> dict[str, JsonValue]:
+    """A mapping as a plain JSON object (see `json_safe`)."""
+    return {str(key): json_safe(item) for key, item in value.items()}
 
 
 def _finite(value: JsonValue) -> bool:

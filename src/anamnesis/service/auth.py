@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from sqlalchemy import Engine
 from sqlmodel import Session
 
-from anamnesis.storage.models import ApiRole
+from anamnesis.storage.models import ApiRole, row_id
 from anamnesis.storage.queries import find_api_key
 from anamnesis.storage.repository import hash_api_key
 
@@ -45,7 +45,7 @@ class KeyVerifier:
                 return cached[1]
         with Session(self._engine) as session:
             row = find_api_key(session, digest)
-        principal = Principal(key_id=row.id, name=row.name, role=ApiRole(row.role)) if row else None
+        principal = Principal(key_id=row_id(row), name=row.name, role=ApiRole(row.role)) if row else None
         with self._lock:
             if len(self._cache) > 10_000:
                 self._cache.clear()

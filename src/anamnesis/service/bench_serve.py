@@ -21,7 +21,7 @@ import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 from pydantic import BaseModel, Field
@@ -34,8 +34,11 @@ from anamnesis.storage.artifacts import write_artifact
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.migrate import upgrade
-from anamnesis.storage.models import ApiRole
+from anamnesis.storage.models import ApiRole, row_id
 from anamnesis.storage.repository import create_api_key, create_model_version, promote_model_version
+
+if TYPE_CHECKING:
+    from fastapi import FastAPI
 
 LABELS = tuple(plan.value for plan in Plan if plan != Plan.antibody_drug_conjugate)
 Say = Callable[[str], None]
@@ -73,7 +76,7 @@ def _install(home: Path) -> tuple[StorageConfig, str]:
         runtime = choose_runtime(version, bundle, [], artifacts_dir=config.artifacts_dir, max_length=128).model_dump(
             mode="json"
         )
-        promote_model_version(session, version_id=version.id, actor="bench", reason="benchmark", runtime=runtime)
+        promote_model_version(session, version_id=row_id(version), actor="bench", reason="benchmark", runtime=runtime)
         _, key = create_api_key(session, name="bench", role=ApiRole.predict, actor="bench")
     engine.dispose()
     return config, key
@@ -256,7 +259,7 @@ class NaiveItem(BaseModel):
     fields: dict[str, Any] = Field(default_factory=dict)
 
 
-def naive_app():
+def naive_app() -> FastAPI:
     """The baseline: one PyTorch forward per request, no batching, no background work."""
     from fastapi import FastAPI
 

@@ -24,7 +24,8 @@ bearer = HTTPBearer(auto_error=False, description="The API key as a bearer token
 
 
 def get_state(request: Request) -> ServiceState:
-    return request.app.state.service
+    state: ServiceState = request.app.state.service
+    return state
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]

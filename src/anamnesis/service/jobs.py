@@ -20,7 +20,7 @@ from anamnesis.learner.updater import run_update
 from anamnesis.service.predicting.runtime import runtime_preparer
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import LeaseHeldError
-from anamnesis.storage.models import Job, JobKind, RunStatus, Trigger
+from anamnesis.storage.models import Job, JobKind, RunStatus, Trigger, row_id
 from anamnesis.storage.queries import find_job, get_job
 from anamnesis.storage.repository import (
     acquire_lease,
@@ -70,10 +70,11 @@ def run_now(
     returns it finished, failed or succeeded."""
     with Session(context.engine) as session:
         run = create_job(session, kind=kind, trigger=Trigger.manual, actor=actor, reason=reason, config=config)
-        claim_job(session, run_id=run.id, worker=context.identity)
-    execute_job(context, run.id, extra_hook=hook)
+        job_id = row_id(run)
+        claim_job(session, run_id=job_id, worker=context.identity)
+    execute_job(context, job_id, extra_hook=hook)
     with Session(context.engine) as session:
-        return get_job(session, run.id)
+        return get_job(session, job_id)
 
 
 def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | None = None) -> None:

@@ -26,7 +26,7 @@ from anamnesis.monitor.reference import ReferenceCache
 from anamnesis.monitor.runner import UpdateContext, run_and_store
 from anamnesis.service.predicting.runtime import LoadedModel, load_model
 from anamnesis.service.settings import Settings
-from anamnesis.storage.models import JobKind, ModelVersion, Trigger, utcnow
+from anamnesis.storage.models import JobKind, ModelVersion, Trigger, row_id, utcnow
 from anamnesis.storage.queries import WindowRecord, current_model, labeled_records_since, last_job_since, recent_records
 from anamnesis.storage.repository import create_job
 
@@ -66,14 +66,14 @@ def current_window(rows: Sequence[WindowRecord], model: LoadedModel, description
     if missing:
         outputs = model.predict([r.record.note for r in missing], [r.record.fields for r in missing])
         computed = {
-            r.record.id: (e, p) for r, e, p in zip(missing, outputs.embeddings, outputs.probabilities, strict=True)
+            row_id(r.record): (e, p) for r, e, p in zip(missing, outputs.embeddings, outputs.probabilities, strict=True)
         }
     embedding_rows, probability_rows = [], []
     for row in rows:
-        if row.record.id in computed:
-            embedding, probability = computed[row.record.id]
+        prediction = row.prediction
+        if prediction is None or prediction.embedding is None:
+            embedding, probability = computed[row_id(row.record)]
         else:
-            prediction = row.prediction
             embedding = np.frombuffer(prediction.embedding, dtype=np.float16).astype(np.float32)
             probability = np.array([prediction.probabilities.get(label, 0.0) for label in model.labels])
             probability = probability / probability.sum()
@@ -98,11 +98,12 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         version = current_model(session)
         if version is None:
             return {"skipped": "no production model"}, "skipped: no model in production yet"
-        rows = recent_records(
-            session, since=version.promoted_at, limit=settings.drift_window, model_version_id=version.id
-        )
+        promoted_at = version.promoted_at
+        if promoted_at is None:
+            raise RuntimeError(f"model version {version.id} is in production without a promotion time")
+        rows = recent_records(session, since=promoted_at, limit=settings.drift_window, model_version_id=row_id(version))
         new_labels = labeled_records_since(session, DataWindow.from_stored(version).label_cutoff or 0)
-        last_attempt = last_job_since(session, JobKind.retrain, version.promoted_at)
+        last_attempt = last_job_since(session, JobKind.retrain, promoted_at)
     if len(rows) < settings.drift.min_rows:
         message = (
             f"skipped: {len(rows)} records since v{version.id} was promoted (fewer than {settings.drift.min_rows})"
@@ -118,7 +119,7 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         rows,
         model,
         {
-            "since": version.promoted_at.isoformat(),
+            "since": promoted_at.isoformat(),
             "model_version": version.id,
             "periods": sorted({r.record.period for r in rows if r.record.period}),
         },
@@ -126,7 +127,7 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
     now = utcnow()
     context = UpdateContext(
         new_labeled_records=new_labels,
-        model_age=now - version.promoted_at,
+        model_age=now - promoted_at,
         since_last_attempt=(now - last_attempt.created_at) if last_attempt else None,
     )
     try:

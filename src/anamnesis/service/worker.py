@@ -28,7 +28,7 @@ from sqlmodel import Session
 from anamnesis.service.jobs import TRAINING_LEASE, JobContext, execute_job
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import ConflictError, LeaseHeldError
-from anamnesis.storage.models import JobKind, Trigger
+from anamnesis.storage.models import JobKind, Trigger, row_id
 from anamnesis.storage.queries import active_jobs, find_job, queued_job_ids
 from anamnesis.storage.repository import (
     acquire_lease,
@@ -109,7 +109,10 @@ class Worker:
                     run = find_job(session, self.jobs.current_run)
                     if run is not None:
                         report_run_progress(
-                            session, run_id=run.id, progress=run.progress, message=run.progress_message or "running"
+                            session,
+                            run_id=row_id(run),
+                            progress=run.progress,
+                            message=run.progress_message or "running",
                         )
                 failed = fail_interrupted_runs(
                     session, stale_after=timedelta(seconds=self.settings.stale_run_s), actor=f"worker:{self.identity}"

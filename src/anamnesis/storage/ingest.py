@@ -249,7 +249,8 @@ def estimate_rows(path: Path, file_format: FileFormat) -> int | None:
         import pyarrow.parquet as pq
 
         try:
-            return pq.ParquetFile(path).metadata.num_rows
+            rows: int = pq.ParquetFile(path).metadata.num_rows
+            return rows
         except Exception:
             return None
     with path.open("rb") as handle:
@@ -357,7 +358,8 @@ def _parse_time(value: Any, column: str) -> datetime:
     if pd.isna(moment):
         raise ValueError(f"column {column!r} is not a date or time")
     moment = moment.tz_localize("UTC") if moment.tzinfo is None else moment.tz_convert("UTC")
-    return moment.to_pydatetime()
+    as_datetime: datetime = moment.to_pydatetime()
+    return as_datetime
 
 
 ProgressCallback = Callable[[int], None]

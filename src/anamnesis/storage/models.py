@@ -18,7 +18,7 @@ def utcnow() -> datetime:
     return datetime.now(UTC)
 
 
-class UTCDateTime(TypeDecorator):
+class UTCDateTime(TypeDecorator[datetime]):
     """Timezone-aware UTC datetimes on every database (SQLite alone would hand back naive ones)."""
 
     impl = DateTime(timezone=True)
@@ -37,7 +37,7 @@ class UTCDateTime(TypeDecorator):
         return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
-def _enum_column(*, index: bool = False) -> Column:
+def _enum_column(*, index: bool = False) -> Column[str]:
     # Plain strings, not native PostgreSQL enums: a new value then needs no schema migration.
     return Column(String(30), nullable=False, index=index)
 

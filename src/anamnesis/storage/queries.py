@@ -8,7 +8,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import func, select
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.models import (
@@ -22,6 +22,7 @@ from anamnesis.storage.models import (
     Prediction,
     Record,
     RunStatus,
+    row_id,
 )
 
 
@@ -51,17 +52,17 @@ def labeled_records(
     session: Session, *, max_label_id: int | None = None, record_ids: Sequence[int] | None = None
 ) -> list[LabeledRecord]:
     """Every labeled record with its newest label (up to `max_label_id` when given)."""
-    newest = select(Label.record_id, func.max(Label.id).label("label_id"))
+    newest_ids = select(col(Label.record_id), func.max(col(Label.id)).label("label_id"))
     if max_label_id is not None:
-        newest = newest.where(Label.id <= max_label_id)
+        newest_ids = newest_ids.where(col(Label.id) <= max_label_id)
     if record_ids is not None:
-        newest = newest.where(Label.record_id.in_(record_ids))
-    newest = newest.group_by(Label.record_id).subquery()
+        newest_ids = newest_ids.where(col(Label.record_id).in_(record_ids))
+    newest = newest_ids.group_by(col(Label.record_id)).subquery()
     rows = session.execute(
-        select(Record, Label.label, Label.id)
-        .join(newest, newest.c.record_id == Record.id)
-        .join(Label, Label.id == newest.c.label_id)
-        .order_by(Record.id)
+        select(Record, col(Label.label), col(Label.id))
+        .join(newest, newest.c.record_id == col(Record.id))
+        .join(Label, col(Label.id) == newest.c.label_id)
+        .order_by(col(Record.id))
     )
     return [
         LabeledRecord(
@@ -83,13 +84,16 @@ def labeled_records(
 def current_labels(session: Session, record_ids: Sequence[int]) -> dict[int, str]:
     """The newest label of each record that has one."""
     newest = (
-        select(func.max(Label.id)).where(Label.record_id.in_(record_ids)).group_by(Label.record_id).scalar_subquery()
+        select(func.max(col(Label.id)))
+        .where(col(Label.record_id).in_(record_ids))
+        .group_by(col(Label.record_id))
+        .scalar_subquery()
     )
-    return dict(session.execute(select(Label.record_id, Label.label).where(Label.id.in_(newest))).all())
+    return dict(session.execute(select(col(Label.record_id), col(Label.label)).where(col(Label.id).in_(newest))).all())
 
 
 def newest_label_id(session: Session) -> int | None:
-    return session.scalar(select(func.max(Label.id)))
+    return session.scalar(select(func.max(col(Label.id))))
 
 
 def count_rows(session: Session, table: type) -> int:
@@ -97,12 +101,12 @@ def count_rows(session: Session, table: type) -> int:
 
 
 def current_model(session: Session) -> ModelVersion | None:
-    return session.scalars(select(ModelVersion).where(ModelVersion.status == ModelStatus.production)).one_or_none()
+    return session.scalars(select(ModelVersion).where(col(ModelVersion.status) == ModelStatus.production)).one_or_none()
 
 
 def why_no_model_serves(session: Session) -> str:
     """Why nothing is in production: the newest version's gate decision, or that none was trained."""
-    newest = session.scalars(select(ModelVersion).order_by(ModelVersion.id.desc()).limit(1)).first()
+    newest = session.scalars(select(ModelVersion).order_by(col(ModelVersion.id).desc()).limit(1)).first()
     if newest is None:
         return "no model version has been trained yet: ingest labeled records and run `anamnesis train`"
     return f"no model version is in production: version {newest.id} is {newest.status}: {newest.decision_reason}"
@@ -116,7 +120,7 @@ def get_model_version(session: Session, version_id: int) -> ModelVersion:
 
 
 def list_model_versions(session: Session, *, limit: int = 100, offset: int = 0) -> list[ModelVersion]:
-    statement = select(ModelVersion).order_by(ModelVersion.id.desc()).offset(offset).limit(limit)
+    statement = select(ModelVersion).order_by(col(ModelVersion.id).desc()).offset(offset).limit(limit)
     return list(session.scalars(statement))
 
 
@@ -144,34 +148,36 @@ def find_job(session: Session, run_id: int) -> Job | None:
 
 def queued_job_ids(session: Session) -> list[int]:
     """Queued jobs, oldest first."""
-    return list(session.scalars(select(Job.id).where(Job.status == RunStatus.queued).order_by(Job.id)))
+    return list(session.scalars(select(col(Job.id)).where(col(Job.status) == RunStatus.queued).order_by(col(Job.id))))
 
 
 def job_counts(session: Session) -> dict[tuple[str, str], int]:
     """How many jobs there are of each (kind, status)."""
-    counts = session.execute(select(Job.kind, Job.status, func.count()).group_by(Job.kind, Job.status))
+    counts = session.execute(
+        select(col(Job.kind), col(Job.status), func.count()).group_by(col(Job.kind), col(Job.status))
+    )
     return {(str(kind), str(status)): count for kind, status, count in counts}
 
 
 def list_jobs(session: Session, *, limit: int = 50, offset: int = 0) -> list[Job]:
-    return list(session.scalars(select(Job).order_by(Job.id.desc()).offset(offset).limit(limit)))
+    return list(session.scalars(select(Job).order_by(col(Job.id).desc()).offset(offset).limit(limit)))
 
 
 def active_jobs(session: Session) -> list[Job]:
-    statement = select(Job).where(Job.status.in_([RunStatus.queued, RunStatus.running]))
-    return list(session.scalars(statement.order_by(Job.id)))
+    statement = select(Job).where(col(Job.status).in_([RunStatus.queued, RunStatus.running]))
+    return list(session.scalars(statement.order_by(col(Job.id))))
 
 
 def version_of_job(session: Session, run_id: int) -> ModelVersion | None:
-    return session.scalars(select(ModelVersion).where(ModelVersion.job_id == run_id)).first()
+    return session.scalars(select(ModelVersion).where(col(ModelVersion.job_id) == run_id)).first()
 
 
 def list_drift_reports(session: Session, *, limit: int = 50, offset: int = 0) -> list[DriftReport]:
-    return list(session.scalars(select(DriftReport).order_by(DriftReport.id.desc()).offset(offset).limit(limit)))
+    return list(session.scalars(select(DriftReport).order_by(col(DriftReport.id).desc()).offset(offset).limit(limit)))
 
 
 def latest_drift_report(session: Session) -> DriftReport | None:
-    return session.scalars(select(DriftReport).order_by(DriftReport.id.desc()).limit(1)).first()
+    return session.scalars(select(DriftReport).order_by(col(DriftReport.id).desc()).limit(1)).first()
 
 
 def get_drift_report(session: Session, report_id: int) -> DriftReport:
@@ -182,15 +188,17 @@ def get_drift_report(session: Session, report_id: int) -> DriftReport:
 
 
 def list_api_keys(session: Session) -> list[ApiKey]:
-    return list(session.scalars(select(ApiKey).order_by(ApiKey.id)))
+    return list(session.scalars(select(ApiKey).order_by(col(ApiKey.id))))
 
 
 def find_api_key(session: Session, key_hash: str) -> ApiKey | None:
-    return session.scalars(select(ApiKey).where(ApiKey.key_hash == key_hash, ApiKey.revoked_at.is_(None))).first()
+    return session.scalars(
+        select(ApiKey).where(col(ApiKey.key_hash) == key_hash, col(ApiKey.revoked_at).is_(None))
+    ).first()
 
 
 def find_prediction(session: Session, request_id: str) -> Prediction | None:
-    return session.scalars(select(Prediction).where(Prediction.request_id == request_id)).first()
+    return session.scalars(select(Prediction).where(col(Prediction.request_id) == request_id)).first()
 
 
 @dataclass(frozen=True)
@@ -207,30 +215,35 @@ def recent_records(
 ) -> list[WindowRecord]:
     """The newest records stored after `since` (at most `limit`), with their current labels and
     the newest prediction `model_version_id` made for each, oldest first."""
-    statement = select(Record).order_by(Record.id.desc()).limit(limit)
+    statement = select(Record).order_by(col(Record.id).desc()).limit(limit)
     if since is not None:
-        statement = statement.where(Record.created_at > since)
+        statement = statement.where(col(Record.created_at) > since)
     records = list(session.scalars(statement))[::-1]
-    ids = [record.id for record in records]
+    ids = [row_id(record) for record in records]
     if not ids:
         return []
     labels = current_labels(session, ids)
     newest = (
-        select(func.max(Prediction.id))
-        .where(Prediction.record_id.in_(ids), Prediction.model_version_id == model_version_id)
-        .group_by(Prediction.record_id)
+        select(func.max(col(Prediction.id)))
+        .where(col(Prediction.record_id).in_(ids), col(Prediction.model_version_id) == model_version_id)
+        .group_by(col(Prediction.record_id))
         .scalar_subquery()
     )
-    predictions = {p.record_id: p for p in session.scalars(select(Prediction).where(Prediction.id.in_(newest)))}
-    return [WindowRecord(record=r, label=labels.get(r.id), prediction=predictions.get(r.id)) for r in records]
+    predictions = {p.record_id: p for p in session.scalars(select(Prediction).where(col(Prediction.id).in_(newest)))}
+    return [
+        WindowRecord(record=record, label=labels.get(record_id), prediction=predictions.get(record_id))
+        for record, record_id in zip(records, ids, strict=True)
+    ]
 
 
 def labeled_records_since(session: Session, label_id: int) -> int:
     """Records that received a label after the label with id `label_id`."""
-    return session.scalar(select(func.count(func.distinct(Label.record_id))).where(Label.id > label_id)) or 0
+    return session.scalar(select(func.count(func.distinct(col(Label.record_id)))).where(col(Label.id) > label_id)) or 0
 
 
 def last_job_since(session: Session, kind: JobKind, since: datetime) -> Job | None:
     """The newest job of `kind` created after `since`."""
-    statement = select(Job).where(Job.kind == kind, Job.created_at > since).order_by(Job.id.desc()).limit(1)
+    statement = (
+        select(Job).where(col(Job.kind) == kind, col(Job.created_at) > since).order_by(col(Job.id).desc()).limit(1)
+    )
     return session.scalars(statement).first()

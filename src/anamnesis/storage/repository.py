@@ -12,10 +12,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import CursorResult, Engine, Insert, Update, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
-from sqlmodel import Session
+from sqlmodel import Session, col
 
 from anamnesis.storage.errors import ConflictError, LeaseHeldError, NotFoundError
 from anamnesis.storage.models import (
@@ -34,6 +34,7 @@ from anamnesis.storage.models import (
     Record,
     RunStatus,
     Trigger,
+    row_id,
     utcnow,
 )
 from anamnesis.storage.queries import current_labels
@@ -76,6 +77,14 @@ def record_audit_event(
     session.commit()
 
 
+def _matched_rows(session: Session, statement: Update) -> int:
+    """Executes an UPDATE and returns how many rows it matched."""
+    result = session.execute(statement)
+    # SQLModel types Session.execute as returning a plain Result; an UPDATE's is a CursorResult.
+    assert isinstance(result, CursorResult)
+    return result.rowcount
+
+
 # --- records and labels ---------------------------------------------------------------------
 
 
@@ -104,6 +113,7 @@ class BatchOutcome:
 
 def _insert_ignoring_duplicates(session: Session, table: type, rows: list[dict[str, Any]], key: str) -> None:
     dialect = session.get_bind().dialect.name
+    statement: Insert
     if dialect == "postgresql":
         statement = postgresql.insert(table).on_conflict_do_nothing(index_elements=[key])
     elif dialect == "sqlite":
@@ -114,7 +124,7 @@ def _insert_ignoring_duplicates(session: Session, table: type, rows: list[dict[s
 
 
 def _ids_by_hash(session: Session, hashes: Sequence[str]) -> dict[str, int]:
-    rows = session.execute(select(Record.content_hash, Record.id).where(Record.content_hash.in_(hashes)))
+    rows = session.execute(select(col(Record.content_hash), col(Record.id)).where(col(Record.content_hash).in_(hashes)))
     return {content_hash: record_id for content_hash, record_id in rows}
 
 
@@ -198,7 +208,7 @@ def create_model_version(
     )
     session.add(version)
     session.flush()
-    version.metrics = metrics(version.id)
+    version.metrics = metrics(row_id(version))
     _audit(
         session,
         action=AuditAction.train,
@@ -213,18 +223,18 @@ def create_model_version(
 
 
 def _get_version(session: Session, version_id: int, *, for_update: bool = False) -> ModelVersion:
-    statement = select(ModelVersion).where(ModelVersion.id == version_id)
+    statement = select(ModelVersion).where(col(ModelVersion.id) == version_id)
     if for_update:
         statement = statement.with_for_update()
-    version = session.execute(statement).scalar_one_or_none()
+    version = session.scalars(statement).one_or_none()
     if version is None:
         raise NotFoundError("model version", version_id)
     return version
 
 
 def _current_for_update(session: Session) -> ModelVersion | None:
-    statement = select(ModelVersion).where(ModelVersion.status == ModelStatus.production).with_for_update()
-    return session.execute(statement).scalar_one_or_none()
+    statement = select(ModelVersion).where(col(ModelVersion.status) == ModelStatus.production).with_for_update()
+    return session.scalars(statement).one_or_none()
 
 
 def promote_model_version(
@@ -291,14 +301,14 @@ def rollback_model(session: Session, *, actor: str, reason: str) -> ModelVersion
     current = _current_for_update(session)
     if current is None:
         raise ConflictError("there is no production model to roll back")
-    previous = session.execute(
+    previous = session.scalars(
         select(ModelVersion)
-        .where(ModelVersion.status == ModelStatus.archived, ModelVersion.promoted_at.is_not(None))
-        .where(ModelVersion.id != current.id)
-        .order_by(ModelVersion.promoted_at.desc())
+        .where(col(ModelVersion.status) == ModelStatus.archived, col(ModelVersion.promoted_at).is_not(None))
+        .where(col(ModelVersion.id) != current.id)
+        .order_by(col(ModelVersion.promoted_at).desc())
         .limit(1)
         .with_for_update()
-    ).scalar_one_or_none()
+    ).one_or_none()
     if previous is None:
         raise ConflictError(f"model version {current.id} has no earlier production version to roll back to")
     current.status = ModelStatus.archived
@@ -356,12 +366,13 @@ def create_job(
 def claim_job(session: Session, *, run_id: int, worker: str) -> Job:
     """Moves a queued run to running; fails when another worker got it first."""
     now = utcnow()
-    result = session.execute(
+    claimed = _matched_rows(
+        session,
         update(Job)
-        .where(Job.id == run_id, Job.status == RunStatus.queued)
-        .values(status=RunStatus.running, worker=worker, started_at=now, heartbeat_at=now)
+        .where(col(Job.id) == run_id, col(Job.status) == RunStatus.queued)
+        .values(status=RunStatus.running, worker=worker, started_at=now, heartbeat_at=now),
     )
-    if result.rowcount != 1:
+    if claimed != 1:
         session.rollback()
         raise ConflictError(f"job {run_id} is not queued")
     session.commit()
@@ -381,7 +392,7 @@ def report_run_progress(
     if data_window is not None:
         values["data_window"] = data_window
     # Only a running job reports progress: a late heartbeat must not overwrite a finished job's message.
-    session.execute(update(Job).where(Job.id == run_id, Job.status == RunStatus.running).values(**values))
+    session.execute(update(Job).where(col(Job.id) == run_id, col(Job.status) == RunStatus.running).values(**values))
     session.commit()
 
 
@@ -427,14 +438,14 @@ def fail_interrupted_runs(session: Session, *, stale_after: timedelta, actor: st
     """Marks running runs whose worker stopped heartbeating as failed; returns their ids."""
     cutoff = utcnow() - stale_after
     stale = (
-        session.execute(select(Job.id).where(Job.status == RunStatus.running, Job.heartbeat_at < cutoff))
+        session.execute(select(col(Job.id)).where(col(Job.status) == RunStatus.running, col(Job.heartbeat_at) < cutoff))
         .scalars()
         .all()
     )
     for run_id in stale:
         session.execute(
             update(Job)
-            .where(Job.id == run_id, Job.status == RunStatus.running)
+            .where(col(Job.id) == run_id, col(Job.status) == RunStatus.running)
             .values(
                 status=RunStatus.failed,
                 finished_at=utcnow(),
@@ -521,12 +532,13 @@ def revoke_api_key(session: Session, *, key_id: int, actor: str) -> ApiKey:
 def acquire_lease(session: Session, *, name: str, holder: str, ttl: timedelta) -> None:
     """Takes or renews a named lease; raises LeaseHeldError while someone else holds it."""
     now = utcnow()
-    renewed = session.execute(
+    renewed = _matched_rows(
+        session,
         update(Lease)
-        .where(Lease.name == name, (Lease.holder == holder) | (Lease.expires_at < now))
-        .values(holder=holder, acquired_at=now, expires_at=now + ttl)
+        .where(col(Lease.name) == name, (col(Lease.holder) == holder) | (col(Lease.expires_at) < now))
+        .values(holder=holder, acquired_at=now, expires_at=now + ttl),
     )
-    if renewed.rowcount == 1:
+    if renewed == 1:
         session.commit()
         return
     try:
@@ -539,7 +551,10 @@ def acquire_lease(session: Session, *, name: str, holder: str, ttl: timedelta) -
 
 
 def release_lease(session: Session, *, name: str, holder: str) -> None:
-    session.execute(Lease.__table__.delete().where(Lease.name == name, Lease.holder == holder))
+    # A Core delete on the table (no ORM session synchronisation). SQLModel sets `__table__` on table
+    # models but does not declare it, so type checkers cannot see it.
+    lease_table = Lease.__table__  # type: ignore[attr-defined]
+    session.execute(lease_table.delete().where(col(Lease.name) == name, col(Lease.holder) == holder))
     session.commit()
 
 
@@ -594,7 +609,7 @@ def add_drift_report(
 def add_labels(session: Session, *, labels: Sequence[tuple[int, str]], source: str, actor: str) -> list[Label]:
     """Adds ground truth for many records in one transaction; (record id, label) pairs."""
     record_ids = sorted({record_id for record_id, _ in labels})
-    found = set(session.scalars(select(Record.id).where(Record.id.in_(record_ids))))
+    found = set(session.scalars(select(col(Record.id)).where(col(Record.id).in_(record_ids))))
     missing = [record_id for record_id in record_ids if record_id not in found]
     if missing:
         raise NotFoundError("record", missing[0])

@@ -14,6 +14,7 @@ from anamnesis.service.deps import AdminKey, SessionDep, StateDep
 from anamnesis.service.schemas import IngestResponse, LabelResult, LabelsRequest, LabelsResponse, RecordsRequest
 from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.ingest import ColumnMapping, FileFormat, ingest_file, prepare_record
+from anamnesis.storage.models import row_id
 from anamnesis.storage.queries import find_prediction
 from anamnesis.storage.repository import add_labels, store_record_batch
 from anamnesis.storage.schemas import RecordCreate
@@ -51,11 +52,14 @@ def add_ground_truth(body: LabelsRequest, state: StateDep, session: SessionDep, 
     pairs: list[tuple[int, str]] = []
     flushed = False
     for index, item in enumerate(body.labels):
-        if (item.record_id is None) == (item.prediction_id is None):
-            raise HTTPException(422, f"labels[{index}]: give exactly one of record_id and prediction_id")
-        if item.record_id is not None:
+        both_or_neither = HTTPException(422, f"labels[{index}]: give exactly one of record_id and prediction_id")
+        if item.prediction_id is None:
+            if item.record_id is None:
+                raise both_or_neither
             pairs.append((item.record_id, item.label))
             continue
+        if item.record_id is not None:
+            raise both_or_neither
         prediction = find_prediction(session, item.prediction_id)
         if prediction is None and not flushed:
             # It may still be waiting in this process's write queue.
@@ -66,7 +70,7 @@ def add_ground_truth(body: LabelsRequest, state: StateDep, session: SessionDep, 
             raise NotFoundError("prediction", item.prediction_id)
         pairs.append((prediction.record_id, item.label))
     rows = add_labels(session, labels=pairs, source="api:labels", actor=principal.actor)
-    return LabelsResponse(labels=[LabelResult(label_id=r.id, record_id=r.record_id, label=r.label) for r in rows])
+    return LabelsResponse(labels=[LabelResult(label_id=row_id(r), record_id=r.record_id, label=r.label) for r in rows])
 
 
 @router.post("/records/upload", response_model=IngestResponse, responses={413: {"description": "File too large."}})

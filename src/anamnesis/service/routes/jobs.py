@@ -7,14 +7,14 @@ from fastapi import APIRouter, status
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep
 from anamnesis.service.schemas import JobPublic, JobRequest
 from anamnesis.storage import queries
-from anamnesis.storage.models import Job, JobKind, Trigger
+from anamnesis.storage.models import Job, JobKind, Trigger, row_id
 from anamnesis.storage.repository import create_job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
 def public(session: SessionDep, run: Job) -> JobPublic:
-    version = queries.version_of_job(session, run.id) if run.kind == JobKind.retrain else None
+    version = queries.version_of_job(session, row_id(run)) if run.kind == JobKind.retrain else None
     values = {name: getattr(run, name) for name in JobPublic.model_fields if name != "model_version_id"}
     return JobPublic(**values, model_version_id=version.id if version else None)
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from alembic import context
 from sqlmodel import SQLModel
 
@@ -10,7 +12,7 @@ from anamnesis.storage.models import UTCDateTime  # also registers every table o
 target_metadata = SQLModel.metadata
 
 
-def _render_item(kind: str, item: object, autogen_context: object) -> str | bool:
+def _render_item(kind: str, item: object, autogen_context: object) -> str | Literal[False]:
     # Migrations spell out the database type, not our Python-side decorator.
     if kind == "type" and isinstance(item, UTCDateTime):
         return "sa.DateTime(timezone=True)"

@@ -10,6 +10,8 @@ Revises: 0003
 Create Date: 2026-11-29
 """
 
+from typing import Any
+
 import sqlalchemy as sa
 from alembic import op
 
@@ -22,7 +24,7 @@ _reports = sa.table("driftreport", sa.column("id", sa.Integer), sa.column("decis
 _LIMITS = ("max_accuracy_drop", "max_estimated_drop")
 
 
-def _move(decision: dict, source: str, target: str) -> dict:
+def _move(decision: dict[str, Any], source: str, target: str) -> dict[str, Any]:
     moved = {key: decision[source][key] for key in _LIMITS if key in decision.get(source, {})}
     return {
         **decision,

@@ -7,9 +7,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from anamnesis.learner.benchmark import cohort_records, make_stream, run_reference, run_strategy
+from anamnesis.cohort import Scenario, generate, write_stream
+from anamnesis.learner.benchmark import cohort_records, make_stream, read_records, run_reference, run_strategy
 from anamnesis.learner.config import LearnerConfig, TrainingConfig, preset
 from anamnesis.learner.modeling import tiny_classifier
+from anamnesis.storage.ingest import ColumnMapping
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,3 +98,13 @@ def test_bench_learn_refuses_an_unknown_replay_source_naming_the_option(tmp_path
     assert "--replay-source must be one of history, buffer" in finished.stderr
     assert "Traceback" not in finished.stderr
     assert not (tmp_path / "learn.json").exists()
+
+
+def test_a_cohort_in_memory_gives_the_records_its_parquet_file_gives(tmp_path: Path) -> None:
+    direct = cohort_records(Scenario.mixed, periods=2, per_period=150, seed=4)
+    written = write_stream(generate(Scenario.mixed, periods=2, per_period=150, seed=4), tmp_path / "cohort.parquet")
+    mapping = ColumnMapping(
+        text="note", label="label", period="period", time="observed_at", site="site", patient="patient_id"
+    )
+    assert direct == read_records(written[0], mapping=mapping)
+    assert len(direct) == 300 and all(record.patient_hash for record in direct)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import math
-import tempfile
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -34,8 +33,9 @@ from anamnesis.learner.gate import Predictions
 from anamnesis.learner.modeling import ModelBundle, load_base_classifier, resolve_device
 from anamnesis.learner.reference import reference_predictions
 from anamnesis.learner.state import LearnerState
-from anamnesis.storage.ingest import ColumnMapping, FileFormat, validated_batches
+from anamnesis.storage.ingest import ColumnMapping, FileFormat, validated_batches, validated_frame
 from anamnesis.storage.queries import LabeledRecord
+from anamnesis.storage.repository import PreparedRecord
 
 if TYPE_CHECKING:
     from anamnesis.cohort import Scenario
@@ -69,30 +69,33 @@ def read_records(path: Path, *, mapping: ColumnMapping, file_format: FileFormat 
     """Reads a file the way `anamnesis ingest` does; keeps records with both a label and a period."""
     if mapping.label is None or mapping.period is None:
         raise ValueError("a benchmark stream needs a label column and a period column")
+    batches = validated_batches(path, mapping=mapping, patient_key=BENCHMARK_KEY, file_format=file_format)
+    return _labeled_records([record for _, prepared, _errors in batches for record in prepared], path.name)
+
+
+def _labeled_records(prepared: Sequence[PreparedRecord], source: str) -> list[LabeledRecord]:
+    """The records with both a label and a period, numbered as if stored in this order."""
     records: list[LabeledRecord] = []
-    for _, prepared, _errors in validated_batches(
-        path, mapping=mapping, patient_key=BENCHMARK_KEY, file_format=file_format
-    ):
-        for record in prepared:
-            if record.label is None or record.period is None:
-                continue
-            index = len(records)
-            records.append(
-                LabeledRecord(
-                    record_id=index,
-                    content_hash=record.content_hash,
-                    site=record.site,
-                    period=record.period,
-                    observed_at=record.observed_at,
-                    note=record.note,
-                    fields=record.fields,
-                    label=record.label,
-                    label_id=index,
-                    patient_hash=record.patient_hash,
-                )
+    for record in prepared:
+        if record.label is None or record.period is None:
+            continue
+        index = len(records)
+        records.append(
+            LabeledRecord(
+                record_id=index,
+                content_hash=record.content_hash,
+                site=record.site,
+                period=record.period,
+                observed_at=record.observed_at,
+                note=record.note,
+                fields=record.fields,
+                label=record.label,
+                label_id=index,
+                patient_hash=record.patient_hash,
             )
+        )
     if not records:
-        raise ValueError(f"{path.name} holds no record with both a label and a period")
+        raise ValueError(f"{source} holds no record with both a label and a period")
     return records
 
 
@@ -121,15 +124,15 @@ def make_stream(
 
 
 def cohort_records(scenario: Scenario, *, periods: int, per_period: int, seed: int) -> list[LabeledRecord]:
-    """A generated cohort read back through the ingest path (raw patient ids become keyed hashes)."""
-    from anamnesis.cohort import generate, write_stream
+    """A generated cohort validated as ingestion would (raw patient ids become keyed hashes), in memory."""
+    from anamnesis.cohort import generate
 
     cohort = generate(scenario=scenario, periods=periods, per_period=per_period, seed=seed)
     mapping = ColumnMapping(
         text="note", label="label", period="period", time="observed_at", site="site", patient="patient_id"
     )
-    with tempfile.TemporaryDirectory() as folder:
-        return read_records(write_stream(cohort, Path(folder) / "cohort.parquet")[0], mapping=mapping)
+    prepared, _errors = validated_frame(cohort.frame, mapping=mapping, patient_key=BENCHMARK_KEY)
+    return _labeled_records(prepared, f"cohort {scenario}")
 
 
 Progress = Callable[[str], None]

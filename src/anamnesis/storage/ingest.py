@@ -235,12 +235,12 @@ def inspect_columns(path: Path, file_format: FileFormat | None = None) -> list[s
     raise IngestFileError(f"{path.name}: the file holds no records")
 
 
-def _check_mapping(path: Path, columns: Sequence[str], mapping: ColumnMapping) -> None:
+def _check_mapping(source: str, columns: Sequence[str], mapping: ColumnMapping) -> None:
     wanted = mapping.named_columns() + list(mapping.fields or ())
     missing = [column for column in wanted if column not in columns]
     if missing:
         shown = ", ".join(repr(column) for column in list(columns)[:30])
-        raise IngestFileError(f"{path.name}: column(s) {', '.join(map(repr, missing))} not found; the file has {shown}")
+        raise IngestFileError(f"{source}: column(s) {', '.join(map(repr, missing))} not found; it has {shown}")
 
 
 def estimate_rows(path: Path, file_format: FileFormat) -> int | None:
@@ -377,21 +377,41 @@ def validated_batches(
     """Reads and validates `path` batch by batch: (rows read, valid records, row errors)."""
     _check_readable(path)
     fmt = detect_format(path, file_format)
-    _check_mapping(path, inspect_columns(path, fmt), mapping)
+    _check_mapping(path.name, inspect_columns(path, fmt), mapping)
     readers = {FileFormat.csv: _csv_rows, FileFormat.jsonl: _jsonl_rows, FileFormat.parquet: _parquet_rows}
     validate = RowValidator(
         mapping=mapping, patient_key=patient_key, field_columns=mapping.fields, ingested_at=utcnow()
     )
     for raw_rows in readers[fmt](path, batch_size):
-        prepared: list[PreparedRecord] = []
-        errors: list[RowError] = []
-        for row, values in raw_rows:
-            outcome = values if isinstance(values, RowError) else validate(row, values)
-            if isinstance(outcome, RowError):
-                errors.append(outcome)
-            else:
-                prepared.append(outcome)
+        prepared, errors = _validate_rows(raw_rows, validate)
         yield len(raw_rows), prepared, errors
+
+
+def validated_frame(
+    frame: pd.DataFrame, *, mapping: ColumnMapping, patient_key: bytes
+) -> tuple[list[PreparedRecord], list[RowError]]:
+    """Validates the rows of a data frame in memory exactly as ingesting it written to Parquet would
+    (the same Arrow conversion of each value, the same validation)."""
+    import pyarrow as pa
+
+    _check_mapping("the data frame", [str(column) for column in frame.columns], mapping)
+    validate = RowValidator(
+        mapping=mapping, patient_key=patient_key, field_columns=mapping.fields, ingested_at=utcnow()
+    )
+    rows = pa.Table.from_pandas(frame, preserve_index=False).to_pylist()
+    return _validate_rows([(row, values) for row, values in enumerate(rows, start=1)], validate)
+
+
+def _validate_rows(raw_rows: Sequence[RawRow], validate: RowValidator) -> tuple[list[PreparedRecord], list[RowError]]:
+    prepared: list[PreparedRecord] = []
+    errors: list[RowError] = []
+    for row, values in raw_rows:
+        outcome = values if isinstance(values, RowError) else validate(row, values)
+        if isinstance(outcome, RowError):
+            errors.append(outcome)
+        else:
+            prepared.append(outcome)
+    return prepared, errors
 
 
 def ingest_file(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import logging
 import random
 import time
 from collections.abc import Iterator
@@ -149,6 +150,64 @@ def test_bad_predict_input_gets_a_clear_4xx_and_stores_nothing(deployment, body,
     response = client.post("/v1/predict", json=body, headers=keys.header("predict"))
     assert response.status_code == status
     assert message in json.dumps(response.json())
+    client.app.state.service.writer.flush()
+    assert _count(config, Record) == before
+
+
+PLANTED = "Johnathan Smithers MRN 99887766"
+JSON = {"content-type": "application/json"}
+
+
+def test_no_error_answer_or_log_line_quotes_what_was_sent(deployment, caplog: pytest.LogCaptureFixture) -> None:
+    """Names planted in the values of bad requests never come back in an answer nor reach the log (an
+    answer may name a field the client sent, never a value)."""
+    client, keys, config = deployment
+    before = _count(config, Record)
+    predict, admin = keys.header("predict"), keys.header("admin")
+    raw = [
+        f'{{"note": "{PLANTED} \\ud800", "fields": {{}}}}',  # a lone surrogate
+        f'{{"note": "{PLANTED}", "fields": {{"age": Infinity}}}}',
+        f'{{"note": "{PLANTED}", "fields": {{"age": 1e400}}}}',
+        f'[{{"note": "{PLANTED}", "fields": {{"stage": "{PLANTED}"}}}}]',
+    ]
+    v2 = "/v2/models/anamnesis/infer"
+    with caplog.at_level(logging.DEBUG):
+        answers = [
+            *(client.post("/v1/predict", content=body.encode(), headers={**predict, **JSON}) for body in raw),
+            client.post("/v1/predict", content=f'{{"note": "{PLANTED} \xff"}}'.encode("latin-1"), headers=predict),
+            client.post("/v1/predict", json={"note": PLANTED, "fields": {"age": PLANTED}}, headers=predict),
+            client.post("/v1/labels", json={"labels": [{"record_id": 1, "label": PLANTED * 5}]}, headers=admin),
+            client.post("/v1/labels", json={"labels": [{"prediction_id": PLANTED, "label": "x"}]}, headers=admin),
+            client.post(
+                v2, json={"inputs": [{"name": "note", "shape": [0], "datatype": "BYTES", "data": []}]}, headers=predict
+            ),
+            client.post(
+                v2,
+                json={
+                    "inputs": [
+                        {"name": "note", "shape": [1], "datatype": "BYTES", "data": [PLANTED]},
+                        {
+                            "name": "fields",
+                            "shape": [1],
+                            "datatype": "BYTES",
+                            "data": [f'{{"age": {{"n": "{PLANTED}"}}}}'],
+                        },
+                    ]
+                },
+                headers=predict,
+            ),
+            client.post(
+                v2,
+                json={"inputs": [{"name": "note", "shape": [2], "datatype": "BYTES", "data": [PLANTED]}]},
+                headers=predict,
+            ),
+        ]
+    assert all(400 <= answer.status_code < 500 for answer in answers), [a.status_code for a in answers]
+    assert not [answer.text for answer in answers if "Smithers" in answer.text]
+    assert "Smithers" not in caplog.text
+    # Each answer names the field and the problem.
+    assert "finite number" in answers[1].text and "age" in answers[1].text
+    assert "invalid Unicode" in answers[0].text and "no records" in answers[8].json()["error"]
     client.app.state.service.writer.flush()
     assert _count(config, Record) == before
 

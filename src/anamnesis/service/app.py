@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime
@@ -143,8 +144,10 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         started = time.perf_counter()
         try:
             response = await call_next(request)
-        except Exception:
-            logger.exception("unhandled error on %s %s", request.method, request.url.path)
+        except Exception as error:
+            # The error's type and frames, not its message: a message can quote the request's values.
+            frames = "".join(traceback.format_tb(error.__traceback__))
+            logger.error("unhandled %s on %s %s\n%s", type(error).__name__, request.method, request.url.path, frames)
             response = JSONResponse({"detail": "internal error"}, status_code=500)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")

@@ -1,14 +1,17 @@
 """The one place where domain errors become HTTP answers.
 
 Answers carry `{"detail": message}`, except under /v2, where the Open Inference Protocol asks for
-`{"error": message}`.
+`{"error": message}`. A refused request is described by field and problem, never by the value sent:
+a value may be patient text.
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 
@@ -51,6 +54,7 @@ def register_error_handlers(app: FastAPI) -> None:
     for error_type, status in _STATUS:
         app.add_exception_handler(error_type, _handler(status))
     app.add_exception_handler(V2Error, _v2_error)
+    app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(DatabaseUnavailableError, _handler(503, RETRY_AFTER))
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(SQLAlchemyError, _database_error)
@@ -73,6 +77,31 @@ def _handler(
 async def _v2_error(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, V2Error)
     return _answer(request, str(error), error.status)
+
+
+# A union body's branch that failed on the body's shape alone (an object sent where a list was one
+# option): not what the client meant, so not reported beside the branch that failed on a field.
+_WRONG_SHAPE = {"list_type", "dict_type", "model_type", "model_attributes_type"}
+
+
+def validation_problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
+    """Pydantic's errors as location, message and type only: no `input`, no `ctx` (both can hold the value)."""
+    problems = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in errors]
+
+    def wrong_shape(problem: dict[str, Any]) -> bool:
+        return problem["type"] in _WRONG_SHAPE and len(problem["loc"]) == 2
+
+    relevant = [problem for problem in problems if not wrong_shape(problem)]
+    return relevant or problems
+
+
+async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, RequestValidationError)
+    problems = validation_problems(error.errors())
+    if request.url.path.startswith("/v2/"):
+        message = "; ".join(f"{'.'.join(str(part) for part in p['loc'])}: {p['msg']}" for p in problems)
+        return JSONResponse({"error": message}, status_code=422)
+    return JSONResponse({"detail": problems}, status_code=422)
 
 
 async def _database_unavailable(request: Request, error: Exception) -> JSONResponse:

@@ -12,7 +12,6 @@ from starlette.concurrency import run_in_threadpool
 
 from anamnesis.service.deps import AdminKey, SessionDep, StateDep
 from anamnesis.service.schemas import IngestResponse, LabelResult, LabelsRequest, LabelsResponse, RecordsRequest
-from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.ingest import ColumnMapping, FileFormat, ingest_file, prepare_record
 from anamnesis.storage.models import row_id
 from anamnesis.storage.queries import find_prediction
@@ -67,7 +66,8 @@ def add_ground_truth(body: LabelsRequest, state: StateDep, session: SessionDep, 
             flushed = True
             prediction = find_prediction(session, item.prediction_id)
         if prediction is None or prediction.record_id is None:
-            raise NotFoundError("prediction", item.prediction_id)
+            # Not the id itself: any text can be sent as one.
+            raise HTTPException(404, f"labels[{index}]: no prediction has this prediction_id")
         pairs.append((prediction.record_id, item.label))
     rows = add_labels(session, labels=pairs, source="api:labels", actor=principal.actor)
     return LabelsResponse(labels=[LabelResult(label_id=row_id(r), record_id=r.record_id, label=r.label) for r in rows])

@@ -26,6 +26,7 @@ from anamnesis.service.schemas import (
     V2Tensor,
     V2TensorMetadata,
 )
+from anamnesis.storage.schemas import describe_errors
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 MODEL_NAME = "anamnesis"
@@ -103,6 +104,8 @@ def _items(request: V2InferRequest) -> list[PredictItem]:
     if "note" not in tensors:
         raise V2Error("input 'note' is required")
     notes = _strings(tensors["note"])
+    if not notes:
+        raise V2Error("input 'note' holds no records; send at least one")
     fields = [_json_object(v) for v in _strings(tensors["fields"])] if "fields" in tensors else [{}] * len(notes)
     sites = _strings(tensors["site"]) if "site" in tensors else ["default"] * len(notes)
     if not len(fields) == len(sites) == len(notes):
@@ -114,10 +117,7 @@ def _items(request: V2InferRequest) -> list[PredictItem]:
         try:
             items.append(PredictItem.model_validate({"note": note, "fields": field_values, "site": site}))
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in error.errors(include_input=False)
-            )
-            raise V2Error(f"record {index}: {problems}") from None
+            raise V2Error(f"record {index}: {describe_errors(error)}") from None
     return items
 
 

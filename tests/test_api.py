@@ -20,7 +20,18 @@ from anamnesis.service.app import create_app
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.migrate import upgrade
-from anamnesis.storage.models import Job, Label, ModelStatus, ModelVersion, Prediction, Record
+from anamnesis.storage.models import (
+    Job,
+    Label,
+    ModelStatus,
+    ModelVersion,
+    Prediction,
+    Record,
+    RunStatus,
+    Trigger,
+    row_id,
+)
+from anamnesis.storage.repository import claim_job, create_job, finish_job
 from tests.factories import store, toy_records
 from tests.service_fixtures import LABELS, TINY_CONFIG, Keys, installation, settings_for, tiny, train_version
 
@@ -463,3 +474,27 @@ def test_a_first_model_below_the_floor_does_not_serve_and_readiness_says_why(sql
         page = client.get("/")
         assert "below the floor" in page.text and "--override-gate" in page.text
     engine.dispose()
+
+
+def test_server_paths_and_tracebacks_are_shown_to_admin_keys_only(deployment) -> None:
+    client, keys, config = deployment
+    as_reader = client.get("/v1/models", headers=keys.header("predict")).json()
+    as_admin = client.get("/v1/models", headers=keys.header("admin")).json()
+    served = [v for v in as_admin if v["runtime"] and v["runtime"]["onnx_path"]]
+    assert served, "the deployment serves an ONNX version"
+    assert all(v["runtime"] is None or v["runtime"]["onnx_path"] is None for v in as_reader)
+    assert client.get("/v1/models/current", headers=keys.header("predict")).json()["runtime"]["onnx_path"] is None
+
+    engine = create_db_engine(config)
+    with Session(engine) as session:
+        job = create_job(session, trigger=Trigger.api, actor="test", reason=None, config={})
+        claim_job(session, run_id=row_id(job), worker="test")
+        trace = 'ValueError: cannot read record 7\n  File "/srv/anamnesis/learner/updater.py", line 1'
+        finish_job(session, run_id=row_id(job), status=RunStatus.failed, error=trace, actor="test")
+    engine.dispose()
+    path = f"/v1/jobs/{row_id(job)}"
+    assert client.get(path, headers=keys.header("admin")).json()["error"] == trace
+    shown = client.get(path, headers=keys.header("predict")).json()["error"]
+    assert shown == "ValueError (the details are shown to admin keys)"
+    listed = client.get("/v1/jobs", headers=keys.header("predict")).json()
+    assert not [j for j in listed if j["error"] and "/srv/" in j["error"]]

@@ -64,7 +64,7 @@ def test_serve_drives_the_whole_loop_over_http(sqlite_config: StorageConfig, tmp
         assert client.get("/readyz").json()["model_version"] == version
 
 
-def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
+def test_first_start_writes_an_admin_key_once_to_a_private_file(tmp_path: Path) -> None:
     from anamnesis.storage.engine import create_db_engine
     from anamnesis.storage.migrate import upgrade
 
@@ -76,8 +76,11 @@ def test_first_start_prints_an_admin_key_once(tmp_path: Path) -> None:
         with running(["serve", "--port", str(port)], environment(config), log, port=port):
             pass
         text = log.read_text()
-        assert text.count("First admin API key") == 1, f"attempt {attempt}"
-    key = next(line.split(": ")[1] for line in log.read_text().splitlines() if "First admin API key" in line)
+        assert text.count("First admin API key written to") == 1, f"attempt {attempt}"
+    key_file = config.home / "first-admin.key"
+    assert key_file.stat().st_mode & 0o777 == 0o600
+    key = key_file.read_text()
+    assert key.startswith("anm_") and key.strip() not in log.read_text()
     port = free_port()
     with running(["serve", "--port", str(port)], environment(config), log, port=port):
         response = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"X-API-Key": key.strip()})

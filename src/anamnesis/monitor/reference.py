@@ -28,6 +28,7 @@ from anamnesis.monitor.config import DriftConfig, TextDescriptor
 from anamnesis.monitor.data import WindowData
 from anamnesis.monitor.errors import ReferenceProfileError
 from anamnesis.monitor.quality import classification_quality
+from anamnesis.storage.private import PRIVATE_DIR, private_dir
 
 FORMAT_VERSION = 1
 _KEY = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
@@ -154,8 +155,9 @@ class ReferenceProfile:
         )
 
     def save(self, folder: Path) -> None:
-        """Writes the profile into `folder` (created; must not exist yet)."""
-        folder.mkdir(parents=True)
+        """Writes the profile into `folder` (created private to the service's user: it holds note text;
+        must not exist yet)."""
+        folder.mkdir(parents=True, mode=PRIVATE_DIR)
         window = self.window
         window.fields.to_parquet(folder / "fields.parquet", index=False)
         pd.DataFrame({"note": list(window.notes), "site": list(window.sites), "truth": list(window.truth)}).to_parquet(
@@ -261,7 +263,7 @@ class ReferenceCache:
             return ReferenceProfile.load(folder)
         profile = ReferenceProfile.build(build(), self.config)
         self.builds += 1
-        folder.parent.mkdir(parents=True, exist_ok=True)
+        private_dir(folder.parent)
         staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
         try:
             profile.save(staging / "profile")

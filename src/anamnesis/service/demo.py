@@ -34,6 +34,7 @@ from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.ingest import ColumnMapping, ingest_file
 from anamnesis.storage.migrate import upgrade
 from anamnesis.storage.models import ApiRole
+from anamnesis.storage.private import write_private
 from anamnesis.storage.repository import create_api_key
 
 Say = Callable[[str], None]
@@ -113,8 +114,7 @@ def run_demo(
             )
         _, admin_key = create_api_key(session, name="demo", role=ApiRole.admin, actor="demo")
     engine.dispose()
-    (home / "admin.key").write_text(admin_key + "\n")
-    (home / "admin.key").chmod(0o600)
+    write_private(home / "admin.key", admin_key + "\n")
 
     # The service reads exactly these settings: none of this shell's ANAMNESIS_* variables leak in.
     environment = {key: value for key, value in os.environ.items() if not key.startswith("ANAMNESIS_")}

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal
+from typing import Any, Literal, Self
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from anamnesis.learner.config import LearnerConfig
 from anamnesis.learner.gate import GateDecision
 from anamnesis.learner.results import AccuracyMatrix, DataWindow, UpdateMetrics
+from anamnesis.service.auth import Principal
 from anamnesis.service.predicting.runtime import RuntimeChoice
-from anamnesis.storage.models import JobKind, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
+from anamnesis.storage.models import ApiRole, JobKind, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
 from anamnesis.storage.schemas import LabelName, PatientReference, RecordBase
 
 
@@ -128,6 +129,12 @@ class ModelVersionPublic(BaseModel):
             decision_reason=version.decision_reason,
         )
 
+    def visible_to(self, principal: Principal) -> Self:
+        """What `principal` may see: server paths for admin keys only."""
+        if principal.allows(ApiRole.admin) or self.runtime is None:
+            return self
+        return self.model_copy(update={"runtime": self.runtime.model_copy(update={"onnx_path": None})})
+
 
 class ModelDetail(ModelVersionPublic):
     lineage: list[int] = Field(description="Ancestor version ids, oldest first, ending with this one.")
@@ -171,6 +178,13 @@ class JobPublic(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+
+    def visible_to(self, principal: Principal) -> Self:
+        """What `principal` may see: a failed job's traceback for admin keys only, its error type to all."""
+        if principal.allows(ApiRole.admin) or self.error is None:
+            return self
+        kind = self.error.split(":", 1)[0].splitlines()[0]
+        return self.model_copy(update={"error": f"{kind} (the details are shown to admin keys)"})
 
 
 class HealthStatus(BaseModel):

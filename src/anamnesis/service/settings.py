@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,6 +17,7 @@ from sqlalchemy.engine import make_url
 from anamnesis.learner.config import GateConfig, LearnerConfig, PresetName, TrainingConfig, preset
 from anamnesis.monitor.config import DriftConfig, PolicyConfig
 from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.private import write_private
 
 ENV_PREFIX = "ANAMNESIS_"
 RuntimeMode = Literal["auto", "pytorch", "onnx"]
@@ -189,15 +189,7 @@ class Settings(BaseSettings):
             return self.patient_key.encode()
         key_file = self.home / "patient.key"
         if not key_file.exists():
-            key_file.parent.mkdir(parents=True, exist_ok=True)
-            staging = key_file.with_name(f".patient.key.{secrets.token_hex(4)}")
-            staging.write_text(secrets.token_hex(32))
-            staging.chmod(0o600)
-            try:
-                # link() fails if another process created the key first: then both use that one.
-                os.link(staging, key_file)
-            except FileExistsError:
-                pass
-            finally:
-                staging.unlink()
+            self.home.mkdir(parents=True, exist_ok=True)
+            # Another process may create it first: then both use that one.
+            write_private(key_file, secrets.token_hex(32), replace=False)
         return key_file.read_text().strip().encode()

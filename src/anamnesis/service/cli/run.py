@@ -31,7 +31,7 @@ def serve(
     cli.configure_logging()
     engine = cli.engine
     if not api_only:
-        _bootstrap_admin_key(engine)
+        _bootstrap_admin_key(engine, settings.home / FIRST_ADMIN_KEY_FILE)
     engine.dispose()
     application = create_app(settings, run_worker=not api_only)
     uvicorn.run(
@@ -127,11 +127,16 @@ def config_show(
         typer.echo(f"{row.name:<{width}}  {row.value:<24}  {row.source}")
 
 
-def _bootstrap_admin_key(engine: Engine) -> None:
-    """On a fresh installation, creates the first admin key and prints it, once."""
+FIRST_ADMIN_KEY_FILE = "first-admin.key"
+
+
+def _bootstrap_admin_key(engine: Engine, key_file: Path) -> None:
+    """On a fresh installation, creates the first admin key and writes it to a file only this user can
+    read; the output (which often ends up in a log) names the file, never the key."""
     from sqlmodel import Session
 
     from anamnesis.storage.models import ApiKey, ApiRole
+    from anamnesis.storage.private import write_private
     from anamnesis.storage.queries import count_rows
     from anamnesis.storage.repository import create_api_key
 
@@ -139,5 +144,7 @@ def _bootstrap_admin_key(engine: Engine) -> None:
         if count_rows(session, ApiKey):
             return
         _, plaintext = create_api_key(session, name="first-admin", role=ApiRole.admin, actor="serve")
-    typer.secho(f"First admin API key (shown once; keep it): {plaintext}", fg=typer.colors.GREEN)
+    key_file.parent.mkdir(parents=True, exist_ok=True)
+    write_private(key_file, plaintext + "\n")
+    typer.secho(f"First admin API key written to {key_file} (mode 0600): read it, keep it, delete the file.")
     typer.echo("Create more with `anamnesis keys create --name NAME --role predict|admin`.")

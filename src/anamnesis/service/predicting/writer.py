@@ -23,6 +23,7 @@ from sqlmodel import Session
 
 from anamnesis.service.predicting.batcher import ItemResult
 from anamnesis.service.predicting.registry import DatabaseHealth
+from anamnesis.storage.private import private_dir, write_private
 from anamnesis.storage.repository import PreparedRecord, store_predictions
 
 logger = logging.getLogger("anamnesis.serving")
@@ -190,11 +191,9 @@ class PredictionWriter:
             self._spill(left)
 
     def _spill(self, items: list[PendingPrediction]) -> None:
-        self._spill_dir.mkdir(parents=True, exist_ok=True)
+        private_dir(self._spill_dir)  # the records' note text is in here
         path = self._spill_dir / f"predictions-{int(time.time())}-{uuid.uuid4().hex[:6]}.jsonl"
-        staging = path.with_suffix(".tmp")
-        staging.write_text("".join(json.dumps(item.to_json()) + "\n" for item in items))
-        staging.rename(path)
+        write_private(path, "".join(json.dumps(item.to_json()) + "\n" for item in items))
         logger.error("database unavailable at shutdown: %d predictions kept in %s", len(items), path.name)
 
     def _restore_spilled(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, status
 
+from anamnesis.service.auth import Principal
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep
 from anamnesis.service.schemas import JobPublic, JobRequest
 from anamnesis.storage import queries
@@ -13,38 +14,38 @@ from anamnesis.storage.repository import create_job
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
 
-def public(session: SessionDep, run: Job) -> JobPublic:
+def public(session: SessionDep, run: Job, principal: Principal) -> JobPublic:
     version = queries.version_of_job(session, row_id(run)) if run.kind == JobKind.retrain else None
     values = {name: getattr(run, name) for name in JobPublic.model_fields if name != "model_version_id"}
-    return JobPublic(**values, model_version_id=version.id if version else None)
+    return JobPublic(**values, model_version_id=version.id if version else None).visible_to(principal)
 
 
-def _queue(session: SessionDep, kind: JobKind, body: JobRequest | None, actor: str) -> JobPublic:
+def _queue(session: SessionDep, kind: JobKind, body: JobRequest | None, principal: Principal) -> JobPublic:
     run = create_job(
-        session, kind=kind, trigger=Trigger.api, actor=actor, reason=body.reason if body else None, config={}
+        session, kind=kind, trigger=Trigger.api, actor=principal.actor, reason=body.reason if body else None, config={}
     )
-    return public(session, run)
+    return public(session, run, principal)
 
 
 @router.post("/retrain", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
 def queue_retrain(session: SessionDep, principal: AdminKey, body: JobRequest | None = None) -> JobPublic:
     """Queue one model update; the worker trains, evaluates, gates and (maybe) promotes."""
-    return _queue(session, JobKind.retrain, body, principal.actor)
+    return _queue(session, JobKind.retrain, body, principal)
 
 
 @router.post("/drift-check", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
 def queue_drift_check(session: SessionDep, principal: AdminKey, body: JobRequest | None = None) -> JobPublic:
     """Queue a drift check of the recent records against the current model's reference."""
-    return _queue(session, JobKind.drift_check, body, principal.actor)
+    return _queue(session, JobKind.drift_check, body, principal)
 
 
 @router.get("", response_model=list[JobPublic])
-def list_jobs(session: SessionDep, _: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> list[JobPublic]:
-    """Jobs, newest first, with status, progress and errors."""
+def list_jobs(session: SessionDep, principal: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> list[JobPublic]:
+    """Jobs, newest first, with status, progress and errors (tracebacks for admin keys only)."""
     runs = queries.list_jobs(session, limit=limit, offset=offset)
-    return [public(session, run) for run in runs]
+    return [public(session, run, principal) for run in runs]
 
 
 @router.get("/{job_id}", response_model=JobPublic)
-def get_job(job_id: RowId, session: SessionDep, _: ReaderKey) -> JobPublic:
-    return public(session, queries.get_job(session, job_id))
+def get_job(job_id: RowId, session: SessionDep, principal: ReaderKey) -> JobPublic:
+    return public(session, queries.get_job(session, job_id), principal)

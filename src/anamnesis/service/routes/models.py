@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
+from anamnesis.service.auth import Principal
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep, StateDep
 from anamnesis.service.predicting.runtime import promote_with_runtime
 from anamnesis.service.schemas import ModelDetail, ModelVersionPublic, PromoteRequest, RollbackRequest
@@ -15,8 +16,8 @@ from anamnesis.storage.repository import rollback_model
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
-def detail(session: SessionDep, version: ModelVersion) -> ModelDetail:
-    public = ModelVersionPublic.of(version)
+def detail(session: SessionDep, version: ModelVersion, principal: Principal) -> ModelDetail:
+    public = ModelVersionPublic.of(version).visible_to(principal)
     return ModelDetail(
         **dict(public),
         lineage=[row_id(v) for v in lineage(session, row_id(version))],
@@ -26,24 +27,27 @@ def detail(session: SessionDep, version: ModelVersion) -> ModelDetail:
 
 
 @router.get("", response_model=list[ModelVersionPublic])
-def list_models(session: SessionDep, _: ReaderKey, limit: Limit = 100, offset: Offset = 0) -> list[ModelVersionPublic]:
+def list_models(
+    session: SessionDep, principal: ReaderKey, limit: Limit = 100, offset: Offset = 0
+) -> list[ModelVersionPublic]:
     """Model versions, newest first."""
-    return [ModelVersionPublic.of(v) for v in list_model_versions(session, limit=limit, offset=offset)]
+    versions = list_model_versions(session, limit=limit, offset=offset)
+    return [ModelVersionPublic.of(v).visible_to(principal) for v in versions]
 
 
 @router.get("/current", response_model=ModelDetail)
-def get_current(session: SessionDep, _: ReaderKey) -> ModelDetail:
+def get_current(session: SessionDep, principal: ReaderKey) -> ModelDetail:
     """The production model."""
     version = current_model(session)
     if version is None:
         raise NotFoundError("production model", "(none yet)")
-    return detail(session, version)
+    return detail(session, version, principal)
 
 
 @router.get("/{version_id}", response_model=ModelDetail)
-def get_model(version_id: RowId, session: SessionDep, _: ReaderKey) -> ModelDetail:
+def get_model(version_id: RowId, session: SessionDep, principal: ReaderKey) -> ModelDetail:
     """One version: metrics, accuracy matrix, lineage and the gate's decision."""
-    return detail(session, get_model_version(session, version_id))
+    return detail(session, get_model_version(session, version_id), principal)
 
 
 @router.post("/{version_id}/promote", response_model=ModelDetail)
@@ -61,10 +65,10 @@ def promote(
         max_length=state.settings.max_length,
         mode=state.settings.runtime,
     )
-    return detail(session, promoted)
+    return detail(session, promoted, principal)
 
 
 @router.post("/rollback", response_model=ModelDetail)
 def rollback(body: RollbackRequest, session: SessionDep, principal: AdminKey) -> ModelDetail:
     """Put the previously promoted version back into production."""
-    return detail(session, rollback_model(session, actor=principal.actor, reason=body.reason))
+    return detail(session, rollback_model(session, actor=principal.actor, reason=body.reason), principal)

@@ -38,6 +38,7 @@ from anamnesis.monitor.errors import (
 )
 from anamnesis.monitor.policy import PolicyInputs, UpdateBlocker, UpdateDecision, UpdateTrigger, decide_update
 from anamnesis.monitor.reference import ReferenceCache, ReferenceProfile
+from anamnesis.monitor.report import render_html
 from anamnesis.monitor.result import DriftResult, FamilyResult, PerformanceSummary, json_safe
 
 CLASSES = ("chemotherapy", "radiotherapy", "surgery")
@@ -584,3 +585,20 @@ def test_policy_inputs_come_from_a_result() -> None:
     # A drop that sampling noise explains (p above the check's significance level) triggers nothing.
     noisy = result.model_copy(update={"performance": result.performance.model_copy(update={"drop_p_value": 0.2})})
     assert PolicyInputs.from_result(noisy, new_labeled_records=300, model_age=timedelta(days=3)).measured_drop is None
+
+
+def test_values_sent_to_the_api_render_inert_in_the_html_report() -> None:
+    payload = "</script><script>alert('planted')</script>"
+    rows = 60
+    fields = pd.DataFrame(
+        {
+            "age": np.linspace(40, 80, rows),
+            "clinic": [payload if i % 2 else "north" for i in range(rows)],
+            payload: ["a" if i % 3 else "b" for i in range(rows)],
+        }
+    )
+    reference = ReferenceProfile.build(_window(rows, seed=0, fields=fields), SMALL)
+    current = _window(rows, seed=1, fields=fields)
+    page = render_html(run_check(reference, current, SMALL), reference, current)
+    assert "alert('planted')" in page  # the value is shown...
+    assert "<script>alert" not in page and "</script><script>" not in page  # ...and never parsed

@@ -14,7 +14,7 @@ import contextlib
 import re
 import warnings
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any
 
@@ -134,6 +134,23 @@ def text_descriptors(notes: Sequence[str], descriptors: Sequence[TextDescriptor]
     return values[names].astype("float64").reset_index(drop=True)
 
 
+_ANGLE_BRACKETS = str.maketrans({"<": "\u2039", ">": "\u203a"})
+
+
+def _inert(text: str) -> str:
+    """`text` with `<` and `>` as the look-alikes `‹` and `›`: nothing in it can open or close a tag."""
+    return text.translate(_ANGLE_BRACKETS)
+
+
+def _inert_frame(frame: pd.DataFrame) -> pd.DataFrame:
+    """A copy with inert column names and inert text values (numbers untouched)."""
+    inert = frame.rename(columns=lambda name: _inert(str(name)))
+    for column in inert.columns:
+        if inert[column].dtype == object:
+            inert[column] = inert[column].map(lambda value: _inert(value) if isinstance(value, str) else value)
+    return inert
+
+
 def _status_by_metric(snapshot_dict: dict[str, Any]) -> dict[str, bool]:
     return {
         test["metric_config"]["metric_id"]: str(getattr(test["status"], "value", test["status"])) == "FAIL"
@@ -250,7 +267,13 @@ def drift_report_html(
     summary_html: str,
 ) -> str:
     """A self-contained HTML page: `summary_html` at the top of the body, then Evidently's data drift
-    table (distributions per column) for the given columns. Notes themselves are never included."""
+    table (distributions per column) for the given columns. Notes themselves are never included.
+
+    Evidently writes its data into a `<script>` block without escaping `</`, so a category value or a
+    column name sent to the API could close the block and run as script: every name and text value
+    reaches it with its angle brackets replaced by look-alikes (shown, never parsed)."""
+    specs = [replace(spec, name=_inert(spec.name)) for spec in specs]
+    reference, current = _inert_frame(reference), _inert_frame(current)
     names = [spec.name for spec in specs]
     definition = DataDefinition(
         numerical_columns=[spec.name for spec in specs if spec.kind == ColumnKind.numerical],

@@ -9,6 +9,7 @@ result never contains note text.
 from __future__ import annotations
 
 import math
+import re
 import time
 import weakref
 from collections import Counter
@@ -266,7 +267,7 @@ def _text(reference: ReferenceProfile, current: WindowData, config: DriftConfig)
     auc = None
     if text.content:
         try:
-            content = _content_drift(reference, current, config, top_words=0)
+            content = _content_drift(reference, current, config)
             auc = content.auc
         except NotComputableError as error:
             scores["content_error"] = str(error)
@@ -284,28 +285,75 @@ def _text(reference: ReferenceProfile, current: WindowData, config: DriftConfig)
     )
 
 
+def _content_rows(reference: ReferenceProfile, current: WindowData, config: DriftConfig) -> tuple[list[int], list[int]]:
+    """The rows of each window the domain classifier sees (seeded samples)."""
+    limit = config.text.content_max_rows
+    return (
+        sample_rows(reference.window.rows, limit, config.random_seed).tolist(),
+        sample_rows(current.rows, limit, config.random_seed + CURRENT_SEED_OFFSET).tolist(),
+    )
+
+
 def _content_drift(
-    reference: ReferenceProfile, current: WindowData, config: DriftConfig, *, top_words: int
+    reference: ReferenceProfile, current: WindowData, config: DriftConfig, *, candidate_words: int = 0
 ) -> TextContentDrift:
     from anamnesis.monitor import evidently_adapter
 
-    limit = config.text.content_max_rows
-    ref_rows = sample_rows(reference.window.rows, limit, config.random_seed)
-    cur_rows = sample_rows(current.rows, limit, config.random_seed + CURRENT_SEED_OFFSET)
+    ref_rows, cur_rows = _content_rows(reference, current, config)
     return evidently_adapter.text_content_drift(
-        [reference.window.notes[i] for i in ref_rows], [current.notes[i] for i in cur_rows], top_words=top_words
+        [reference.window.notes[i] for i in ref_rows],
+        [current.notes[i] for i in cur_rows],
+        candidate_words=candidate_words,
     )
 
 
 def content_words(
     reference: ReferenceProfile, current: WindowData, config: DriftConfig, *, top_words: int = 15
 ) -> tuple[tuple[str, ...], tuple[str, ...]] | None:
-    """(words marking current notes, words marking reference notes) from the domain classifier."""
+    """(words marking current notes, words marking reference notes) from the domain classifier, only
+    those a page may show (`reportable_words`)."""
     try:
-        content = _content_drift(reference, current, config, top_words=top_words)
+        content = _content_drift(reference, current, config, candidate_words=top_words * 4)
     except NotComputableError:
         return None
-    return content.words_current, content.words_reference
+    ref_rows, cur_rows = _content_rows(reference, current, config)
+    minimum = config.text.typical_word_min_patients
+    return (
+        reportable_words(content.words_current, current, cur_rows, min_patients=minimum, limit=top_words),
+        reportable_words(content.words_reference, reference.window, ref_rows, min_patients=minimum, limit=top_words),
+    )
+
+
+_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern, as the classifier reads notes
+_SENTENCE_END = re.compile(r"[.!?;:\n]\s*$")
+
+
+def reportable_words(
+    candidates: Sequence[str], window: WindowData, rows: Sequence[int], *, min_patients: int, limit: int
+) -> tuple[str, ...]:
+    """The candidates a report may name, in their order, at most `limit`: words of letters only (no
+    number or identifier), found in the notes of at least `min_patients` distinct patients, and not
+    written like a name (capitalised in mid-sentence in most of their uses)."""
+    wanted = {word for word in candidates if word.isalpha()}
+    patients: dict[str, set[str]] = {word: set() for word in wanted}
+    mid_sentence: Counter[str] = Counter()
+    capitalised: Counter[str] = Counter()
+    for row, patient in zip(rows, window.patient_keys(rows), strict=True):
+        note = window.notes[row]
+        for match in _TOKEN.finditer(note):
+            word = match.group().lower()
+            if word not in wanted:
+                continue
+            patients[word].add(patient)
+            if match.start() > 0 and not _SENTENCE_END.search(note[max(0, match.start() - 4) : match.start()]):
+                mid_sentence[word] += 1
+                capitalised[word] += match.group()[0].isupper() and match.group()[1:].islower()
+
+    def shown(word: str) -> bool:
+        name_like = capitalised[word] * 2 > mid_sentence[word]
+        return word in wanted and len(patients[word]) >= min_patients and not name_like
+
+    return tuple(word for word in candidates if shown(word))[:limit]
 
 
 # --- embeddings ---------------------------------------------------------------------------------

@@ -195,6 +195,13 @@ class TextDriftConfig(FamilyConfig):
     content_max_rows: int = Field(
         default=10_000, ge=50, description="Notes sampled per window (seeded) for the domain classifier."
     )
+    typical_word_min_patients: int = Field(
+        default=20,
+        ge=1,
+        description="A word the report names as typical of a window must occur in the notes of at least this many "
+        "distinct patients (a note without a patient reference counts as its own patient), so that a name or a "
+        "rare detail of a few patients never reaches a page.",
+    )
 
 
 class EmbeddingDriftConfig(FamilyConfig):

@@ -82,7 +82,8 @@ class WindowData:
     """One window of records and the model's outputs, validated and copied at construction.
 
     `fields` holds the structured columns (missing values None or NaN); `probabilities` has one
-    column per entry of `class_names`; `truth` holds each record's label where it has arrived.
+    column per entry of `class_names`; `truth` holds each record's label where it has arrived;
+    `patients` each record's keyed patient hash where one was given (None: unknown).
     """
 
     fields: pd.DataFrame
@@ -92,6 +93,7 @@ class WindowData:
     class_names: tuple[str, ...]
     truth: tuple[str | None, ...]
     embeddings: np.ndarray | None = None
+    patients: tuple[str | None, ...] | None = None
     description: Mapping[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -126,6 +128,12 @@ class WindowData:
             description = json.loads(json.dumps(dict(self.description), allow_nan=False))
         except (TypeError, ValueError) as error:
             raise InvalidWindowError(f"description must be plain JSON: {error}") from None
+        patients = None if self.patients is None else tuple(self.patients)
+        if patients is not None and (
+            len(patients) != rows or any(p is not None and not isinstance(p, str) for p in patients)
+        ):
+            raise InvalidWindowError(f"patients must hold one string or None per note ({rows})")
+        object.__setattr__(self, "patients", patients)
         object.__setattr__(self, "notes", notes)
         object.__setattr__(self, "sites", sites)
         object.__setattr__(self, "truth", truth)
@@ -149,6 +157,12 @@ class WindowData:
         """The top-class probability of each row."""
         confidence: np.ndarray = self.probabilities.max(axis=1)
         return confidence
+
+    def patient_keys(self, rows: Sequence[int]) -> list[str]:
+        """Who wrote about whom, for counting distinct patients: the patient hash of each of `rows`, or
+        the row itself where the patient is unknown (such a note counts as its own patient)."""
+        known = self.patients or (None,) * self.rows
+        return [known[row] or f"row {row}" for row in rows]
 
     @cached_property
     def labeled(self) -> LabeledRows:
@@ -175,6 +189,7 @@ def window_from_records(
     fields: Sequence[Mapping[str, Any]],
     sites: Sequence[str],
     truth: Sequence[str | None],
+    patients: Sequence[str | None] | None = None,
     predictor: Predictor,
     class_names: Sequence[str],
     description: Mapping[str, Any],
@@ -208,6 +223,7 @@ def window_from_records(
         probabilities=np.concatenate(probability_parts) if probability_parts else np.zeros((0, columns)),
         class_names=tuple(class_names),
         truth=tuple(truth),
+        patients=None if patients is None else tuple(patients),
         embeddings=np.concatenate(embedding_parts) if embedding_parts else None,
         description=description,
     )

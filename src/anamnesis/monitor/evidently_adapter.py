@@ -82,7 +82,8 @@ class ColumnDrift:
 class TextContentDrift:
     auc: float
     words_current: tuple[str, ...]
-    """Words that most mark a note as current (for the HTML; never stored)."""
+    """Words that most mark a note as current, unfiltered: `monitor.checks.reportable_words` decides
+    which a page may show."""
     words_reference: tuple[str, ...]
 
 
@@ -192,7 +193,9 @@ def column_drift(reference: pd.DataFrame, current: pd.DataFrame, specs: Sequence
     return out
 
 
-def text_content_drift(reference: Sequence[str], current: Sequence[str], *, top_words: int) -> TextContentDrift:
+def text_content_drift(
+    reference: Sequence[str], current: Sequence[str], *, candidate_words: int = 0
+) -> TextContentDrift:
     """Evidently's text-content drift: a TF-IDF + linear domain classifier trained on half of the
     pooled notes to tell current from reference; its ROC AUC on the other half is the score.
 
@@ -212,27 +215,8 @@ def text_content_drift(reference: Sequence[str], current: Sequence[str], *, top_
         if re.search(r"no terms remain|empty vocabulary", str(error)):
             raise NotComputableError(f"the notes leave no vocabulary for the domain classifier ({error})") from None
         raise
-    words_current, words_reference = get_typical_words(pipeline, words_num=top_words * 4)
-    return TextContentDrift(
-        auc=float(auc),
-        words_current=_shared_words(words_current, current, top_words),
-        words_reference=_shared_words(words_reference, reference, top_words),
-    )
-
-
-MIN_NOTES_PER_WORD = 10
-"""A word shown in a report must occur in at least this many notes: a name or an identifier that
-happens to separate the windows never reaches the report."""
-_TOKEN = re.compile(r"(?u)\b\w\w+\b")  # scikit-learn's default token pattern
-
-
-def _shared_words(words: Sequence[str], notes: Sequence[str], limit: int) -> tuple[str, ...]:
-    wanted = {word for word in words if not any(character.isdigit() for character in word)}
-    counts = dict.fromkeys(wanted, 0)
-    for note in notes:
-        for token in wanted & set(_TOKEN.findall(note.lower())):
-            counts[token] += 1
-    return tuple(word for word in words if counts.get(word, 0) >= MIN_NOTES_PER_WORD)[:limit]
+    words_current, words_reference = get_typical_words(pipeline, words_num=candidate_words)
+    return TextContentDrift(auc=float(auc), words_current=tuple(words_current), words_reference=tuple(words_reference))
 
 
 def embedding_drift(

@@ -160,9 +160,10 @@ class ReferenceProfile:
         folder.mkdir(parents=True, mode=PRIVATE_DIR)
         window = self.window
         window.fields.to_parquet(folder / "fields.parquet", index=False)
-        pd.DataFrame({"note": list(window.notes), "site": list(window.sites), "truth": list(window.truth)}).to_parquet(
-            folder / "rows.parquet", index=False
-        )
+        patients = list(window.patients) if window.patients is not None else [None] * window.rows
+        pd.DataFrame(
+            {"note": list(window.notes), "site": list(window.sites), "truth": list(window.truth), "patient": patients}
+        ).to_parquet(folder / "rows.parquet", index=False)
         self.descriptors.to_parquet(folder / "descriptors.parquet", index=False)
         arrays: dict[str, np.ndarray] = {"probabilities": window.probabilities}
         if self.embedding_sample is not None:
@@ -200,6 +201,7 @@ class ReferenceProfile:
                 notes=tuple(rows["note"]),
                 sites=tuple(rows["site"]),
                 truth=tuple(rows["truth"]),
+                patients=tuple(rows["patient"]) if "patient" in rows.columns else None,
                 probabilities=arrays["probabilities"],
                 class_names=tuple(meta["class_names"]),
                 description=meta["description"],

@@ -53,6 +53,7 @@ def reference_window(engine: Engine, version: ModelVersion, model: LoadedModel) 
         fields=[r.fields for r in records],
         sites=[r.site for r in records],
         truth=[r.label for r in records],
+        patients=[r.patient_hash for r in records],
         predictor=predictor(model),
         class_names=model.labels,
         description={"model_version": version.id, "periods": sorted(periods), "source": "held-out records"},
@@ -86,6 +87,7 @@ def current_window(rows: Sequence[WindowRecord], model: LoadedModel, description
         probabilities=np.vstack(probability_rows),
         class_names=model.labels,
         truth=tuple(r.label for r in rows),
+        patients=tuple(r.record.patient_hash for r in rows),
         embeddings=np.vstack(embedding_rows),
         description={**description, "predicted_by_api": len(rows) - len(missing), "predicted_now": len(missing)},
     )

@@ -15,7 +15,13 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from anamnesis.service.auth import KeyVerifier
+from anamnesis.service.auth import (
+    AuthenticationError,
+    KeyVerifier,
+    authentication_headers,
+    client_address,
+    supplied_key,
+)
 from anamnesis.service.dashboard import render_dashboard
 from anamnesis.service.deps import RowId, SessionDep, StateDep
 from anamnesis.service.errors import register_error_handlers
@@ -28,6 +34,7 @@ from anamnesis.service.settings import Settings
 from anamnesis.service.state import ServiceState
 from anamnesis.service.worker import Worker
 from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.models import ApiRole
 
 logger = logging.getLogger("anamnesis.app")
 UPLOAD_PATH = "/v1/records/upload"
@@ -48,7 +55,7 @@ class BodySizeLimit:
         limit = self.upload_limit if scope["path"] == UPLOAD_PATH else self.limit
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _too_large(limit, send)
+            await _answer(send, 413, f"request body larger than {limit} bytes")
             return
         received = 0
 
@@ -64,13 +71,43 @@ class BodySizeLimit:
         await self.app(scope, counting_receive, send)
 
 
-async def _too_large(limit: int, send: Send) -> None:
-    body = json.dumps({"detail": f"request body larger than {limit} bytes"}).encode()
+class UploadNeedsAdminFirst:
+    """Checks an upload's admin key before any of its body is read: an upload of hundreds of
+    megabytes costs a client without an admin key nothing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != UPLOAD_PATH:
+            await self.app(scope, receive, send)
+            return
+        headers = {name.decode("latin-1").lower(): value.decode("latin-1") for name, value in scope["headers"]}
+        keys: KeyVerifier = scope["app"].state.service.keys
+        try:
+            supplied = supplied_key(headers.get("x-api-key"), headers.get("authorization"))
+            principal = keys.authenticate(supplied, client_address(scope))
+        except AuthenticationError as error:
+            await _answer(send, error.status, str(error), authentication_headers(error))
+            return
+        if not principal.allows(ApiRole.admin):
+            await _answer(send, 403, "this endpoint needs an admin key")
+            return
+        await self.app(scope, receive, send)
+
+
+async def _answer(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
+    body = json.dumps({"detail": message}).encode()
+    extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
     await send(
         {
             "type": "http.response.start",
-            "status": 413,
-            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode()),
+                *extra,
+            ],
         }
     )
     await send({"type": "http.response.body", "body": body})
@@ -108,7 +145,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
             writer=PredictionWriter(
                 engine, spill_dir=storage.home / "pending", flush_s=settings.prediction_flush_s, health=health
             ),
-            keys=KeyVerifier(engine),
+            keys=KeyVerifier(engine, failures_per_minute=settings.failed_authentications_per_minute),
             metrics=metrics,
             patient_key=settings.patient_key_bytes(),
         )
@@ -160,6 +197,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         return response
 
     app.add_middleware(BodySizeLimit, limit=settings.max_request_bytes, upload_limit=settings.max_upload_bytes)
+    app.add_middleware(UploadNeedsAdminFirst)  # added last: runs first
     for router in (
         health.router,
         predict.router,

@@ -9,7 +9,7 @@ from fastapi import Depends, HTTPException, Path, Query, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from sqlmodel import Session
 
-from anamnesis.service.auth import Principal
+from anamnesis.service.auth import AuthenticationError, Principal, authentication_headers, client_address
 from anamnesis.service.state import ServiceState
 from anamnesis.storage.models import ApiRole
 
@@ -40,21 +40,16 @@ SessionDep = Annotated[Session, Depends(get_session)]
 
 
 def _principal(
+    request: Request,
     state: StateDep,
     key: Annotated[str | None, Security(api_key_header)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
 ) -> Principal:
     supplied = key or (credentials.credentials if credentials else None)
-    if not supplied:
-        raise HTTPException(
-            401, "missing API key: send it as X-API-Key or as a bearer token", headers={"WWW-Authenticate": "Bearer"}
-        )
-    if len(supplied) > 200:
-        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-    principal = state.keys.verify(supplied)
-    if principal is None:
-        raise HTTPException(401, "invalid API key", headers={"WWW-Authenticate": "Bearer"})
-    return principal
+    try:
+        return state.keys.authenticate(supplied, client_address(request.scope))
+    except AuthenticationError as error:
+        raise HTTPException(error.status, str(error), headers=authentication_headers(error)) from None
 
 
 def require_reader(principal: Annotated[Principal, Depends(_principal)]) -> Principal:

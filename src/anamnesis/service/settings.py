@@ -93,6 +93,12 @@ class Settings(BaseSettings):
     max_request_bytes: int = Field(default=2_000_000, ge=1_000, description="Largest accepted request body.")
     max_upload_bytes: int = Field(default=200_000_000, ge=1_000, description="Largest accepted bulk upload.")
     max_batch_items: int = Field(default=256, ge=1, description="Records per predict request.")
+    failed_authentications_per_minute: int = Field(
+        default=30,
+        ge=1,
+        description="A client (by address) that fails to authenticate this often in a minute is answered 429 "
+        "until the minute has passed, except with a key already known to be valid.",
+    )
     micro_batch_size: int = Field(default=32, ge=1, le=512, description="Most records run through the model at once.")
     micro_batch_wait_ms: float = Field(
         default=2.0, ge=0, le=1000, description="Latency cap: longest a record waits for others to join its batch."

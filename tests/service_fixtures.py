@@ -45,6 +45,8 @@ def settings_for(config: StorageConfig, **overrides: object) -> Settings:
         "lease_ttl_s": 3.0,
         "stale_run_s": 5.0,
         "drift_interval_s": 3600.0,
+        # Every test of a module shares one client address: the failure limit is tested on its own.
+        "failed_authentications_per_minute": 10_000,
     }
     values.update(overrides)
     return Settings(**values)

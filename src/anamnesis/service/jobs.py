@@ -18,6 +18,7 @@ from anamnesis.learner.errors import NothingToLearnError, TrainingStoppedError
 from anamnesis.learner.progress import ProgressHook, ProgressState, TrainingControl
 from anamnesis.learner.updater import run_update
 from anamnesis.service.predicting.runtime import runtime_preparer
+from anamnesis.service.retention import collect_garbage
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import LeaseHeldError
 from anamnesis.storage.models import Job, JobKind, RunStatus, Trigger, row_id
@@ -91,6 +92,10 @@ def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | N
             from anamnesis.service.monitoring import run_scheduled_check
 
             metrics, message = run_scheduled_check(worker.settings, worker.engine, run_id=run_id, actor=actor)
+            removed = collect_garbage(worker.engine, worker.settings.retention, actor=actor)
+            if removed.report_pages or removed.version_weights:
+                message += f"; retention removed {len(removed.report_pages)} report pages"
+                message += f" and {len(removed.version_weights)} rejected versions' weights"
     except Exception as error:
         logger.error("job %s failed: %s", run_id, error)
         detail = f"{type(error).__name__}: {error}"

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
+from datetime import datetime
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import Engine
 from sqlmodel import Session
 
@@ -26,11 +28,43 @@ from anamnesis.monitor.reference import ReferenceCache
 from anamnesis.monitor.runner import UpdateContext, run_and_store
 from anamnesis.service.predicting.runtime import LoadedModel, load_model
 from anamnesis.service.settings import Settings
-from anamnesis.storage.models import JobKind, ModelVersion, Trigger, row_id, utcnow
-from anamnesis.storage.queries import WindowRecord, current_model, labeled_records_since, last_job_since, recent_records
+from anamnesis.storage.models import DriftReport, JobKind, ModelVersion, Trigger, row_id, utcnow
+from anamnesis.storage.queries import (
+    WindowRecord,
+    current_model,
+    labeled_records_since,
+    last_job_since,
+    latest_drift_report,
+    newest_label_id,
+    recent_records,
+)
 from anamnesis.storage.repository import create_job
 
 logger = logging.getLogger("anamnesis.monitoring")
+
+
+class StoredUpTo(BaseModel):
+    """The newest record and label a check saw: when neither changed, the next check has nothing new."""
+
+    model_config = ConfigDict(frozen=True)
+
+    record_id: int | None
+    label_id: int | None
+
+
+class CurrentWindow(BaseModel):
+    """How the service describes a scheduled check's current window (stored with its report)."""
+
+    model_config = ConfigDict(extra="ignore")  # the monitor adds row counts
+
+    since: datetime = Field(description="The current model's promotion: the window holds records since.")
+    model_version: int
+    periods: list[str]
+    stored_up_to: StoredUpTo | None = Field(default=None, description="None in reports stored before it was kept.")
+
+    @classmethod
+    def from_report(cls, report: DriftReport) -> CurrentWindow:
+        return cls.model_validate(report.current_window)
 
 
 def predictor(model: LoadedModel) -> Predictor:
@@ -106,26 +140,32 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         rows = recent_records(session, since=promoted_at, limit=settings.drift_window, model_version_id=row_id(version))
         new_labels = labeled_records_since(session, DataWindow.from_stored(version).label_cutoff or 0)
         last_attempt = last_job_since(session, JobKind.retrain, promoted_at)
+        stored_up_to = StoredUpTo(
+            record_id=max((row_id(r.record) for r in rows), default=None), label_id=newest_label_id(session)
+        )
+        last_report = latest_drift_report(session, model_version_id=row_id(version))
     if len(rows) < settings.drift.min_rows:
         message = (
             f"skipped: {len(rows)} records since v{version.id} was promoted (fewer than {settings.drift.min_rows})"
         )
         return {"skipped": message, "rows": len(rows)}, message
+    if last_report is not None and CurrentWindow.from_report(last_report).stored_up_to == stored_up_to:
+        # Same records, same labels, same model: the same verdict, and another report on disk for nothing.
+        message = f"skipped: no record or label stored since report {last_report.id}"
+        return {"skipped": message, "drift_report_id": last_report.id}, message
     model = load_model(version, max_length=settings.max_length, mode=settings.runtime)
     config = settings.drift
     cache = ReferenceCache(storage.reports_dir / "reference", config)
     reference = cache.get_or_build(
         f"model-{version.id}-{version.artifact_sha256[:12]}", lambda: reference_window(engine, version, model)
     )
-    current = current_window(
-        rows,
-        model,
-        {
-            "since": promoted_at.isoformat(),
-            "model_version": version.id,
-            "periods": sorted({r.record.period for r in rows if r.record.period}),
-        },
+    description = CurrentWindow(
+        since=promoted_at,
+        model_version=row_id(version),
+        periods=sorted({r.record.period for r in rows if r.record.period}),
+        stored_up_to=stored_up_to,
     )
+    current = current_window(rows, model, description.model_dump(mode="json"))
     now = utcnow()
     context = UpdateContext(
         new_labeled_records=new_labels,

@@ -16,7 +16,7 @@ from sqlalchemy.engine import make_url
 
 from anamnesis.learner.config import GateConfig, LearnerConfig, PresetName, TrainingConfig, preset
 from anamnesis.monitor.config import DriftConfig, PolicyConfig
-from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.config import RetentionConfig, StorageConfig
 from anamnesis.storage.private import write_private
 
 ENV_PREFIX = "ANAMNESIS_"
@@ -135,6 +135,9 @@ class Settings(BaseSettings):
     drift: DriftConfig = Field(
         default_factory=DriftConfig,
         description="What a drift check measures; fewer recent (or reference) records than `min_rows`: no check.",
+    )
+    retention: RetentionConfig = Field(
+        default_factory=RetentionConfig, description="How long drift report pages and rejected weights are kept."
     )
 
     def with_overrides(self, **values: object) -> Settings:

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from pydantic import BaseModel, ConfigDict, Field
+
 
 @dataclass(frozen=True)
 class StorageConfig:
@@ -34,3 +36,22 @@ class StorageConfig:
     def embedded(cls, home: Path) -> StorageConfig:
         """The embedded default: a SQLite file inside `home`."""
         return cls(database_url=f"sqlite:///{(home / 'anamnesis.db').resolve()}", home=home)
+
+
+class RetentionConfig(BaseModel):
+    """How long files that only grow are kept; what they measured stays in the database."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_reports: int = Field(
+        default=50,
+        ge=1,
+        description="HTML drift reports kept: the newest this many, plus every report that queued an update. An "
+        "older page is deleted; its report's scores and decision stay.",
+    )
+    rejected_weights_days: float = Field(
+        default=7.0,
+        ge=0,
+        description="Days after which a rejected candidate's weights are deleted; its metrics and gate decision stay "
+        "(such a version can no longer be promoted).",
+    )

@@ -91,6 +91,7 @@ class AuditAction(StrEnum):
     key_create = "key_create"
     key_revoke = "key_revoke"
     run_failed = "run_failed"
+    retention = "retention"
 
 
 class ApiRole(StrEnum):

@@ -176,8 +176,26 @@ def list_drift_reports(session: Session, *, limit: int = 50, offset: int = 0) ->
     return list(session.scalars(select(DriftReport).order_by(col(DriftReport.id).desc()).offset(offset).limit(limit)))
 
 
-def latest_drift_report(session: Session) -> DriftReport | None:
-    return session.scalars(select(DriftReport).order_by(col(DriftReport.id).desc()).limit(1)).first()
+def drift_reports_with_pages(session: Session) -> list[DriftReport]:
+    """Drift reports whose HTML page is still kept, newest first."""
+    statement = select(DriftReport).where(col(DriftReport.html_path).is_not(None)).order_by(col(DriftReport.id).desc())
+    return list(session.scalars(statement))
+
+
+def rejected_versions(session: Session, *, created_before: datetime) -> list[ModelVersion]:
+    """Rejected candidates created before `created_before` (rejection follows creation within the run)."""
+    statement = select(ModelVersion).where(
+        col(ModelVersion.status) == ModelStatus.rejected, col(ModelVersion.created_at) < created_before
+    )
+    return list(session.scalars(statement.order_by(col(ModelVersion.id))))
+
+
+def latest_drift_report(session: Session, *, model_version_id: int | None = None) -> DriftReport | None:
+    """The newest drift report, or the newest of one model version."""
+    statement = select(DriftReport).order_by(col(DriftReport.id).desc()).limit(1)
+    if model_version_id is not None:
+        statement = statement.where(col(DriftReport.model_version_id) == model_version_id)
+    return session.scalars(statement).first()
 
 
 def get_drift_report(session: Session, report_id: int) -> DriftReport:

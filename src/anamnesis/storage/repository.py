@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import CursorResult, Engine, Insert, Update, select, update
@@ -627,3 +629,62 @@ def add_labels(session: Session, *, labels: Sequence[tuple[int, str]], source: s
     for row in rows:
         session.refresh(row)
     return rows
+
+
+# --- retention ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Removed:
+    """What a retention pass removed (in a dry run: would remove)."""
+
+    report_pages: tuple[int, ...]
+    """Drift reports whose HTML page went (their scores and decision stay)."""
+    version_weights: tuple[int, ...]
+    """Rejected versions whose weights went (their metrics and gate decision stay)."""
+    bytes_freed: int
+
+
+def _size(path: Path) -> int:
+    if path.is_file():
+        return path.stat().st_size
+    return sum(item.stat().st_size for item in path.rglob("*") if item.is_file()) if path.is_dir() else 0
+
+
+def remove_kept_files(
+    session: Session, *, report_ids: Sequence[int], version_ids: Sequence[int], actor: str, dry_run: bool
+) -> Removed:
+    """Deletes the HTML pages of `report_ids` and the weights of the rejected versions `version_ids`,
+    records it in one audited transaction, and returns what went. A version in production or archived
+    is never touched."""
+    reports = [session.get(DriftReport, report_id) for report_id in report_ids]
+    pages = [(report, Path(report.html_path)) for report in reports if report is not None and report.html_path]
+    versions = [session.get(ModelVersion, version_id) for version_id in version_ids]
+    weights = [
+        (version, Path(version.artifact_path))
+        for version in versions
+        if version is not None and version.status == ModelStatus.rejected and Path(version.artifact_path).is_dir()
+    ]
+    removed = Removed(
+        report_pages=tuple(row_id(report) for report, _ in pages),
+        version_weights=tuple(row_id(version) for version, _ in weights),
+        bytes_freed=sum(_size(path) for _, path in pages) + sum(_size(path) for _, path in weights),
+    )
+    if dry_run or not (pages or weights):
+        return removed
+    for report, _ in pages:
+        report.html_path = None
+    _audit(
+        session,
+        action=AuditAction.retention,
+        actor=actor,
+        entity="files",
+        details={"report_pages": list(removed.report_pages), "version_weights": list(removed.version_weights)},
+    )
+    session.commit()
+    # After the commit: a crash in between leaves files no row points at, never a row without its file.
+    for _, path in pages:
+        path.unlink(missing_ok=True)
+    for _, path in weights:
+        shutil.rmtree(path, ignore_errors=True)
+    return removed

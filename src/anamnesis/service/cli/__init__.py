@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from anamnesis.service.cli import bench, data, drift, keys, models, run
+from anamnesis.service.cli import bench, data, drift, gc, keys, models, run
 from anamnesis.service.cli.context import CliContext
 
 app = typer.Typer(
@@ -30,6 +30,7 @@ app.command()(models.promote)
 app.command()(models.rollback)
 app.add_typer(drift.drift_app, name="drift")
 app.add_typer(keys.keys_app, name="keys")
+app.command()(gc.gc)
 app.add_typer(bench.bench_app, name="bench")
 app.add_typer(run.config_app, name="config")
 app.command()(run.serve)

@@ -402,7 +402,9 @@ def test_every_v2_failure_answers_the_protocols_error_body(deployment) -> None:
 
 
 def test_dashboard_renders_current_model_and_history(deployment) -> None:
-    client, _, _ = deployment
+    client, keys, _ = deployment
+    signed_in = client.post("/login", data={"key": keys.predict, "next": "/"}, follow_redirects=False)
+    assert signed_in.status_code == 303
     page = client.get("/")
     assert page.status_code == 200 and "text/html" in page.headers["content-type"]
     assert 'id="current-version">v1<' in page.text
@@ -466,7 +468,7 @@ def test_a_first_model_below_the_floor_does_not_serve_and_readiness_says_why(sql
     assert not outcome.promoted
     names = {check.name for check in outcome.decision.checks}
     assert names == {"floor", "reference"}
-    with TestClient(create_app(settings_for(sqlite_config))) as client:
+    with TestClient(create_app(settings_for(sqlite_config, dashboard_public=True))) as client:
         ready = client.get("/readyz")
         assert ready.status_code == 503
         detail = ready.json()["detail"]

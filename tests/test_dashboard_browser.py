@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import base64
+import json
 import shutil
 import subprocess
 from pathlib import Path
 
+import httpx
 import pytest
+from websockets.sync.client import connect
 
 from anamnesis.storage.config import StorageConfig
 from tests.processes import environment, free_port, running, wait_for
@@ -38,8 +42,61 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_dashboard_renders_in_chromium_with_history_and_plots(sqlite_config: StorageConfig, tmp_path: Path) -> None:
-    engine, _ = installation(sqlite_config)
+class Browser:
+    """Headless Chromium driven through the DevTools protocol (what a person does: open, type, click)."""
+
+    def __init__(self, profile: Path) -> None:
+        self.port = free_port()
+        self.process = subprocess.Popen(
+            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={self.port}", "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        page = wait_for(self._page_target, 30, message="Chromium's DevTools endpoint")
+        self.socket = connect(page["webSocketDebuggerUrl"], max_size=None)
+        self.calls = 0
+
+    def _page_target(self) -> dict[str, str] | None:
+        try:
+            targets = httpx.get(f"http://127.0.0.1:{self.port}/json/list", timeout=2).json()
+        except httpx.HTTPError:
+            return None
+        return next((t for t in targets if t.get("type") == "page"), None)
+
+    def call(self, method: str, **params: object) -> dict[str, object]:
+        self.calls += 1
+        self.socket.send(json.dumps({"id": self.calls, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.socket.recv(timeout=60))
+            if message.get("id") == self.calls:
+                assert "error" not in message, message
+                return message["result"]
+
+    def evaluate(self, expression: str) -> object:
+        return self.call("Runtime.evaluate", expression=expression, returnByValue=True)["result"].get("value")
+
+    def open(self, url: str, *, until: str) -> str:
+        """Navigates to `url` and waits until the page's text contains `until`; returns the text."""
+        self.call("Page.navigate", url=url)
+        return self.wait_for_text(until)
+
+    def wait_for_text(self, until: str) -> str:
+        return wait_for(
+            lambda: (
+                (text := str(self.evaluate("document.body ? document.body.innerText : ''"))) and until in text and text
+            ),
+            30,
+            message=f"a page showing {until!r}",
+        )
+
+    def close(self) -> None:
+        self.socket.close()
+        self.process.terminate()
+        self.process.wait(timeout=30)
+
+
+def test_signing_in_to_the_dashboard_in_chromium(sqlite_config: StorageConfig, tmp_path: Path) -> None:
+    engine, keys = installation(sqlite_config)
     train_version(engine, sqlite_config, period="2", seed=2)  # a second version: promoted or rejected
     engine.dispose()
     port = free_port()
@@ -47,6 +104,40 @@ def test_dashboard_renders_in_chromium_with_history_and_plots(sqlite_config: Sto
     with running(
         ["serve", "--api-only", "--port", str(port)], environment(sqlite_config), tmp_path / "serve.log", port=port
     ):
+        browser = Browser(tmp_path / "profile")
+        try:
+            login = browser.open(url, until="Sign in with an API key")
+            assert "Version history" not in login
+            browser.evaluate(f"document.getElementById('key').value = {json.dumps(keys.predict)}")
+            browser.evaluate("document.getElementById('sign-in').click()")
+            page = browser.wait_for_text("Version history")
+            cookies = browser.call("Network.getCookies", urls=[url])["cookies"]
+            dom = str(browser.evaluate("document.documentElement.outerHTML"))
+            script_visible = browser.evaluate("document.cookie")
+            shot = browser.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"]
+        finally:
+            browser.close()
+    session = next(c for c in cookies if c["name"] == "anamnesis_session")
+    assert session["httpOnly"] and session["sameSite"] == "Strict" and not session["session"]
+    assert script_visible == ""  # no script on the page can read the session
+    assert "Current model" in page and "v1" in page and "v2" in page and "Recent jobs" in page
+    assert 'id="current-version"' in dom and dom.count("data:image/png;base64,") >= 1
+    assert "<script src=" not in dom and 'href="http' not in dom.replace(f'href="{url}', "")
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = ARTIFACTS / "dashboard.png"
+    screenshot.write_bytes(base64.b64decode(shot))
+    assert screenshot.stat().st_size > 20_000 and screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_the_public_dashboard_in_chromium_shows_aggregates_and_no_reports(
+    sqlite_config: StorageConfig, tmp_path: Path
+) -> None:
+    engine, _ = installation(sqlite_config)
+    engine.dispose()
+    port = free_port()
+    url = f"http://127.0.0.1:{port}/"
+    env = environment(sqlite_config, dashboard_public="true")
+    with running(["serve", "--api-only", "--port", str(port)], env, tmp_path / "serve.log", port=port):
         dom = wait_for(
             lambda: (
                 (r := chromium("--dump-dom", url, profile=tmp_path / "p1")).returncode == 0
@@ -54,18 +145,9 @@ def test_dashboard_renders_in_chromium_with_history_and_plots(sqlite_config: Sto
                 and r.stdout
             ),
             60,
-            message="the rendered dashboard",
+            message="the public dashboard",
         )
-        ARTIFACTS.mkdir(exist_ok=True)
-        screenshot = ARTIFACTS / "dashboard.png"
-        screenshot.unlink(missing_ok=True)
-        shot = chromium(f"--screenshot={screenshot}", "--window-size=1280,2200", url, profile=tmp_path / "p2")
-    assert shot.returncode == 0, shot.stderr[-2000:]
-    assert "Current model" in dom and 'id="current-version"' in dom
-    assert "v1" in dom and "v2" in dom  # both versions in the history table
-    assert dom.count("data:image/png;base64,") >= 1  # the accuracy plot is inline
-    assert "Recent jobs" in dom and "Drift" in dom
-    # Nothing is loaded from elsewhere: no external scripts, styles or images.
-    assert "<script src=" not in dom and 'href="http' not in dom.replace(f'href="{url}', "")
-    assert screenshot.exists() and screenshot.stat().st_size > 20_000
-    assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        report = chromium("--dump-dom", f"{url}reports/1", profile=tmp_path / "p2")
+    assert 'id="public-view"' in dom and 'id="current-version"' in dom
+    assert "/reports/" not in dom and "Sign in" in dom
+    assert "Sign in with an API key" in report.stdout  # a report page asks to sign in first

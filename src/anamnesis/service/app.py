@@ -8,11 +8,9 @@ import time
 import traceback
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from datetime import UTC, datetime
-from typing import Any
 
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import HTMLResponse, JSONResponse, Response
+from fastapi.responses import JSONResponse, Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from anamnesis.service.auth import (
@@ -22,14 +20,13 @@ from anamnesis.service.auth import (
     client_address,
     supplied_key,
 )
-from anamnesis.service.dashboard import render_dashboard
-from anamnesis.service.deps import RowId, SessionDep, StateDep
 from anamnesis.service.errors import register_error_handlers
 from anamnesis.service.metrics import ServiceMetrics
 from anamnesis.service.predicting.batcher import MicroBatcher
 from anamnesis.service.predicting.registry import DatabaseHealth, ModelRegistry
 from anamnesis.service.predicting.writer import PredictionWriter
-from anamnesis.service.routes import data, drift, health, inference_v2, jobs, models, predict
+from anamnesis.service.routes import dashboard, data, drift, health, inference_v2, jobs, models, predict
+from anamnesis.service.sessions import SessionSigner
 from anamnesis.service.settings import Settings
 from anamnesis.service.state import ServiceState
 from anamnesis.service.worker import Worker
@@ -148,6 +145,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
             keys=KeyVerifier(engine, failures_per_minute=settings.failed_authentications_per_minute),
             metrics=metrics,
             patient_key=settings.patient_key_bytes(),
+            sessions=SessionSigner(settings.session_secret_bytes(), ttl_s=int(settings.session_hours * 3600)),
         )
         state_holder["state"] = state
         app.state.service = state
@@ -206,24 +204,8 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         drift.router,
         jobs.router,
         inference_v2.router,
+        dashboard.router,
     ):
         app.include_router(router)
-
-    @app.get("/", response_class=HTMLResponse, tags=["dashboard"], include_in_schema=settings.dashboard_public)
-    def dashboard(session: SessionDep, state: StateDep) -> HTMLResponse:
-        """Current model, version history, drift timeline with links to the reports, recent jobs."""
-        if not state.settings.dashboard_public:
-            raise HTTPException(404, "the dashboard is not public on this server")
-        html = render_dashboard(
-            session, now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"), report_href=lambda i: f"/reports/{i}"
-        )
-        return HTMLResponse(html)
-
-    @app.get("/reports/{report_id}", response_class=HTMLResponse, tags=["dashboard"], include_in_schema=False)
-    def dashboard_report(report_id: RowId, session: SessionDep, state: StateDep) -> Any:
-        """A drift report from the dashboard (aggregate scores, no patient text)."""
-        if not state.settings.dashboard_public:
-            raise HTTPException(404, "the dashboard is not public on this server")
-        return drift.report_file(session, report_id)
 
     return app

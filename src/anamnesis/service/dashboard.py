@@ -101,7 +101,13 @@ def _drift_plot(reports: Sequence[ReportView]) -> str | None:
     return _png(figure)
 
 
-def render_dashboard(session: Session, *, now: str, report_href: Any) -> str:
+def render_login(*, problem: str | None, next_path: str, hours: float) -> str:
+    return _environment.get_template("login.html").render(problem=problem, next=next_path, hours=f"{hours:g}")
+
+
+def render_dashboard(session: Session, *, now: str, report_href: Any, signed_in: str | None) -> str:
+    """The dashboard; `signed_in` names the key of a signed-in viewer, None for the public view (no report
+    links, no job details)."""
     versions = [VersionView.of(v) for v in list_model_versions(session, limit=50)]
     reports = [ReportView.of(r) for r in list_drift_reports(session, limit=50)]
     jobs: list[Job] = list_jobs(session, limit=20)
@@ -117,5 +123,6 @@ def render_dashboard(session: Session, *, now: str, report_href: Any) -> str:
         pct=_pct,
         when=_when,
         report_href=report_href,
+        signed_in=signed_in,
         now=now,
     )

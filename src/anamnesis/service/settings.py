@@ -55,10 +55,13 @@ def _json_has(text: str, path: list[str]) -> bool:
     return True
 
 
+SECRETS = ("patient_key", "session_secret")
+
+
 def _masked(path: str, value: Any) -> str:
     if value is None:
         return "unset"
-    if path == "patient_key":
+    if path in SECRETS:
         return "*** (set)"
     if path == "database_url":
         return make_url(value).render_as_string(hide_password=True)
@@ -107,7 +110,15 @@ class Settings(BaseSettings):
     prediction_flush_s: float = Field(default=0.5, gt=0, description="Longest a prediction waits to be stored.")
     max_length: int = Field(default=128, ge=16, le=512, description="Tokens per input at prediction time.")
     dashboard_public: bool = Field(
-        default=True, description="Serve the dashboard (aggregate metrics, no patient data) without an API key."
+        default=False,
+        description="Opt-in: serve the dashboard's aggregate model metrics (versions, accuracy, drift scores) without "
+        "signing in. Drift reports, job details and the rest always need a key.",
+    )
+    session_hours: float = Field(default=8.0, gt=0, le=24 * 30, description="How long a dashboard sign-in lasts.")
+    session_secret: str | None = Field(
+        default=None,
+        description="Signs dashboard session cookies; every API process must share it. Default: generated once in "
+        "the home (mode 0600).",
     )
     runtime: RuntimeMode = Field(
         default="auto",
@@ -191,6 +202,16 @@ class Settings(BaseSettings):
         if self.database_url is None:
             return StorageConfig.embedded(home)
         return StorageConfig(database_url=self.database_url, home=home, connect_timeout_s=self.db_connect_timeout_s)
+
+    def session_secret_bytes(self) -> bytes:
+        """The configured session secret, or one generated on first use and kept in `home` (mode 0600)."""
+        if self.session_secret:
+            return self.session_secret.encode()
+        secret_file = self.home / "session.key"
+        if not secret_file.exists():
+            self.home.mkdir(parents=True, exist_ok=True)
+            write_private(secret_file, secrets.token_hex(32), replace=False)  # the first process's secret wins
+        return secret_file.read_text().strip().encode()
 
     def patient_key_bytes(self) -> bytes:
         """The configured key, or a key generated on first use and kept in `home` (mode 0600)."""

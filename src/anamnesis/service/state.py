@@ -14,6 +14,7 @@ from anamnesis.service.metrics import ServiceMetrics
 from anamnesis.service.predicting.batcher import MicroBatcher
 from anamnesis.service.predicting.registry import DatabaseHealth, ModelRegistry
 from anamnesis.service.predicting.writer import PredictionWriter
+from anamnesis.service.sessions import SessionSigner
 from anamnesis.service.settings import Settings
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.queries import current_model, job_counts, latest_drift_report
@@ -31,6 +32,7 @@ class ServiceState:
     keys: KeyVerifier
     metrics: ServiceMetrics
     patient_key: bytes
+    sessions: SessionSigner
 
     def stored_state(self) -> dict[str, Any]:
         """What the metrics endpoint reports from the database (shared by every process)."""

@@ -215,6 +215,11 @@ def find_api_key(session: Session, key_hash: str) -> ApiKey | None:
     ).first()
 
 
+def find_active_key_by_id(session: Session, key_id: int) -> ApiKey | None:
+    """The key with this id, unless it was revoked."""
+    return session.scalars(select(ApiKey).where(col(ApiKey.id) == key_id, col(ApiKey.revoked_at).is_(None))).first()
+
+
 def find_prediction(session: Session, request_id: str) -> Prediction | None:
     return session.scalars(select(Prediction).where(col(Prediction.request_id) == request_id)).first()
 

@@ -141,9 +141,8 @@ def run_demo(
         versions = client.get("/v1/models").json()
         summary["versions"] = [{"id": v["id"], "status": v["status"]} for v in versions]
         say("versions: " + ", ".join(f"v{v['id']} {v['status']}" for v in reversed(versions)))
-        say(
-            f"open {base}/ for the dashboard (sign in with the key in {home / 'admin.key'}); {base}/v1/models with header X-API-Key"
-        )
+        key_file = home / "admin.key"
+        say(f"open {base}/ for the dashboard (sign in with the key in {key_file}); {base}/v1/models with X-API-Key")
         if keep_running:
             say("the service keeps running; Ctrl-C stops it")
             server.wait()

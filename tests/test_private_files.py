@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import yaml
 from sqlalchemy import create_engine
+from sqlmodel import Session, select
 
 from anamnesis.monitor.config import DriftConfig
 from anamnesis.monitor.data import WindowData
@@ -18,7 +19,10 @@ from anamnesis.monitor.reference import ReferenceCache
 from anamnesis.service.predicting.registry import DatabaseHealth
 from anamnesis.service.predicting.writer import PendingPrediction, PredictionWriter
 from anamnesis.service.settings import Settings
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.models import Prediction
 from anamnesis.storage.private import write_private
+from tests.service_fixtures import installation
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -106,3 +110,44 @@ def test_compose_takes_the_database_password_from_an_ignored_env_file() -> None:
     url = compose["x-anamnesis"]["environment"]["ANAMNESIS_DATABASE_URL"]
     assert password.startswith("${POSTGRES_PASSWORD:?") and "${POSTGRES_PASSWORD:?" in url
     assert "docker/.env" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+def test_a_row_the_database_refuses_is_set_aside_and_the_rest_is_stored(sqlite_config: StorageConfig) -> None:
+    engine, _ = installation(sqlite_config)  # model version 1, which the predictions name
+    health = DatabaseHealth()
+    spill = sqlite_config.home / "pending"
+    writer = PredictionWriter(engine, spill_dir=spill, flush_s=0.01, health=health)
+    writer.start()
+    good = [_pending(f"{index:064x}", request_id=f"good-{index}") for index in range(2)]
+    refused = _pending("f" * 64, request_id="refused", label=None)  # a prediction needs a label: NOT NULL
+    for item in (good[0], refused, good[1]):
+        writer.submit(item)
+    assert writer.flush(timeout=10)
+    writer.stop()
+    with Session(engine) as session:
+        stored = {p.request_id for p in session.exec(select(Prediction))}
+    assert stored == {"good-0", "good-1"} and writer.quarantined == 1 and not health.down
+    [quarantine] = spill.glob("quarantine-*.jsonl")
+    assert _mode(quarantine) == 0o600 and "refused" in quarantine.read_text()
+    engine.dispose()
+
+
+def _pending(content_hash: str, *, request_id: str, label: str | None = "surgery") -> PendingPrediction:
+    data = _pending_json()
+    data["record"] = {**data["record"], "content_hash": content_hash}  # type: ignore[dict-item]
+    row = {
+        "request_id": request_id,
+        "input_hash": content_hash,
+        "model_version_id": 1,
+        "label": label,
+        "confidence": 0.9,
+        "probabilities": {"surgery": 0.9},
+        "site": "a",
+        "fields": {},
+        "note_stats": {"chars": 6, "words": 2},
+        "embedding": "0000",
+        "runtime": "pytorch",
+        "latency_ms": 1.0,
+        "created_at": "2026-01-01T00:00:00+00:00",
+    }
+    return PendingPrediction.from_json({**data, "row": row})

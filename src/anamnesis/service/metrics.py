@@ -47,6 +47,11 @@ class ServiceMetrics:
         self.pending_writes = Gauge(
             "anamnesis_predictions_pending_write", "Predictions answered but not yet stored", registry=self.registry
         )
+        self.quarantined = Gauge(
+            "anamnesis_predictions_quarantined",
+            "Predictions the database refused (not for being away), set aside in a quarantine file by this process",
+            registry=self.registry,
+        )
         self.registry.register(_StoredStateCollector(stored_state))
 
     def observe_batch(self, size: int, seconds: float) -> None:

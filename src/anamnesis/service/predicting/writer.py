@@ -1,7 +1,9 @@
 """Every answered prediction (and its input record) is stored from a background thread, in batches.
 
 On a database outage the writer keeps the predictions and retries; on shutdown it flushes, and
-whatever still cannot be written is spilled to a file that the next start stores.
+whatever still cannot be written is spilled to a file that the next start stores. A row the
+database refuses for itself (not for being away) is set aside in a quarantine file and counted,
+so that one bad row never holds up the others nor turns the API's answers into 503s.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import InterfaceError, OperationalError, SQLAlchemyError
 from sqlmodel import Session
 
 from anamnesis.service.predicting.batcher import ItemResult
@@ -27,6 +29,9 @@ from anamnesis.storage.private import private_dir, write_private
 from anamnesis.storage.repository import PreparedRecord, store_predictions
 
 logger = logging.getLogger("anamnesis.serving")
+# The database is away (connection lost or refused): keep the predictions and retry. Any other
+# error is about the rows themselves.
+DATABASE_AWAY = (OperationalError, InterfaceError)
 
 
 def note_stats(note: str) -> dict[str, float]:
@@ -97,6 +102,7 @@ class PredictionWriter:
         self._unfinished = 0  # submitted and not yet stored (queued, being written, or waiting to retry)
         self._thread: threading.Thread | None = None
         self.stored = 0
+        self.quarantined = 0
 
     @property
     def pending(self) -> int:
@@ -127,7 +133,8 @@ class PredictionWriter:
                 break
         return items
 
-    def _write(self, items: list[PendingPrediction]) -> bool:
+    def _write(self, items: list[PendingPrediction]) -> list[PendingPrediction]:
+        """Stores `items`; returns those to retry because the database is away."""
         try:
             with Session(self._engine) as session:
                 store_predictions(
@@ -136,13 +143,27 @@ class PredictionWriter:
                     predictions=[item.row for item in items],
                     source="api:predict",
                 )
-        except SQLAlchemyError as error:
+        except DATABASE_AWAY as error:
             self._health.failed(error)
             logger.warning("storing %d predictions failed (%s); retrying", len(items), type(error).__name__)
-            return False
+            return items
+        except SQLAlchemyError as error:
+            if len(items) > 1:  # find the rows it refuses: one at a time
+                return [retry for item in items for retry in self._write([item])]
+            self._quarantine(items, error)
+            return []
         self._health.ok()
         self.stored += len(items)
-        return True
+        return []
+
+    def _quarantine(self, items: list[PendingPrediction], error: SQLAlchemyError) -> None:
+        private_dir(self._spill_dir)
+        path = self._spill_dir / f"quarantine-{int(time.time())}-{uuid.uuid4().hex[:6]}.jsonl"
+        write_private(path, "".join(json.dumps(item.to_json()) + "\n" for item in items))
+        self.quarantined += len(items)
+        logger.error(
+            "the database refused %d prediction(s) (%s): kept in %s", len(items), type(error).__name__, path.name
+        )
 
     def _loop(self) -> None:
         backoff = self._flush_s
@@ -150,12 +171,11 @@ class PredictionWriter:
             items = self._take(self._flush_s)
             if not items:
                 continue
-            ok = self._write(items)
+            retry = self._write(items)
+            ok = not retry
             with self._idle:
-                if ok:
-                    self._unfinished -= len(items)
-                else:
-                    self._retry = items + self._retry
+                self._unfinished -= len(items) - len(retry)
+                self._retry = retry + self._retry
                 self._idle.notify_all()
             if ok:
                 backoff = self._flush_s
@@ -201,6 +221,6 @@ class PredictionWriter:
             return
         for path in sorted(self._spill_dir.glob("predictions-*.jsonl")):
             items = [PendingPrediction.from_json(json.loads(line)) for line in path.read_text().splitlines() if line]
-            if self._write(items):
+            if not self._write(items):
                 path.unlink()
                 logger.info("stored %d predictions kept from an earlier shutdown", len(items))

@@ -54,4 +54,5 @@ def readyz(state: StateDep) -> JSONResponse:
 def metrics(state: StateDep) -> Response:
     """Prometheus metrics: latency, errors, batch sizes, current version, drift scores, jobs."""
     state.metrics.pending_writes.set(state.writer.pending)
+    state.metrics.quarantined.set(state.writer.quarantined)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -10,7 +10,7 @@ computed now. monitor stays independent of learner: the model reaches it as a pl
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -27,7 +27,9 @@ from anamnesis.monitor.errors import WindowTooSmallError
 from anamnesis.monitor.reference import ReferenceCache
 from anamnesis.monitor.runner import UpdateContext, run_and_store
 from anamnesis.service.predicting.runtime import LoadedModel, load_model
+from anamnesis.service.predicting.writer import PREDICTION_SOURCE
 from anamnesis.service.settings import Settings
+from anamnesis.storage.fields import KNOWN_FIELDS
 from anamnesis.storage.models import DriftReport, JobKind, ModelVersion, Trigger, row_id, utcnow
 from anamnesis.storage.queries import (
     WindowRecord,
@@ -61,6 +63,13 @@ class CurrentWindow(BaseModel):
     model_version: int
     periods: list[str]
     stored_up_to: StoredUpTo | None = Field(default=None, description="None in reports stored before it was kept.")
+    unknown_prediction_fields: int = Field(
+        default=0,
+        ge=0,
+        description="Distinct field names sent with predictions that neither the clinical schema nor the reference "
+        "knows, left out of the check: a client could otherwise make fields up to trigger an update. Their names "
+        "are not kept (any text can be a field name).",
+    )
 
     @classmethod
     def from_report(cls, report: DriftReport) -> CurrentWindow:
@@ -94,8 +103,27 @@ def reference_window(engine: Engine, version: ModelVersion, model: LoadedModel) 
     )
 
 
-def current_window(rows: Sequence[WindowRecord], model: LoadedModel, description: dict[str, Any]) -> WindowData:
-    """Stored predictions where the API made them; the model's outputs now for the rest."""
+def monitored_fields(rows: Sequence[WindowRecord], known: Collection[str]) -> tuple[list[dict[str, Any]], int]:
+    """Each record's fields as the check sees them, and how many distinct field names were left out: those
+    that came with a prediction and that neither the clinical schema nor the reference (`known`) names."""
+    unknown: set[str] = set()
+    fields = []
+    for row in rows:
+        values = dict(row.record.fields)
+        if row.record.source == PREDICTION_SOURCE:
+            made_up = [name for name in values if name not in known and name not in KNOWN_FIELDS]
+            unknown.update(made_up)
+            for name in made_up:
+                del values[name]
+        fields.append(values)
+    return fields, len(unknown)
+
+
+def current_window(
+    rows: Sequence[WindowRecord], fields: Sequence[Mapping[str, Any]], model: LoadedModel, description: dict[str, Any]
+) -> WindowData:
+    """Stored predictions where the API made them, the model's outputs now for the rest; `fields` are the
+    records' fields as the check sees them (`monitored_fields`)."""
     missing = [row for row in rows if row.prediction is None or row.prediction.embedding is None]
     computed: dict[int, tuple[np.ndarray, np.ndarray]] = {}
     if missing:
@@ -115,7 +143,7 @@ def current_window(rows: Sequence[WindowRecord], model: LoadedModel, description
         embedding_rows.append(embedding)
         probability_rows.append(probability)
     return WindowData(
-        fields=pd.DataFrame.from_records([dict(r.record.fields) for r in rows], index=pd.RangeIndex(len(rows))),
+        fields=pd.DataFrame.from_records([dict(f) for f in fields], index=pd.RangeIndex(len(rows))),
         notes=tuple(r.record.note for r in rows),
         sites=tuple(r.record.site for r in rows),
         probabilities=np.vstack(probability_rows),
@@ -159,13 +187,15 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
     reference = cache.get_or_build(
         f"model-{version.id}-{version.artifact_sha256[:12]}", lambda: reference_window(engine, version, model)
     )
+    fields, unknown_fields = monitored_fields(rows, set(reference.window.fields.columns))
     description = CurrentWindow(
         since=promoted_at,
         model_version=row_id(version),
         periods=sorted({r.record.period for r in rows if r.record.period}),
         stored_up_to=stored_up_to,
+        unknown_prediction_fields=unknown_fields,
     )
-    current = current_window(rows, model, description.model_dump(mode="json"))
+    current = current_window(rows, fields, model, description.model_dump(mode="json"))
     now = utcnow()
     context = UpdateContext(
         new_labeled_records=new_labels,

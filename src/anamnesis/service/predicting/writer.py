@@ -29,6 +29,8 @@ from anamnesis.storage.private import private_dir, write_private
 from anamnesis.storage.repository import PreparedRecord, store_predictions
 
 logger = logging.getLogger("anamnesis.serving")
+PREDICTION_SOURCE = "api:predict"
+"""The `source` of records stored with the API's predictions."""
 # The database is away (connection lost or refused): keep the predictions and retry. Any other
 # error is about the rows themselves.
 DATABASE_AWAY = (OperationalError, InterfaceError)
@@ -141,7 +143,7 @@ class PredictionWriter:
                     session,
                     records=[item.record for item in items],
                     predictions=[item.row for item in items],
-                    source="api:predict",
+                    source=PREDICTION_SOURCE,
                 )
         except DATABASE_AWAY as error:
             self._health.failed(error)

@@ -99,3 +99,26 @@ def test_the_public_view_is_an_opt_in_with_aggregate_metrics_and_no_reports(depl
         assert page.status_code == 200 and 'id="public-view"' in page.text and 'id="current-version">v1<' in page.text
         assert "/reports/" not in page.text
         assert client.get(f"/reports/{report_id}").status_code == 303
+
+
+def test_the_figures_are_drawn_again_only_when_what_they_show_changed(deployed) -> None:
+    config, keys, _ = deployed
+    with TestClient(create_app(settings_for(config))) as client:
+        client.post("/login", data={"key": keys.predict})
+        figures = client.app.state.service.figures
+        for _ in range(3):
+            assert "data:image/png;base64," in client.get("/").text
+        assert figures.draws == 1
+        engine = create_db_engine(config)
+        store(engine, toy_records(LABELS[:3], 5, period="3", seed=6))
+        run_now(
+            JobContext.here(settings_for(config, drift=DRIFT, drift_window=50), engine),
+            kind=JobKind.drift_check,
+            actor="test",
+            reason="a new report",
+            config={},
+        )
+        engine.dispose()
+        client.get("/")
+        client.get("/")
+        assert figures.draws == 2

@@ -20,6 +20,7 @@ from anamnesis.service.auth import (
     client_address,
     supplied_key,
 )
+from anamnesis.service.dashboard import FigureCache
 from anamnesis.service.errors import register_error_handlers
 from anamnesis.service.metrics import ServiceMetrics
 from anamnesis.service.predicting.batcher import MicroBatcher
@@ -145,6 +146,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
             keys=KeyVerifier(engine, failures_per_minute=settings.failed_authentications_per_minute),
             metrics=metrics,
             patient_key=settings.patient_key_bytes(),
+            figures=FigureCache(),
             sessions=SessionSigner(settings.session_secret_bytes(), ttl_s=int(settings.session_hours * 3600)),
         )
         state_holder["state"] = state

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import base64
 import io
+import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, select_autoescape
@@ -101,25 +103,57 @@ def _drift_plot(reports: Sequence[ReportView]) -> str | None:
     return _png(figure)
 
 
+@dataclass(frozen=True)
+class Figures:
+    accuracy: str | None
+    drift: str | None
+
+
+class FigureCache:
+    """The dashboard's figures, drawn again only when what they show changed: drawing them takes far
+    longer than the rest of the page, and a page view must not cost that."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._shown: tuple[object, ...] | None = None
+        self._figures = Figures(None, None)
+        self.draws = 0
+
+    def figures(self, versions: Sequence[VersionView], reports: Sequence[ReportView]) -> Figures:
+        shown = (
+            tuple((row_id(v.version), v.version.status, v.version.promoted_at) for v in versions),
+            tuple(row_id(r.report) for r in reports),
+        )
+        with self._lock:
+            if shown != self._shown:
+                self._figures = Figures(_accuracy_plot(versions), _drift_plot(reports))
+                self._shown = shown
+                self.draws += 1
+            return self._figures
+
+
 def render_login(*, problem: str | None, next_path: str, hours: float) -> str:
     return _environment.get_template("login.html").render(problem=problem, next=next_path, hours=f"{hours:g}")
 
 
-def render_dashboard(session: Session, *, now: str, report_href: Any, signed_in: str | None) -> str:
+def render_dashboard(
+    session: Session, *, now: str, report_href: Any, signed_in: str | None, figures: FigureCache
+) -> str:
     """The dashboard; `signed_in` names the key of a signed-in viewer, None for the public view (no report
     links, no job details)."""
     versions = [VersionView.of(v) for v in list_model_versions(session, limit=50)]
     reports = [ReportView.of(r) for r in list_drift_reports(session, limit=50)]
     jobs: list[Job] = list_jobs(session, limit=20)
     current = current_model(session)
+    drawn = figures.figures(versions, reports)
     return _environment.get_template("dashboard.html").render(
         current=VersionView.of(current) if current is not None else None,
         no_model_reason=None if current is not None else why_no_model_serves(session),
         versions=versions,
         reports=reports,
         jobs=jobs,
-        accuracy_plot=_accuracy_plot(versions),
-        drift_plot=_drift_plot(reports),
+        accuracy_plot=drawn.accuracy,
+        drift_plot=drawn.drift,
         pct=_pct,
         when=_when,
         report_href=report_href,

@@ -10,6 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from anamnesis.service.auth import KeyVerifier
+from anamnesis.service.dashboard import FigureCache
 from anamnesis.service.metrics import ServiceMetrics
 from anamnesis.service.predicting.batcher import MicroBatcher
 from anamnesis.service.predicting.registry import DatabaseHealth, ModelRegistry
@@ -33,6 +34,7 @@ class ServiceState:
     metrics: ServiceMetrics
     patient_key: bytes
     sessions: SessionSigner
+    figures: FigureCache
 
     def stored_state(self) -> dict[str, Any]:
         """What the metrics endpoint reports from the database (shared by every process)."""

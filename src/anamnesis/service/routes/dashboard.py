@@ -45,6 +45,7 @@ def dashboard(request: Request, session: SessionDep, state: StateDep) -> Respons
         now=datetime.now(UTC).strftime("%Y-%m-%d %H:%M:%S UTC"),
         report_href=lambda report_id: f"/reports/{report_id}",
         signed_in=viewer.name if viewer else None,
+        figures=state.figures,
     )
     return HTMLResponse(html, headers=PRIVATE)
 

@@ -8,6 +8,7 @@ import logging
 import random
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from fastapi.testclient import TestClient
@@ -500,3 +501,21 @@ def test_server_paths_and_tracebacks_are_shown_to_admin_keys_only(deployment) ->
     assert shown == "ValueError (the details are shown to admin keys)"
     listed = client.get("/v1/jobs", headers=keys.header("predict")).json()
     assert not [j for j in listed if j["error"] and "/srv/" in j["error"]]
+
+
+def test_concurrent_requests_share_one_model_forward(sqlite_config: StorageConfig) -> None:
+    engine, keys = installation(sqlite_config)
+    engine.dispose()
+    settings = settings_for(sqlite_config, micro_batch_wait_ms=300, micro_batch_size=32)
+    with TestClient(create_app(settings)) as client:
+
+        def predict(index: int) -> int:
+            body = {**NOTE, "note": f"{NOTE['note']} visit {index}"}
+            return client.post("/v1/predict", json=body, headers=keys.header("predict")).status_code
+
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            assert list(pool.map(predict, range(8))) == [200] * 8
+        batches = client.app.state.service.metrics.batch_size.collect()[0].samples
+    count = next(s.value for s in batches if s.name.endswith("_count"))
+    total = next(s.value for s in batches if s.name.endswith("_sum"))
+    assert total == 8 and count < 8  # eight records, fewer forwards: requests were batched together

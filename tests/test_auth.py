@@ -3,20 +3,22 @@ keeps failing is answered 429; an upload's key is checked before its body is rea
 
 from __future__ import annotations
 
+import hashlib
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from fastapi.testclient import TestClient
+from sqlalchemy import text
 from sqlmodel import Session
 
 from anamnesis.service.app import create_app
 from anamnesis.service.auth import AuthenticationError, KeyVerifier
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
-from anamnesis.storage.models import ApiRole
-from anamnesis.storage.repository import create_api_key
+from anamnesis.storage.models import ApiRole, row_id
+from anamnesis.storage.repository import create_api_key, revoke_api_key
 from tests.service_fixtures import make_keys, settings_for
 
 
@@ -89,3 +91,25 @@ def test_an_upload_is_refused_before_its_body_is_read(sqlite_config: StorageConf
             headers=keys.header("admin"),
         )
         assert accepted.status_code == 200 and accepted.json()["inserted"] == 1
+
+
+def test_keys_are_stored_only_as_sha256_and_a_revoked_key_stops_within_the_cache_time(
+    sqlite_config: StorageConfig,
+) -> None:
+    engine = create_db_engine(sqlite_config)
+    with Session(engine) as session:
+        key_row, plaintext = create_api_key(session, name="lab", role=ApiRole.predict, actor="test")
+        key_id = row_id(key_row)
+    with engine.connect() as connection:
+        stored = [tuple(str(value) for value in row) for row in connection.execute(text("select * from apikey"))]
+        everything = "\n".join(" ".join(row) for row in stored)
+    assert plaintext not in everything and hashlib.sha256(plaintext.encode()).hexdigest() in everything
+    assert plaintext[:12] in everything and plaintext[12:] not in everything  # only the recognisable prefix
+    keys = KeyVerifier(engine)
+    assert keys.authenticate(plaintext, "10.0.0.1").name == "lab"
+    with Session(engine) as session:
+        revoke_api_key(session, key_id=key_id, actor="test")
+    fresh = KeyVerifier(engine)  # a process that has not cached it, or this one after CACHE_SECONDS
+    with pytest.raises(AuthenticationError):
+        fresh.authenticate(plaintext, "10.0.0.1")
+    engine.dispose()

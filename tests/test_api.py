@@ -519,3 +519,26 @@ def test_concurrent_requests_share_one_model_forward(sqlite_config: StorageConfi
     count = next(s.value for s in batches if s.name.endswith("_count"))
     total = next(s.value for s in batches if s.name.endswith("_sum"))
     assert total == 8 and count < 8  # eight records, fewer forwards: requests were batched together
+
+
+def test_identifier_columns_and_fields_are_refused_through_the_api(deployment) -> None:
+    client, keys, config = deployment
+    before = _count(config, Record)
+    rows = "".join(f"note {i} stage {i % 4},surgery,MRN-{700000 + i}\n" for i in range(30))
+    csv = ("note,label,mrn\n" + rows).encode()
+    refused = client.post(
+        "/v1/records/upload?label_col=label", files={"file": ("ids.csv", io.BytesIO(csv))}, headers=keys.header()
+    )
+    assert refused.status_code == 422 and "column 'mrn' looks like a patient identifier" in refused.text
+    assert "MRN-7" not in refused.text and _count(config, Record) == before
+    accepted = client.post(
+        "/v1/records/upload?label_col=label&patient_col=mrn",
+        files={"file": ("ids.csv", io.BytesIO(csv))},
+        headers=keys.header(),
+    )
+    assert accepted.status_code == 200 and accepted.json()["inserted"] == 30
+    predicted = client.post(
+        "/v1/predict", json={**NOTE, "fields": {"patient_name": "Smithers"}}, headers=keys.header("predict")
+    )
+    assert predicted.status_code == 422 and "'patient_name' looks like a patient identifier" in predicted.text
+    assert "Smithers" not in predicted.text

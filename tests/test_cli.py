@@ -128,6 +128,17 @@ def test_malformed_files_get_clear_errors_and_store_nothing_wrong(sqlite_config:
     assert _counts(sqlite_config) == (1, 1)
 
 
+def test_an_identifier_column_is_refused_unless_excluded(sqlite_config: StorageConfig, tmp_path: Path) -> None:
+    identifiers = tmp_path / "ids.csv"
+    rows = "".join(f"note {i},surgery,+44 20 7946 {1000 + i}\n" for i in range(30))
+    identifiers.write_text("note,label,phone\n" + rows)
+    refused = run_cli("ingest", str(identifiers), config=sqlite_config, check=False)
+    assert refused.returncode == 2 and "column 'phone' looks like a patient identifier" in refused.stderr
+    assert "7946" not in refused.stderr and _counts(sqlite_config) == (0, 0)
+    stored = run_cli("ingest", str(identifiers), "--exclude", "phone", config=sqlite_config)
+    assert "stored 30 new records" in stored.stdout
+
+
 def test_commands_refuse_an_unmigrated_database(tmp_path: Path) -> None:
     config = StorageConfig.embedded(tmp_path / "fresh")
     data = tmp_path / "x.csv"

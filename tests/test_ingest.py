@@ -230,3 +230,53 @@ def test_any_note_text_is_stored_exactly(sqlite_config, tmp_path_factory, suffix
         stored = set(session.scalars(select(Record.note)))
     assert set(note_list) <= stored
     engine.dispose()
+
+
+def _identifier_rows(count: int = 40) -> list[dict]:
+    return [
+        {
+            "note": f"stage {index % 4 + 1} tumour, plan discussed",
+            "label": "surgery",
+            "weight_kg": 60.0 + index * 0.37,  # a measurement may differ in every row
+            "ward": "B" if index % 2 else "C",
+            "mrn": f"MRN-{900000 + index}",
+            "contact": f"person{index}@example.org",
+            "visit_code": f"V{index:05d}-{index * 7919 % 10007}",
+        }
+        for index in range(count)
+    ]
+
+
+@pytest.mark.parametrize(
+    ("left_in", "reason"),
+    [
+        ("mrn", "its name says so"),
+        ("contact", "its values are e-mail addresses"),
+        ("visit_code", "its text differs in every row"),
+    ],
+)
+def test_a_column_that_looks_like_an_identifier_is_refused_naming_it(
+    engine, tmp_path: Path, left_in: str, reason: str
+) -> None:
+    path = _write(_identifier_rows(), tmp_path / "rows.csv")
+    others = [column for column in ("mrn", "contact", "visit_code") if column != left_in]
+    with pytest.raises(IngestFileError) as refused:
+        _ingest(engine, path, ColumnMapping(text="note", label="label", exclude=tuple(others)))
+    message = str(refused.value)
+    assert f"column {left_in!r} looks like a patient identifier ({reason})" in message
+    assert "MRN-9" not in message and "example.org" not in message and "V0000" not in message
+    assert _count(engine, Record) == 0
+
+
+def test_an_identifier_mapped_as_the_patient_or_excluded_is_accepted_and_never_stored_plainly(
+    engine, tmp_path: Path
+) -> None:
+    path = _write(_identifier_rows(), tmp_path / "rows.csv")
+    mapping = ColumnMapping(text="note", label="label", patient="mrn", exclude=("contact", "visit_code"))
+    report = _ingest(engine, path, mapping)
+    assert report.inserted == 40 and report.rejected == 0
+    with Session(engine) as session:
+        records = list(session.scalars(select(Record)))
+    stored = json.dumps([{**r.fields, "patient": r.patient_hash} for r in records])
+    assert "MRN-9" not in stored and "example.org" not in stored and "V0000" not in stored
+    assert {"weight_kg", "ward"} <= set(records[0].fields) and all(r.patient_hash for r in records)

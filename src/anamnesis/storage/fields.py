@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Sequence
 from enum import StrEnum
 from typing import Annotated
 
@@ -124,6 +125,11 @@ class ClinicalFields(BaseModel):
         for name, value in extra.items():
             if not name.strip() or len(name) > MAX_FIELD_NAME or _UNPRINTABLE.search(name):
                 raise ValueError(f"field names must be printable text of 1 to {MAX_FIELD_NAME} characters")
+            if identifier_name(name):
+                raise ValueError(
+                    f"field {name!r} looks like a patient identifier: send the patient reference as patient_id "
+                    "(stored only as a keyed hash), never as a field"
+                )
             if is_blank(value):
                 extra[name] = None
             elif not isinstance(value, ExtraValue):
@@ -142,3 +148,87 @@ class ClinicalFields(BaseModel):
 
 
 KNOWN_FIELDS: tuple[str, ...] = tuple(ClinicalFields.model_fields)
+
+
+# Words that name a column holding who the patient is rather than what they have.
+_IDENTIFYING_WORDS = frozenset(
+    {
+        "patient",
+        "mrn",
+        "dob",
+        "birth",
+        "birthdate",
+        "birthday",
+        "phone",
+        "telephone",
+        "mobile",
+        "fax",
+        "email",
+        "mail",
+        "ssn",
+        "nhs",
+        "surname",
+        "address",
+        "street",
+        "postcode",
+        "zip",
+        "zipcode",
+        "passport",
+    }
+)
+_IDENTIFYING_NAMES = frozenset(
+    {
+        "name",
+        "first_name",
+        "last_name",
+        "full_name",
+        "given_name",
+        "family_name",
+        "patient_name",
+        "firstname",
+        "lastname",
+        "fullname",
+    }
+)
+_IDENTIFYING_PHRASES = ("medical_record", "record_number", "date_of_birth", "social_security")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
+_PHONE = re.compile(r"^\+?[\d\s().-]{9,}$")
+
+
+def identifier_name(column: str) -> bool:
+    """Whether a column's name says it identifies a patient (an MRN, a name, a birth date, a phone...)."""
+    normalised = re.sub(r"[^a-z0-9]+", "_", column.lower()).strip("_")
+    words = set(normalised.split("_"))
+    return (
+        bool(words & _IDENTIFYING_WORDS)
+        or normalised in _IDENTIFYING_NAMES
+        or any(phrase in normalised for phrase in _IDENTIFYING_PHRASES)
+    )
+
+
+def identifier_values(values: Sequence[object]) -> str | None:
+    """Why a column's values look like identifiers (e-mail addresses, phone numbers, text unique to every
+    row), or None. Numbers are never flagged: a measurement can differ in every row."""
+    texts = [value for value in values if isinstance(value, str) and value.strip() and not _is_number(value)]
+    if not texts:
+        return None
+    if sum(bool(_EMAIL.match(text)) for text in texts) * 2 > len(texts):
+        return "its values are e-mail addresses"
+    if sum(bool(_PHONE.match(text)) and sum(c.isdigit() for c in text) >= 9 for text in texts) * 2 > len(texts):
+        return "its values are phone numbers"
+    if len(texts) >= MIN_ROWS_FOR_UNIQUENESS and len(set(texts)) == len(texts):
+        return "its text differs in every row"
+    return None
+
+
+MIN_ROWS_FOR_UNIQUENESS = 20
+"""A text column is judged unique per row only from this many values on."""
+
+
+def _is_number(text: str) -> bool:
+    """Whether a text cell holds a number (CSV hands every value over as text)."""
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True

@@ -8,9 +8,10 @@ file stores nothing twice. Error messages name columns and rules, never patient 
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from enum import StrEnum
@@ -23,7 +24,7 @@ from sqlalchemy import Engine
 from sqlmodel import Session
 
 from anamnesis.storage.errors import IngestFileError
-from anamnesis.storage.fields import ClinicalFields
+from anamnesis.storage.fields import KNOWN_FIELDS, ClinicalFields, identifier_name, identifier_values
 from anamnesis.storage.hashing import patient_hash, record_content_hash
 from anamnesis.storage.models import AuditAction, utcnow
 from anamnesis.storage.repository import PreparedRecord, record_audit_event, store_record_batch
@@ -57,7 +58,8 @@ class ColumnMapping:
     time: when the note was written (ISO 8601 or anything pandas parses); ingest time when absent.
     site: the hospital; `default_site` when absent.
     patient: a patient reference, stored only as a keyed hash.
-    fields: structured columns; None takes every column not named above.
+    fields: structured columns; None takes every column not named above nor excluded.
+    exclude: columns never read (identifiers, free text that is not the note).
     """
 
     text: str = "note"
@@ -68,10 +70,18 @@ class ColumnMapping:
     patient: str | None = None
     fields: tuple[str, ...] | None = None
     default_site: str = "default"
+    exclude: tuple[str, ...] = ()
 
     def named_columns(self) -> list[str]:
         named = [self.text, self.label, self.period, self.time, self.site, self.patient]
         return [column for column in named if column is not None]
+
+    def field_columns(self, columns: Sequence[str]) -> list[str]:
+        """The columns of `columns` that become structured fields."""
+        if self.fields is not None:
+            return list(self.fields)
+        left_out = {*self.named_columns(), *self.exclude}
+        return [column for column in columns if column not in left_out]
 
 
 @dataclass(frozen=True)
@@ -323,8 +333,7 @@ class RowValidator:
         return prepare_record(record, patient_key=self.patient_key, ingested_at=self.ingested_at)
 
     def _other_columns(self, values: dict[str, Any]) -> list[str]:
-        named = set(self.mapping.named_columns())
-        return [column for column in values if column not in named]
+        return self.mapping.field_columns(list(values))
 
 
 def prepare_record(record: RecordCreate, *, patient_key: bytes, ingested_at: datetime) -> PreparedRecord:
@@ -382,9 +391,28 @@ def validated_batches(
     validate = RowValidator(
         mapping=mapping, patient_key=patient_key, field_columns=mapping.fields, ingested_at=utcnow()
     )
-    for raw_rows in readers[fmt](path, batch_size):
+    batches = readers[fmt](path, batch_size)
+    first = next(batches, [])
+    refuse_identifier_columns(path.name, [values for _, values in first if not isinstance(values, RowError)], mapping)
+    for raw_rows in itertools.chain([first], batches):
         prepared, errors = _validate_rows(raw_rows, validate)
         yield len(raw_rows), prepared, errors
+
+
+def refuse_identifier_columns(source: str, rows: Sequence[Mapping[str, Any]], mapping: ColumnMapping) -> None:
+    """Refuses, before anything is stored, a would-be structured field that looks like a patient
+    identifier by its name or by its values in `rows` (the first rows read): it must be mapped as the
+    patient column, which is stored only as a keyed hash, or excluded."""
+    columns = list(dict.fromkeys(column for row in rows for column in row))
+    for column in mapping.field_columns(columns):
+        if column in KNOWN_FIELDS:
+            continue
+        reason = "its name says so" if identifier_name(column) else identifier_values([row.get(column) for row in rows])
+        if reason is not None:
+            raise IngestFileError(
+                f"{source}: column {column!r} looks like a patient identifier ({reason}); map it as the patient "
+                "column (stored only as a keyed hash) or exclude it"
+            )
 
 
 def validated_frame(
@@ -399,6 +427,7 @@ def validated_frame(
         mapping=mapping, patient_key=patient_key, field_columns=mapping.fields, ingested_at=utcnow()
     )
     rows = pa.Table.from_pandas(frame, preserve_index=False).to_pylist()
+    refuse_identifier_columns("the data frame", rows[:1000], mapping)
     return _validate_rows([(row, values) for row, values in enumerate(rows, start=1)], validate)
 
 

@@ -39,6 +39,10 @@ def ingest(
     fields: Annotated[
         str | None, typer.Option(help="Comma-separated structured columns; default: every other column.")
     ] = None,
+    exclude: Annotated[
+        str | None,
+        typer.Option(help="Comma-separated columns never read (a column that looks like an identifier is refused)."),
+    ] = None,
     site: Annotated[str, typer.Option(help="Site of every record when there is no site column.")] = "default",
     file_format: Annotated[
         str | None, typer.Option("--format", help="csv, jsonl or parquet (default: suffix).")
@@ -82,6 +86,7 @@ def ingest(
         patient=patient_col,
         fields=comma_list(fields),
         default_site=site,
+        exclude=comma_list(exclude) or (),
     )
     engine = cli.engine
     try:

@@ -84,12 +84,22 @@ async def upload_records(
     time_col: Annotated[str | None, Query(max_length=200)] = None,
     site_col: Annotated[str | None, Query(max_length=200)] = None,
     patient_col: Annotated[str | None, Query(max_length=200)] = None,
+    exclude: Annotated[
+        list[str] | None,
+        Query(max_length=200, description="Columns never read; a column that looks like an identifier is refused."),
+    ] = None,
     file_format: Annotated[FileFormat | None, Query(alias="format")] = None,
 ) -> IngestResponse:
     """Bulk upload, validated row by row like `anamnesis ingest` (same code, same errors)."""
     suffix = f".{file_format.value}" if file_format else Path(file.filename or "").suffix.lower()
     mapping = ColumnMapping(
-        text=text_col, label=label_col, period=period_col, time=time_col, site=site_col, patient=patient_col
+        text=text_col,
+        label=label_col,
+        period=period_col,
+        time=time_col,
+        site=site_col,
+        patient=patient_col,
+        exclude=tuple(exclude or ()),
     )
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / f"upload{suffix or '.csv'}"

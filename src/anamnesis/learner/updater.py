@@ -50,9 +50,17 @@ from anamnesis.learner.results import (
 )
 from anamnesis.learner.state import LearnerState
 from anamnesis.storage.artifacts import write_artifact
+from anamnesis.storage.errors import StalePromotionError
 from anamnesis.storage.models import ModelVersion, row_id
 from anamnesis.storage.queries import LabeledRecord, current_model, labeled_records, lineage, newest_label_id
-from anamnesis.storage.repository import create_model_version, promote_model_version, reject_model_version
+from anamnesis.storage.repository import (
+    Fence,
+    HeldLease,
+    create_model_version,
+    hold_candidate,
+    promote_model_version,
+    reject_model_version,
+)
 
 RuntimePreparer = Callable[[ModelVersion, ModelBundle, Sequence[LabeledRecord]], dict[str, Any]]
 """Called before a promotion with the held-out records; prepares and describes the serving runtime."""
@@ -82,8 +90,11 @@ def run_update(
     new_bundle: BundleFactory = load_base_classifier,
     prepare_runtime: RuntimePreparer | None = None,
     hook: ProgressHook | None = None,
+    lease: HeldLease | None = None,
 ) -> UpdateOutcome:
-    """Trains, evaluates, gates and stores one candidate; promotes it when the gate accepts."""
+    """Trains, evaluates, gates and stores one candidate; promotes it when the gate accepts, provided the
+    production model is still the parent it was judged against and `lease` (the training lease this
+    update runs under) is still held: otherwise the candidate stays a candidate, with the reason."""
     started = time.perf_counter()
     device = resolve_device(config.training.device)
     max_length = config.training.max_length
@@ -203,16 +214,29 @@ def run_update(
             job_id=job_id,
             actor=actor,
         )
+        promoted = False
         if decision.accept:
             runtime = prepare_runtime(version, trained.bundle, holdout_records) if prepare_runtime else None
-            version = promote_model_version(
-                session, version_id=row_id(version), actor=actor, reason=decision.summary, runtime=runtime
-            )
+            fence = Fence(current_id=parent.id if parent else None, lease=lease)
+            try:
+                version = promote_model_version(
+                    session,
+                    version_id=row_id(version),
+                    actor=actor,
+                    reason=decision.summary,
+                    runtime=runtime,
+                    fence=fence,
+                )
+                promoted = True
+            except StalePromotionError as stale:
+                session.rollback()
+                reason = f"{decision.summary}; {stale}: promote it explicitly, or let the next update judge again"
+                version = hold_candidate(session, version_id=row_id(version), actor=actor, reason=reason)
         else:
             version = reject_model_version(session, version_id=row_id(version), actor=actor, reason=decision.summary)
     return UpdateOutcome(
         version_id=row_id(version),
-        promoted=decision.accept,
+        promoted=promoted,
         decision=decision,
         metrics=UpdateMetrics.model_validate(version.metrics),
     )

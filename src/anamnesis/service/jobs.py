@@ -12,6 +12,7 @@ from datetime import timedelta
 from typing import Any
 
 from sqlalchemy import Engine
+from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from anamnesis.learner.errors import NothingToLearnError, TrainingStoppedError
@@ -20,10 +21,11 @@ from anamnesis.learner.updater import run_update
 from anamnesis.service.predicting.runtime import runtime_preparer
 from anamnesis.service.retention import collect_garbage
 from anamnesis.service.settings import Settings
-from anamnesis.storage.errors import LeaseHeldError
+from anamnesis.storage.errors import ConflictError, LeaseHeldError
 from anamnesis.storage.models import Job, JobKind, RunStatus, Trigger, row_id
 from anamnesis.storage.queries import find_job, get_job
 from anamnesis.storage.repository import (
+    HeldLease,
     acquire_lease,
     claim_job,
     create_job,
@@ -57,6 +59,22 @@ class JobContext:
     def stopping(self) -> bool:
         return self.stop.is_set()
 
+    def keep_alive(self, session: Session) -> None:
+        """Renews this process's training lease and the running job's heartbeat, so that neither is taken
+        for abandoned while it works (LeaseHeldError when the lease already went to someone else)."""
+        if self.training_lease is not None:
+            acquire_lease(
+                session,
+                name=TRAINING_LEASE,
+                holder=self.training_lease,
+                ttl=timedelta(seconds=self.settings.stale_run_s),
+            )
+        run = find_job(session, self.current_run) if self.current_run is not None else None
+        if run is not None:
+            report_run_progress(
+                session, run_id=row_id(run), progress=run.progress, message=run.progress_message or "running"
+            )
+
 
 def run_now(
     context: JobContext,
@@ -73,9 +91,28 @@ def run_now(
         run = create_job(session, kind=kind, trigger=Trigger.manual, actor=actor, reason=reason, config=config)
         job_id = row_id(run)
         claim_job(session, run_id=job_id, worker=context.identity)
-    execute_job(context, job_id, extra_hook=hook)
+    context.current_run = job_id
+    beating = threading.Event()
+    heart = threading.Thread(target=_beat, args=(context, beating), name="job-heartbeat", daemon=True)
+    heart.start()
+    try:
+        execute_job(context, job_id, extra_hook=hook)
+    finally:
+        beating.set()
+        heart.join()
+        context.current_run = None
     with Session(context.engine) as session:
         return get_job(session, job_id)
+
+
+def _beat(context: JobContext, done: threading.Event) -> None:
+    """What the worker's heartbeat does for its jobs, for a job run in this process (`anamnesis train`)."""
+    while not done.wait(max(context.settings.stale_run_s / 3, 0.2)):
+        try:
+            with Session(context.engine) as session:
+                context.keep_alive(session)
+        except (LeaseHeldError, SQLAlchemyError) as error:
+            logger.warning("job heartbeat failed: %s", type(error).__name__)
 
 
 def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | None = None) -> None:
@@ -101,12 +138,21 @@ def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | N
         detail = f"{type(error).__name__}: {error}"
         if not isinstance(error, TrainingStoppedError | LeaseHeldError):
             detail += "\n" + "".join(traceback.format_exception(error)[-3:])
-        with Session(worker.engine) as session:
-            finish_job(session, run_id=run_id, status=RunStatus.failed, error=detail[:4000], actor=actor)
+        _finish(worker, run_id, status=RunStatus.failed, error=detail[:4000], actor=actor)
         return
-    with Session(worker.engine) as session:
-        finish_job(session, run_id=run_id, status=RunStatus.succeeded, metrics=metrics, message=message, actor=actor)
-    logger.info("job %s (%s) succeeded: %s", run_id, kind, message)
+    if _finish(worker, run_id, status=RunStatus.succeeded, metrics=metrics, message=message, actor=actor):
+        logger.info("job %s (%s) succeeded: %s", run_id, kind, message)
+
+
+def _finish(worker: JobContext, run_id: int, **outcome: Any) -> bool:
+    """Records a job's outcome; False when the job was no longer running (marked failed meanwhile)."""
+    try:
+        with Session(worker.engine) as session:
+            finish_job(session, run_id=run_id, **outcome)
+    except ConflictError as error:
+        logger.warning("%s", error)
+        return False
+    return True
 
 
 def _progress_hook(worker: JobContext, run_id: int, extra: ProgressHook | None) -> ProgressHook:
@@ -154,6 +200,7 @@ def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -
                 artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
             ),
             hook=_progress_hook(worker, run_id, extra_hook),
+            lease=HeldLease(TRAINING_LEASE, holder),
         )
     except NothingToLearnError as error:
         return {"skipped": str(error)}, f"skipped: {error}"
@@ -161,7 +208,12 @@ def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -
         worker.training_lease = None
         with Session(worker.engine) as session:
             release_lease(session, name=TRAINING_LEASE, holder=holder)
-    verdict = "promoted" if outcome.promoted else "rejected by the gate"
+    if outcome.promoted:
+        verdict = "promoted"
+    elif outcome.decision.accept:
+        verdict = "accepted by the gate but held: the production model or the training lease changed meanwhile"
+    else:
+        verdict = "rejected by the gate"
     return (
         {"version_id": outcome.version_id, "promoted": outcome.promoted, "gate": outcome.decision.summary},
         f"model version {outcome.version_id} {verdict}",

@@ -25,18 +25,17 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
-from anamnesis.service.jobs import TRAINING_LEASE, JobContext, execute_job
+from anamnesis.service.jobs import JobContext, execute_job
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import ConflictError, LeaseHeldError
-from anamnesis.storage.models import JobKind, Trigger, row_id
-from anamnesis.storage.queries import active_jobs, find_job, queued_job_ids
+from anamnesis.storage.models import JobKind, Trigger
+from anamnesis.storage.queries import active_jobs, queued_job_ids
 from anamnesis.storage.repository import (
     acquire_lease,
     claim_job,
     create_job,
     fail_interrupted_runs,
     release_lease,
-    report_run_progress,
 )
 
 logger = logging.getLogger("anamnesis.worker")
@@ -98,22 +97,7 @@ class Worker:
                     logger.info("worker %s is the leader", self.identity)
                     self._clean_staging()
                 self.is_leader = True
-                if self.jobs.training_lease is not None:
-                    acquire_lease(
-                        session,
-                        name=TRAINING_LEASE,
-                        holder=self.jobs.training_lease,
-                        ttl=timedelta(seconds=self.settings.stale_run_s),
-                    )
-                if self.jobs.current_run is not None:
-                    run = find_job(session, self.jobs.current_run)
-                    if run is not None:
-                        report_run_progress(
-                            session,
-                            run_id=row_id(run),
-                            progress=run.progress,
-                            message=run.progress_message or "running",
-                        )
+                self.jobs.keep_alive(session)
                 failed = fail_interrupted_runs(
                     session, stale_after=timedelta(seconds=self.settings.stale_run_s), actor=f"worker:{self.identity}"
                 )

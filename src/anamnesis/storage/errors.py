@@ -18,6 +18,11 @@ class ConflictError(StorageError):
     """The request contradicts the stored state (promoting a rejected model, say)."""
 
 
+class StalePromotionError(ConflictError):
+    """A promotion decided against a production model that is no longer the production model, or by
+    a holder of a lease it no longer holds: promoting now would undo someone else's decision."""
+
+
 class InvalidInputError(StorageError):
     """Input that cannot be stored as given; the message names the problem, never patient text."""
 

@@ -92,6 +92,7 @@ class AuditAction(StrEnum):
     key_revoke = "key_revoke"
     run_failed = "run_failed"
     retention = "retention"
+    hold = "hold"
 
 
 class ApiRole(StrEnum):

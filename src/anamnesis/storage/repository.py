@@ -19,7 +19,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from anamnesis.storage.errors import ConflictError, LeaseHeldError, NotFoundError
+from anamnesis.storage.errors import ConflictError, LeaseHeldError, NotFoundError, StalePromotionError
 from anamnesis.storage.models import (
     ApiKey,
     ApiRole,
@@ -239,6 +239,40 @@ def _current_for_update(session: Session) -> ModelVersion | None:
     return session.scalars(statement).one_or_none()
 
 
+@dataclass(frozen=True)
+class HeldLease:
+    name: str
+    holder: str
+
+
+@dataclass(frozen=True)
+class Fence:
+    """What must still hold when a promotion decided earlier commits (compare-and-swap)."""
+
+    current_id: int | None
+    """The production version the decision was made against (None: there was none)."""
+    lease: HeldLease | None = None
+    """The lease the deciding process must still hold."""
+
+
+def _check_fence(session: Session, fence: Fence, version_id: int) -> None:
+    current = _current_for_update(session)
+    current_id = current.id if current is not None else None
+    if current_id != fence.current_id:
+        was = f"v{fence.current_id}" if fence.current_id is not None else "no model"
+        now = f"v{current_id}" if current_id is not None else "no model"
+        raise StalePromotionError(
+            f"model version {version_id} was judged against {was} in production, but {now} is now: not promoted"
+        )
+    if fence.lease is not None:
+        lease = session.get(Lease, fence.lease.name, with_for_update=True, populate_existing=True)
+        if lease is None or lease.holder != fence.lease.holder or lease.expires_at < utcnow():
+            raise StalePromotionError(
+                f"model version {version_id} was trained under the {fence.lease.name!r} lease, which its process "
+                "no longer holds: not promoted"
+            )
+
+
 def promote_model_version(
     session: Session,
     *,
@@ -247,9 +281,14 @@ def promote_model_version(
     reason: str,
     runtime: dict[str, Any] | None = None,
     allow_rejected: bool = False,
+    fence: Fence | None = None,
 ) -> ModelVersion:
-    """Makes a version the production model, archiving the previous one, in one transaction."""
+    """Makes a version the production model, archiving the previous one, in one transaction; with a
+    `fence`, only if the production model and the lease are still what the decision assumed
+    (StalePromotionError otherwise, nothing changed)."""
     version = _get_version(session, version_id, for_update=True)
+    if fence is not None:
+        _check_fence(session, fence, version_id)
     if version.status == ModelStatus.production:
         raise ConflictError(f"model version {version_id} is already in production")
     if version.status == ModelStatus.rejected and not allow_rejected:
@@ -281,6 +320,19 @@ def promote_model_version(
     except IntegrityError as error:
         session.rollback()
         raise ConflictError("another promotion happened at the same time; try again") from error
+    session.refresh(version)
+    return version
+
+
+def hold_candidate(session: Session, *, version_id: int, actor: str, reason: str) -> ModelVersion:
+    """Leaves a candidate the gate accepted as a candidate, with why it was not promoted."""
+    version = _get_version(session, version_id, for_update=True)
+    if version.status != ModelStatus.candidate:
+        raise ConflictError(f"only a candidate can be held; version {version_id} is {version.status}")
+    version.decision_reason = reason
+    session.add(version)
+    _audit(session, action=AuditAction.hold, actor=actor, entity="model_version", entity_id=version_id, reason=reason)
+    session.commit()
     session.refresh(version)
     return version
 
@@ -408,9 +460,13 @@ def finish_job(
     message: str | None = None,
     actor: str,
 ) -> Job:
-    run = session.get(Job, run_id, with_for_update=True)
+    run = session.get(Job, run_id, with_for_update=True, populate_existing=True)
     if run is None:
         raise NotFoundError("job", run_id)
+    if run.status != RunStatus.running:
+        # A run already marked failed (its worker stopped heartbeating) or finished stays as it is.
+        session.rollback()
+        raise ConflictError(f"job {run_id} is {run.status}, not running: its outcome is not recorded again")
     run.status = status
     run.finished_at = utcnow()
     run.heartbeat_at = run.finished_at

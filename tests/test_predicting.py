@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+from sqlmodel import Session
 
-from anamnesis.learner.modeling import encode_records, length_sorted_batches, tiny_classifier
-from anamnesis.service.predicting.runtime import LoadedModel, PyTorchRuntime, infer_batched
-from tests.service_fixtures import TINY_SPEC
+from anamnesis.learner.modeling import encode_records, length_sorted_batches, load_bundle, tiny_classifier
+from anamnesis.learner.updater import holdout_of
+from anamnesis.service.predicting.runtime import (
+    LoadedModel,
+    PyTorchRuntime,
+    RuntimeChoice,
+    RuntimeKind,
+    choose_runtime,
+    infer_batched,
+)
+from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.queries import current_model
+from tests.service_fixtures import TINY_SPEC, installation
 
 LABELS = ("chemotherapy", "immunotherapy", "targeted_therapy")
 NOTES = [
@@ -52,3 +65,24 @@ def test_inference_needs_a_record() -> None:
     empty = encode_records(model.bundle, ["x"], [{}], max_length=64).rows([])
     with pytest.raises(ValueError, match="no records"):
         infer_batched(model.runtime, model.bundle, empty)
+
+
+def test_an_onnx_model_that_does_not_match_pytorch_is_not_served(sqlite_config: StorageConfig) -> None:
+    engine, _ = installation(sqlite_config)
+    with Session(engine) as session:
+        version = current_model(session)
+        assert version is not None
+        holdout = holdout_of(session, version)
+    bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
+
+    def choose(folder: str, **options: object) -> RuntimeChoice:
+        artifacts = sqlite_config.home / folder  # each export its own folder: an artifact is written once
+        return choose_runtime(version, bundle, holdout, artifacts_dir=artifacts, max_length=32, **options)
+
+    strict = choose("strict", tolerance=-1.0)  # no accuracy can match
+    assert strict.kind == RuntimeKind.pytorch and "differs by more than" in strict.reason
+    assert strict.onnx_path and strict.accuracy_onnx_int8 is not None and strict.validation_records == len(holdout)
+    assert choose("forced", tolerance=-1.0, mode="onnx").kind == RuntimeKind.onnx_int8
+    matching = choose("matching", tolerance=1.0)
+    assert matching.kind == RuntimeKind.onnx_int8 and "within tolerance" in matching.reason
+    engine.dispose()

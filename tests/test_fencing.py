@@ -4,17 +4,20 @@ outcome is never rewritten."""
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from anamnesis.learner.updater import run_update
+from anamnesis.service.worker import Worker
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.errors import ConflictError
 from anamnesis.storage.models import Job, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
 from anamnesis.storage.queries import current_model
 from anamnesis.storage.repository import (
+    INTERRUPTED,
     HeldLease,
     acquire_lease,
     claim_job,
@@ -24,7 +27,7 @@ from anamnesis.storage.repository import (
     rollback_model,
 )
 from tests.factories import MECHANICS_GATE, store, toy_records
-from tests.service_fixtures import LABELS, TINY_CONFIG, installation, tiny, train_version
+from tests.service_fixtures import LABELS, TINY_CONFIG, installation, settings_for, tiny, train_version
 
 
 def _update(engine, config: StorageConfig, **options):
@@ -100,4 +103,35 @@ def test_a_job_marked_failed_is_never_turned_into_a_success(sqlite_config: Stora
             finish_job(session, run_id=row_id(job), status=RunStatus.succeeded, actor="w")
         stored = session.get(Job, row_id(job), populate_existing=True)
         assert stored is not None and stored.status == RunStatus.failed
+    engine.dispose()
+
+
+def test_the_worker_settles_what_a_crash_between_training_and_promotion_left(sqlite_config: StorageConfig) -> None:
+    engine, _ = installation(sqlite_config)
+    store(engine, toy_records(LABELS[:3], 60, period="2", seed=6))
+    with Session(engine) as session:
+        job = create_job(session, trigger=Trigger.api, actor="t", reason=None, config={})
+        claim_job(session, run_id=row_id(job), worker="w")
+
+    def killed_during_export(*_: object) -> dict[str, object]:
+        raise RuntimeError("the process was killed")
+
+    with pytest.raises(RuntimeError):
+        _update(engine, sqlite_config, job_id=row_id(job), prepare_runtime=killed_during_export)
+    with Session(engine) as session:
+        fail_interrupted_runs(session, stale_after=timedelta(seconds=-1), actor="w")
+        undecided = session.scalars(select(ModelVersion).where(ModelVersion.job_id == row_id(job))).one()
+        assert undecided.status == ModelStatus.candidate and undecided.decision_reason is None
+    orphan = sqlite_config.artifacts_dir / "onnx-99-deadbeef"
+    orphan.mkdir(parents=True)
+    os.utime(orphan, (0, 0))
+    served = next(sqlite_config.artifacts_dir.glob("onnx-1-*"))
+    os.utime(served, (0, 0))
+
+    Worker(settings_for(sqlite_config), engine)._clean_staging()
+    with Session(engine) as session:
+        settled = session.get(ModelVersion, row_id(undecided), populate_existing=True)
+        assert settled is not None and settled.status == ModelStatus.rejected
+        assert settled.decision_reason == INTERRUPTED
+    assert not orphan.exists() and served.is_dir()  # the production version's ONNX stays
     engine.dispose()

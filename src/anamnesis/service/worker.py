@@ -26,16 +26,18 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from anamnesis.service.jobs import JobContext, execute_job
+from anamnesis.service.predicting.runtime import RuntimeChoice
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import ConflictError, LeaseHeldError
 from anamnesis.storage.models import JobKind, Trigger
-from anamnesis.storage.queries import active_jobs, queued_job_ids
+from anamnesis.storage.queries import active_jobs, list_model_versions, queued_job_ids
 from anamnesis.storage.repository import (
     acquire_lease,
     claim_job,
     create_job,
     fail_interrupted_runs,
     release_lease,
+    settle_interrupted_candidates,
 )
 
 logger = logging.getLogger("anamnesis.worker")
@@ -153,11 +155,26 @@ class Worker:
             logger.warning("could not schedule a drift check: %s", type(error).__name__)
 
     def _clean_staging(self) -> None:
-        """Removes half-written artifact folders left by a worker that was killed while writing."""
+        """Cleans what a worker killed mid-update left: half-written artifact folders, candidates whose gate
+        decision was never applied (rejected, with the reason), ONNX exports no version serves from."""
         root = self.settings.storage_config().artifacts_dir
         if not root.exists():
             return
+        old_enough = min(STAGING_MAX_AGE_S, self.settings.stale_run_s)
         for folder in root.glob(".tmp-*"):
-            if time.time() - folder.stat().st_mtime > min(STAGING_MAX_AGE_S, self.settings.stale_run_s):
+            if time.time() - folder.stat().st_mtime > old_enough:
                 shutil.rmtree(folder, ignore_errors=True)
                 logger.info("removed an unfinished artifact %s", Path(folder).name)
+        with Session(self.engine) as session:
+            for version_id in settle_interrupted_candidates(session, actor=f"worker:{self.identity}"):
+                logger.warning("model version %s was left undecided by an interrupted run: rejected", version_id)
+            served = {
+                Path(choice.onnx_path).resolve()
+                for version in list_model_versions(session, limit=None)
+                if (choice := RuntimeChoice.from_stored(version)) is not None and choice.onnx_path
+            }
+        for folder in root.glob("onnx-*"):
+            # Unreferenced while a promotion is between export and commit: only old ones are orphans.
+            if folder.resolve() not in served and time.time() - folder.stat().st_mtime > old_enough:
+                shutil.rmtree(folder, ignore_errors=True)
+                logger.info("removed the ONNX export %s, which no version serves from", folder.name)

@@ -119,7 +119,8 @@ def get_model_version(session: Session, version_id: int) -> ModelVersion:
     return version
 
 
-def list_model_versions(session: Session, *, limit: int = 100, offset: int = 0) -> list[ModelVersion]:
+def list_model_versions(session: Session, *, limit: int | None = 100, offset: int = 0) -> list[ModelVersion]:
+    """Versions, newest first (`limit` None: all)."""
     statement = select(ModelVersion).order_by(col(ModelVersion.id).desc()).offset(offset).limit(limit)
     return list(session.scalars(statement))
 

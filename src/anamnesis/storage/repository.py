@@ -337,6 +337,27 @@ def hold_candidate(session: Session, *, version_id: int, actor: str, reason: str
     return version
 
 
+INTERRUPTED = "its training run ended before the gate's decision was applied (the process was interrupted)"
+
+
+def settle_interrupted_candidates(session: Session, *, actor: str) -> list[int]:
+    """Rejects the candidates a crash left undecided: no decision recorded and their job no longer
+    running (a candidate held by the promotion fence has its reason, and stays). Returns their ids."""
+    statement = (
+        select(ModelVersion)
+        .join(Job, col(Job.id) == col(ModelVersion.job_id))
+        .where(
+            col(ModelVersion.status) == ModelStatus.candidate,
+            col(ModelVersion.decision_reason).is_(None),
+            col(Job.status) != RunStatus.running,
+        )
+    )
+    settled = [row_id(version) for version in session.scalars(statement)]
+    for version_id in settled:
+        reject_model_version(session, version_id=version_id, actor=actor, reason=INTERRUPTED)
+    return settled
+
+
 def reject_model_version(session: Session, *, version_id: int, actor: str, reason: str) -> ModelVersion:
     version = _get_version(session, version_id, for_update=True)
     if version.status != ModelStatus.candidate:

@@ -13,8 +13,9 @@ from sqlmodel import Session, select
 from anamnesis.learner.updater import run_update
 from anamnesis.service.worker import Worker
 from anamnesis.storage.config import StorageConfig
-from anamnesis.storage.errors import ConflictError
-from anamnesis.storage.models import Job, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
+from anamnesis.storage.engine import create_db_engine
+from anamnesis.storage.errors import ConflictError, LeaseHeldError
+from anamnesis.storage.models import Job, ModelStatus, ModelVersion, RunStatus, Trigger, row_id, utcnow
 from anamnesis.storage.queries import current_model
 from anamnesis.storage.repository import (
     INTERRUPTED,
@@ -134,4 +135,23 @@ def test_the_worker_settles_what_a_crash_between_training_and_promotion_left(sql
         assert settled is not None and settled.status == ModelStatus.rejected
         assert settled.decision_reason == INTERRUPTED
     assert not orphan.exists() and served.is_dir()  # the production version's ONNX stays
+    engine.dispose()
+
+
+@pytest.mark.postgres
+def test_leases_and_heartbeats_follow_the_database_clock_not_a_hosts(
+    postgres_config: StorageConfig, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    engine = create_db_engine(postgres_config)
+    with Session(engine) as session:
+        acquire_lease(session, name="training", holder="host-a", ttl=timedelta(seconds=60))
+    # Host B's clock runs an hour ahead: by its own clock, host A's lease expired long ago.
+    ahead = utcnow() + timedelta(hours=1)
+    monkeypatch.setattr("anamnesis.storage.repository.utcnow", lambda: ahead)
+    with Session(engine) as session:
+        with pytest.raises(LeaseHeldError):
+            acquire_lease(session, name="training", holder="host-b", ttl=timedelta(seconds=60))
+        job = create_job(session, trigger=Trigger.api, actor="t", reason=None, config={})
+        claim_job(session, run_id=row_id(job), worker="host-a")
+        assert fail_interrupted_runs(session, stale_after=timedelta(seconds=30), actor="host-b") == []
     engine.dispose()

@@ -10,11 +10,11 @@ import secrets
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import CursorResult, Engine, Insert, Update, select, update
+from sqlalchemy import CursorResult, Engine, Insert, Update, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
@@ -266,7 +266,7 @@ def _check_fence(session: Session, fence: Fence, version_id: int) -> None:
         )
     if fence.lease is not None:
         lease = session.get(Lease, fence.lease.name, with_for_update=True, populate_existing=True)
-        if lease is None or lease.holder != fence.lease.holder or lease.expires_at < utcnow():
+        if lease is None or lease.holder != fence.lease.holder or lease.expires_at < database_now(session):
             raise StalePromotionError(
                 f"model version {version_id} was trained under the {fence.lease.name!r} lease, which its process "
                 "no longer holds: not promoted"
@@ -440,7 +440,7 @@ def create_job(
 
 def claim_job(session: Session, *, run_id: int, worker: str) -> Job:
     """Moves a queued run to running; fails when another worker got it first."""
-    now = utcnow()
+    now = database_now(session)
     claimed = _matched_rows(
         session,
         update(Job)
@@ -462,7 +462,7 @@ def report_run_progress(
     values: dict[str, Any] = {
         "progress": min(max(progress, 0.0), 1.0),
         "progress_message": message[:500],
-        "heartbeat_at": utcnow(),
+        "heartbeat_at": database_now(session),
     }
     if data_window is not None:
         values["data_window"] = data_window
@@ -515,7 +515,7 @@ def finish_job(
 
 def fail_interrupted_runs(session: Session, *, stale_after: timedelta, actor: str) -> list[int]:
     """Marks running runs whose worker stopped heartbeating as failed; returns their ids."""
-    cutoff = utcnow() - stale_after
+    cutoff = database_now(session) - stale_after
     stale = (
         session.execute(select(col(Job.id)).where(col(Job.status) == RunStatus.running, col(Job.heartbeat_at) < cutoff))
         .scalars()
@@ -608,9 +608,20 @@ def revoke_api_key(session: Session, *, key_id: int, actor: str) -> ApiKey:
 # --- leases ---------------------------------------------------------------------------------
 
 
+def database_now(session: Session) -> datetime:
+    """The database server's clock (UTC), which every process shares; leases and heartbeats compare
+    times written by different hosts, so no host's own clock may decide. SQLite runs on the host it
+    serves, so its clock is the host's."""
+    if session.get_bind().dialect.name == "postgresql":
+        now = session.scalar(select(func.now()))
+        if isinstance(now, datetime):
+            return now.astimezone(UTC)
+    return utcnow()
+
+
 def acquire_lease(session: Session, *, name: str, holder: str, ttl: timedelta) -> None:
     """Takes or renews a named lease; raises LeaseHeldError while someone else holds it."""
-    now = utcnow()
+    now = database_now(session)
     renewed = _matched_rows(
         session,
         update(Lease)

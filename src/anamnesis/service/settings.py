@@ -205,21 +205,18 @@ class Settings(BaseSettings):
 
     def session_secret_bytes(self) -> bytes:
         """The configured session secret, or one generated on first use and kept in `home` (mode 0600)."""
-        if self.session_secret:
-            return self.session_secret.encode()
-        secret_file = self.home / "session.key"
-        if not secret_file.exists():
-            self.home.mkdir(parents=True, exist_ok=True)
-            write_private(secret_file, secrets.token_hex(32), replace=False)  # the first process's secret wins
-        return secret_file.read_text().strip().encode()
+        return self._secret(self.session_secret, "session.key")
 
     def patient_key_bytes(self) -> bytes:
         """The configured key, or a key generated on first use and kept in `home` (mode 0600)."""
-        if self.patient_key:
-            return self.patient_key.encode()
-        key_file = self.home / "patient.key"
-        if not key_file.exists():
+        return self._secret(self.patient_key, "patient.key")
+
+    def _secret(self, configured: str | None, file_name: str) -> bytes:
+        if configured:
+            return configured.encode()
+        secret_file = self.home / file_name
+        if not secret_file.exists():
             self.home.mkdir(parents=True, exist_ok=True)
-            # Another process may create it first: then both use that one.
-            write_private(key_file, secrets.token_hex(32), replace=False)
-        return key_file.read_text().strip().encode()
+            # Another process may create it first: then every process uses that one.
+            write_private(secret_file, secrets.token_hex(32), replace=False)
+        return secret_file.read_text().strip().encode()

@@ -326,12 +326,21 @@ def promote_model_version(
 
 def hold_candidate(session: Session, *, version_id: int, actor: str, reason: str) -> ModelVersion:
     """Leaves a candidate the gate accepted as a candidate, with why it was not promoted."""
+    return _decide_candidate(
+        session, version_id, status=ModelStatus.candidate, action=AuditAction.hold, actor=actor, reason=reason
+    )
+
+
+def _decide_candidate(
+    session: Session, version_id: int, *, status: ModelStatus, action: AuditAction, actor: str, reason: str
+) -> ModelVersion:
     version = _get_version(session, version_id, for_update=True)
     if version.status != ModelStatus.candidate:
-        raise ConflictError(f"only a candidate can be held; version {version_id} is {version.status}")
+        raise ConflictError(f"version {version_id} is {version.status}: only a candidate's outcome can be decided")
+    version.status = status
     version.decision_reason = reason
     session.add(version)
-    _audit(session, action=AuditAction.hold, actor=actor, entity="model_version", entity_id=version_id, reason=reason)
+    _audit(session, action=action, actor=actor, entity="model_version", entity_id=version_id, reason=reason)
     session.commit()
     session.refresh(version)
     return version
@@ -359,16 +368,9 @@ def settle_interrupted_candidates(session: Session, *, actor: str) -> list[int]:
 
 
 def reject_model_version(session: Session, *, version_id: int, actor: str, reason: str) -> ModelVersion:
-    version = _get_version(session, version_id, for_update=True)
-    if version.status != ModelStatus.candidate:
-        raise ConflictError(f"only a candidate can be rejected; version {version_id} is {version.status}")
-    version.status = ModelStatus.rejected
-    version.decision_reason = reason
-    session.add(version)
-    _audit(session, action=AuditAction.reject, actor=actor, entity="model_version", entity_id=version_id, reason=reason)
-    session.commit()
-    session.refresh(version)
-    return version
+    return _decide_candidate(
+        session, version_id, status=ModelStatus.rejected, action=AuditAction.reject, actor=actor, reason=reason
+    )
 
 
 def rollback_model(session: Session, *, actor: str, reason: str) -> ModelVersion:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -75,7 +77,7 @@ def test_field_features_hash_any_schema_and_keep_numeric_scales_once_fitted() ->
     # Thresholds the value reaches are features: a higher score sets strictly more of them.
     assert (high > 0).sum() > (low > 0).sum()
     # A category and a site's own field both land in a bucket; blanks and NaN add nothing.
-    assert encode_fields(encoding, {"egfr": "positive", "site_flag": True}).sum() == 2.0
+    assert encode_fields(FieldEncoding(dim=128), {"egfr": "positive", "site_flag": True}).sum() == 2.0
     assert encode_fields(encoding, {"egfr": None, "age": float("nan")}).sum() == 0.0
     # Extending keeps known scales: the model's inputs keep their meaning across updates.
     extended = extend_encoding(encoding, [{"pdl1_tps": 1000.0, "age": 70}])
@@ -142,3 +144,19 @@ def test_unwritable_artifact_directory_fails_cleanly(tmp_path: Path) -> None:
     blocked.write_text("")
     with pytest.raises(ArtifactWriteError, match="cannot write the model artifact"):
         write_artifact(blocked, "v1", lambda staging: None)
+
+
+def test_a_model_reads_only_the_fields_it_was_trained_with() -> None:
+    untrained = FieldEncoding(dim=128)  # reads every field until training fixes the list
+    assert not np.array_equal(encode_fields(untrained, {"x": "a"}), encode_fields(untrained, {}))
+    trained = extend_encoding(untrained, [{"age": 60, "stage": "IV"}, {"ecog": 1}])
+    assert trained.fields == ("age", "stage", "ecog")
+    extended = extend_encoding(trained, [{"site_code": "x", "age": 70}])
+    assert extended.fields == ("age", "stage", "ecog", "site_code")
+    known = encode_fields(trained, {"age": 60, "stage": "IV"})
+    with_unknown = encode_fields(trained, {"age": 60, "stage": "IV", "patient_name": "Smithers", "made_up": 3.0})
+    assert np.array_equal(known, with_unknown)  # a field sent only at prediction time changes nothing
+    bundle = tiny_classifier(LABELS, ModelSpec(fields=FieldInput.both, field_dim=64, hidden=32), seed=0)
+    bundle = replace(bundle, encoding=trained)
+    as_text = encode_records(bundle, ["note"], [{"age": 60, "patient_name": "Smithers"}], max_length=64)
+    assert "smithers" not in bundle.tokenizer.decode(as_text.token_ids[0])

@@ -63,8 +63,10 @@ def train_update(
         state = LearnerState(experiences_trained=state.experiences_trained)
     else:
         bundle = grow_head(copy.deepcopy(parent), labels)
-        # Numeric fields first seen now get their scales; known ones keep theirs.
-        bundle = replace(bundle, encoding=extend_encoding(bundle.encoding, [r.fields for r in fresh]))
+        # Fields first seen now join the allow-list and numeric ones get their scales; known ones keep theirs.
+        # A parent stored before the allow-list was kept gets the list of everything it may replay.
+        fitted_on = fresh if bundle.encoding.fields is not None else seen
+        bundle = replace(bundle, encoding=extend_encoding(bundle.encoding, [r.fields for r in fitted_on]))
     experience = fresh if config.strategy.data == TrainingData.incremental else seen
     max_length = config.training.max_length
     samples = tokenize(experience, bundle, max_length=max_length)

@@ -8,7 +8,10 @@ numeric field's presence, standardised value and thresholds, is hashed into one 
 buckets (feature hashing), so a field or category first seen later needs no new weights.
 
 The numeric scales are fitted once per field, on the first training data that carries it, and
-never change afterwards: a model's inputs keep their meaning across updates.
+never change afterwards: a model's inputs keep their meaning across updates. The fields a model
+reads are an explicit allow-list stored with its weights: those of its training records (ingestion
+refuses identifier-like columns before that), extended by each update's training records; a field
+that reaches it only at prediction time is ignored.
 """
 
 from __future__ import annotations
@@ -42,6 +45,14 @@ class FieldEncoding(BaseModel):
 
     dim: int = Field(default=512, ge=16, le=65_536, description="Hash buckets (the field tower's input width).")
     numeric: dict[str, NumericScale] = Field(default_factory=dict, description="Scales of the numeric fields.")
+    fields: tuple[str, ...] | None = Field(
+        default=None,
+        description="The structured fields this model reads, in the order training first saw them; any other is "
+        "ignored. None: not trained yet (or stored before the list was kept): every field is read.",
+    )
+
+    def reads(self, name: str) -> bool:
+        return self.fields is None or name in self.fields
 
 
 def _is_number(value: object) -> bool:
@@ -49,11 +60,15 @@ def _is_number(value: object) -> bool:
 
 
 def extend_encoding(encoding: FieldEncoding, fields: Iterable[Mapping[str, Any]]) -> FieldEncoding:
-    """Adds scales for the numeric fields `encoding` lacks, fitted on `fields`; known fields keep theirs."""
+    """Adds the fields of the training records `fields` to the allow-list and scales for the numeric fields
+    `encoding` lacks, fitted on them; known fields keep theirs."""
     known = dict(encoding.numeric)
+    allowed = dict.fromkeys(encoding.fields or ())
     values: dict[str, list[float]] = {}
     for record in fields:
         for name, value in record.items():
+            if value is not None:
+                allowed.setdefault(name)
             if name not in known and _is_number(value):
                 values.setdefault(name, []).append(float(value))
     for name, observed in sorted(values.items()):
@@ -64,7 +79,7 @@ def extend_encoding(encoding: FieldEncoding, fields: Iterable[Mapping[str, Any]]
             scale=float(array.std()) or 1.0,
             thresholds=tuple(sorted({round(float(q), 4) for q in quantiles})),
         )
-    return FieldEncoding(dim=encoding.dim, numeric=known)
+    return FieldEncoding(dim=encoding.dim, numeric=known, fields=tuple(allowed))
 
 
 def _bucket(token: str, dim: int) -> int:
@@ -75,7 +90,7 @@ def encode_fields(encoding: FieldEncoding, fields: Mapping[str, Any]) -> np.ndar
     """The `dim`-vector of one record's fields (all zeros when it has none)."""
     vector = np.zeros(encoding.dim, dtype=np.float32)
     for name, value in fields.items():
-        if value is None or (isinstance(value, float) and not math.isfinite(value)):
+        if value is None or (isinstance(value, float) and not math.isfinite(value)) or not encoding.reads(name):
             continue
         if not _is_number(value):
             text = str(value).lower() if isinstance(value, bool) else str(value)

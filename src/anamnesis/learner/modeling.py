@@ -176,7 +176,10 @@ def load_base_classifier(
         raise ValueError(f"the base model at {folder} does not fit BERT: missing {missing[:5]}, extra {unexpected[:5]}")
     model = _new_classifier(encoder, labels, spec, seed)
     return ModelBundle(
-        model=model, tokenizer=load_tokenizer(folder), labels=labels, encoding=FieldEncoding(dim=spec.field_dim)
+        model=model,
+        tokenizer=load_tokenizer(folder),
+        labels=labels,
+        encoding=FieldEncoding(dim=spec.field_dim),
     )
 
 
@@ -247,6 +250,7 @@ def encode_records(
 ) -> ModelInputs:
     """What the bundle's model reads for each record: note tokens (and field text) plus field features."""
     spec = bundle.spec
+    fields = [{name: value for name, value in item.items() if bundle.encoding.reads(name)} for item in fields]
     token_ids = encode_inputs(
         bundle.tokenizer, notes, fields, max_length=max_length, fields_in_text=spec.fields_in_text
     )

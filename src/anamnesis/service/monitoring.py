@@ -105,7 +105,8 @@ def reference_window(engine: Engine, version: ModelVersion, model: LoadedModel) 
 
 def monitored_fields(rows: Sequence[WindowRecord], known: Collection[str]) -> tuple[list[dict[str, Any]], int]:
     """Each record's fields as the check sees them, and how many distinct field names were left out: those
-    that came with a prediction and that neither the clinical schema nor the reference (`known`) names."""
+    that came with a prediction and that neither the clinical schema nor `known` (the reference's columns and
+    the model's allow-list) names."""
     unknown: set[str] = set()
     fields = []
     for row in rows:
@@ -187,7 +188,8 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
     reference = cache.get_or_build(
         f"model-{version.id}-{version.artifact_sha256[:12]}", lambda: reference_window(engine, version, model)
     )
-    fields, unknown_fields = monitored_fields(rows, set(reference.window.fields.columns))
+    read_by_model = set(model.bundle.encoding.fields or ())
+    fields, unknown_fields = monitored_fields(rows, set(reference.window.fields.columns) | read_by_model)
     description = CurrentWindow(
         since=promoted_at,
         model_version=row_id(version),

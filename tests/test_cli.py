@@ -12,7 +12,7 @@ from sqlmodel import Session
 
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
-from anamnesis.storage.models import Label, Record
+from anamnesis.storage.models import Label, ModelVersion, Record
 from anamnesis.storage.queries import count_rows
 
 ANAMNESIS = str(Path(sys.executable).parent / "anamnesis")
@@ -196,3 +196,34 @@ def test_train_models_promote_rollback_keys_and_drift_commands(sqlite_config: St
     finally:
         for name in small:
             os.environ.pop(name)
+
+
+@pytest.mark.slow
+def test_two_train_commands_at_once_give_one_training(postgres_config: StorageConfig) -> None:
+    from tests.factories import store, toy_records
+    from tests.service_fixtures import LABELS, installation
+
+    engine, _ = installation(postgres_config)  # v1, a tiny model, in production
+    store(engine, toy_records(LABELS, 80, period="2", seed=8))
+    env = {
+        **os.environ,
+        "ANAMNESIS_HOME": str(postgres_config.home),
+        "ANAMNESIS_DATABASE_URL": postgres_config.database_url,
+        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
+        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
+        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
+        "ANAMNESIS_MAX_LENGTH": "32",
+    }
+    command = [ANAMNESIS, "train", "--reason", "at once", "--epochs", "3"]
+    processes = [
+        subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
+    ]
+    outputs = [process.communicate(timeout=600) for process in processes]
+    with Session(engine) as session:
+        versions = count_rows(session, ModelVersion)
+    engine.dispose()
+    assert versions == 2, outputs  # v1 and exactly one new version
+    trained = [out for out, _ in outputs if "model version 2" in out]
+    assert len(trained) == 1, outputs
+    other = next(f"{out}{err}" for out, err in outputs if "model version 2" not in out)
+    assert "lease 'training' is held" in other or "no labeled record arrived" in other, other

@@ -8,11 +8,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from sqlmodel import Session
+from sqlmodel import Session, select
 
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
-from anamnesis.storage.models import Label, ModelVersion, Record
+from anamnesis.storage.models import Job, Label, ModelVersion, Record, RunStatus
 from anamnesis.storage.queries import count_rows
 
 ANAMNESIS = str(Path(sys.executable).parent / "anamnesis")
@@ -227,3 +227,50 @@ def test_two_train_commands_at_once_give_one_training(postgres_config: StorageCo
     assert len(trained) == 1, outputs
     other = next(f"{out}{err}" for out, err in outputs if "model version 2" not in out)
     assert "lease 'training' is held" in other or "no labeled record arrived" in other, other
+
+
+@pytest.mark.slow
+def test_a_rollback_while_another_process_trains_survives(postgres_config: StorageConfig) -> None:
+    from tests.factories import store, toy_records
+    from tests.processes import wait_for
+    from tests.service_fixtures import LABELS, installation, train_version
+
+    engine, _ = installation(postgres_config)
+    assert train_version(engine, postgres_config, period="2", seed=2).promoted  # v2 in production
+    store(engine, toy_records(LABELS, 200, period="3", seed=9))
+    env = {
+        **os.environ,
+        "ANAMNESIS_HOME": str(postgres_config.home),
+        "ANAMNESIS_DATABASE_URL": postgres_config.database_url,
+        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
+        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
+        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
+        "ANAMNESIS_MAX_LENGTH": "32",
+        "ANAMNESIS_GATE__TOLERANCE": "1.0",  # the gate accepts: only the fence can keep it out
+    }
+    training = subprocess.Popen(
+        [ANAMNESIS, "train", "--reason", "long", "--epochs", "40"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def training_started() -> bool:
+        with Session(engine) as session:
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+            return job is not None and job.status == RunStatus.running and job.progress >= 0.05
+
+    wait_for(training_started, 120, interval=0.2, message="the training's train phase")
+    rolled_back = subprocess.run(
+        [ANAMNESIS, "rollback", "--reason", "clinician request"], env=env, capture_output=True, text=True
+    )
+    assert rolled_back.returncode == 0 and "v1 is in production again" in rolled_back.stdout
+    out, err = training.communicate(timeout=600)
+    with Session(engine) as session:
+        production = session.scalars(select(ModelVersion).where(ModelVersion.status == "production")).one()
+        candidate = session.get(ModelVersion, 3)
+    engine.dispose()
+    assert production.id == 1, (out, err)  # the rollback stands
+    assert candidate is not None and candidate.status == "candidate", (out, err)
+    assert "judged against v2" in (candidate.decision_reason or "") and "held" in out

@@ -9,9 +9,11 @@ from pathlib import Path
 from sqlmodel import Session, select
 
 from anamnesis.service.jobs import JobContext, run_now
+from anamnesis.service.monitoring import reference_key
 from anamnesis.service.retention import collect_garbage
 from anamnesis.storage.config import RetentionConfig, StorageConfig
 from anamnesis.storage.models import DriftReport, JobKind, ModelStatus, ModelVersion, RunStatus
+from anamnesis.storage.repository import Removed
 from tests.factories import MECHANICS_GATE, store, toy_records
 from tests.service_fixtures import LABELS, installation, settings_for, train_version
 
@@ -69,14 +71,35 @@ def test_rejected_weights_go_after_their_days_and_gc_dry_run_removes_nothing(sql
         assert rejected is not None and rejected.status == ModelStatus.rejected
         weights = Path(rejected.artifact_path)
     assert weights.is_dir()
-    young = collect_garbage(engine, RetentionConfig(rejected_weights_days=1), actor="test")
+
+    def gc(days: float, *, dry_run: bool = False) -> Removed:
+        config = RetentionConfig(rejected_weights_days=days)
+        return collect_garbage(engine, config, reports_dir=sqlite_config.reports_dir, actor="test", dry_run=dry_run)
+
+    young = gc(1)
     assert young.version_weights == () and weights.is_dir()
-    planned = collect_garbage(engine, RetentionConfig(rejected_weights_days=0), actor="test", dry_run=True)
+    planned = gc(0, dry_run=True)
     assert planned.version_weights == (outcome.version_id,) and planned.bytes_freed > 0 and weights.is_dir()
-    done = collect_garbage(engine, RetentionConfig(rejected_weights_days=0), actor="test")
+    done = gc(0)
     assert done.version_weights == (outcome.version_id,) and not weights.exists()
     with Session(engine) as session:
         production = session.exec(select(ModelVersion).where(ModelVersion.status == ModelStatus.production)).one()
         assert Path(production.artifact_path).is_dir()  # never the served version's
         assert session.get(ModelVersion, outcome.version_id).metrics  # the metrics stay
+    engine.dispose()
+
+
+def test_reference_profiles_live_as_long_as_their_version_serves(sqlite_config: StorageConfig) -> None:
+    engine, _ = installation(sqlite_config)
+    with Session(engine) as session:
+        production = session.exec(select(ModelVersion).where(ModelVersion.status == ModelStatus.production)).one()
+    root = sqlite_config.reports_dir / "reference"
+    serving = root / reference_key(production) / "profile"
+    retired = root / "model-99-000000000000" / "profile"
+    for folder in (serving, retired):
+        folder.mkdir(parents=True)
+        (folder / "rows.parquet").write_bytes(b"held-out notes")
+    removed = collect_garbage(engine, RetentionConfig(), reports_dir=sqlite_config.reports_dir, actor="test")
+    assert removed.reference_profiles == ("model-99-000000000000",)
+    assert serving.is_dir() and not retired.parent.exists()
     engine.dispose()

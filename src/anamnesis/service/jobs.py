@@ -129,7 +129,8 @@ def execute_job(worker: JobContext, run_id: int, *, extra_hook: ProgressHook | N
             from anamnesis.service.monitoring import run_scheduled_check
 
             metrics, message = run_scheduled_check(worker.settings, worker.engine, run_id=run_id, actor=actor)
-            removed = collect_garbage(worker.engine, worker.settings.retention, actor=actor)
+            reports_dir = worker.settings.storage_config().reports_dir
+            removed = collect_garbage(worker.engine, worker.settings.retention, reports_dir=reports_dir, actor=actor)
             if removed.report_pages or removed.version_weights:
                 message += f"; retention removed {len(removed.report_pages)} report pages"
                 message += f" and {len(removed.version_weights)} rejected versions' weights"

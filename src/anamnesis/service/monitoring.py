@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection, Mapping, Sequence
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -74,6 +75,15 @@ class CurrentWindow(BaseModel):
     @classmethod
     def from_report(cls, report: DriftReport) -> CurrentWindow:
         return cls.model_validate(report.current_window)
+
+
+def reference_root(reports_dir: Path) -> Path:
+    return reports_dir / "reference"
+
+
+def reference_key(version: ModelVersion) -> str:
+    """The reference profile of a version: its held-out records' notes and outputs (note text: private)."""
+    return f"model-{version.id}-{version.artifact_sha256[:12]}"
 
 
 def predictor(model: LoadedModel) -> Predictor:
@@ -184,10 +194,8 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         return {"skipped": message, "drift_report_id": last_report.id}, message
     model = load_model(version, max_length=settings.max_length, mode=settings.runtime)
     config = settings.drift
-    cache = ReferenceCache(storage.reports_dir / "reference", config)
-    reference = cache.get_or_build(
-        f"model-{version.id}-{version.artifact_sha256[:12]}", lambda: reference_window(engine, version, model)
-    )
+    cache = ReferenceCache(reference_root(storage.reports_dir), config)
+    reference = cache.get_or_build(reference_key(version), lambda: reference_window(engine, version, model))
     read_by_model = set(model.bundle.encoding.fields or ())
     fields, unknown_fields = monitored_fields(rows, set(reference.window.fields.columns) | read_by_model)
     description = CurrentWindow(

@@ -733,6 +733,8 @@ class Removed:
     version_weights: tuple[int, ...]
     """Rejected versions whose weights went (their metrics and gate decision stay)."""
     bytes_freed: int
+    reference_profiles: tuple[str, ...] = ()
+    """Reference profiles (held-out notes of a version no longer in production) that went."""
 
 
 def _size(path: Path) -> int:

@@ -18,7 +18,8 @@ def gc(
     from anamnesis.service.retention import collect_garbage
 
     cli = CliContext.of(ctx)
-    removed = collect_garbage(cli.engine, cli.settings.retention, actor=ACTOR, dry_run=dry_run)
+    reports_dir = cli.settings.storage_config().reports_dir
+    removed = collect_garbage(cli.engine, cli.settings.retention, reports_dir=reports_dir, actor=ACTOR, dry_run=dry_run)
     verb = "would remove" if dry_run else "removed"
     typer.echo(
         f"{verb} {len(removed.report_pages)} drift report pages and the weights of "
@@ -28,3 +29,5 @@ def gc(
         typer.echo(f"  report {report_id}: page")
     for version_id in removed.version_weights:
         typer.echo(f"  v{version_id}: weights")
+    for profile in removed.reference_profiles:
+        typer.echo(f"  {profile}: reference profile (held-out notes of a version no longer in production)")

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -274,3 +276,56 @@ def test_a_rollback_while_another_process_trains_survives(postgres_config: Stora
     assert production.id == 1, (out, err)  # the rollback stands
     assert candidate is not None and candidate.status == "candidate", (out, err)
     assert "judged against v2" in (candidate.decision_reason or "") and "held" in out
+
+
+@pytest.mark.slow
+def test_a_training_process_whose_lease_was_taken_cannot_promote(postgres_config: StorageConfig) -> None:
+    from datetime import timedelta
+
+    from anamnesis.storage.repository import acquire_lease
+    from tests.factories import store, toy_records
+    from tests.processes import wait_for
+    from tests.service_fixtures import LABELS, installation
+
+    engine, _ = installation(postgres_config)
+    store(engine, toy_records(LABELS, 200, period="2", seed=10))
+    env = {
+        **os.environ,
+        "ANAMNESIS_HOME": str(postgres_config.home),
+        "ANAMNESIS_DATABASE_URL": postgres_config.database_url,
+        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
+        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
+        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
+        "ANAMNESIS_MAX_LENGTH": "32",
+        "ANAMNESIS_GATE__TOLERANCE": "1.0",  # the gate accepts: only the fence can keep it out
+        "ANAMNESIS_STALE_RUN_S": "3",
+    }
+    training = subprocess.Popen(
+        [ANAMNESIS, "train", "--reason", "stalls", "--epochs", "40"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+    def training_started() -> bool:
+        with Session(engine) as session:
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+            return job is not None and job.status == RunStatus.running and job.progress >= 0.05
+
+    wait_for(training_started, 120, interval=0.2, message="the training's train phase")
+    os.kill(training.pid, signal.SIGSTOP)  # the process stalls: no heartbeat, its lease runs out
+    try:
+        time.sleep(4)
+        with Session(engine) as session:
+            acquire_lease(session, name="training", holder="another-worker:run9", ttl=timedelta(minutes=5))
+    finally:
+        os.kill(training.pid, signal.SIGCONT)
+    out, err = training.communicate(timeout=600)
+    with Session(engine) as session:
+        production = session.scalars(select(ModelVersion).where(ModelVersion.status == "production")).one()
+        candidate = session.get(ModelVersion, 2)
+    engine.dispose()
+    assert production.id == 1, (out, err)
+    assert candidate is not None and candidate.status == "candidate", (out, err)
+    assert "no longer holds" in (candidate.decision_reason or ""), candidate.decision_reason

@@ -329,3 +329,52 @@ def test_a_training_process_whose_lease_was_taken_cannot_promote(postgres_config
     assert production.id == 1, (out, err)
     assert candidate is not None and candidate.status == "candidate", (out, err)
     assert "no longer holds" in (candidate.decision_reason or ""), candidate.decision_reason
+
+
+@pytest.mark.slow
+def test_a_long_cli_training_keeps_its_job_alive(postgres_config: StorageConfig) -> None:
+    from datetime import timedelta
+
+    from anamnesis.storage.models import Lease
+    from anamnesis.storage.repository import database_now, fail_interrupted_runs
+    from tests.factories import store, toy_records
+    from tests.service_fixtures import LABELS, installation
+
+    engine, _ = installation(postgres_config)
+    store(engine, toy_records(LABELS, 300, period="2", seed=11))
+    env = {
+        **os.environ,
+        "ANAMNESIS_HOME": str(postgres_config.home),
+        "ANAMNESIS_DATABASE_URL": postgres_config.database_url,
+        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
+        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
+        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
+        "ANAMNESIS_MAX_LENGTH": "32",
+        "ANAMNESIS_STALE_RUN_S": "2",  # a worker fails a job without a heartbeat for 2 s
+    }
+    training = subprocess.Popen(
+        [ANAMNESIS, "train", "--reason", "long", "--epochs", "60"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    failed: list[int] = []
+    lapsed: list[float] = []
+    training_checks = 0
+    while training.poll() is None:  # meanwhile a worker looks for abandoned jobs, as it does
+        with Session(engine) as session:
+            failed += fail_interrupted_runs(session, stale_after=timedelta(seconds=2), actor="worker")
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+            lease = session.get(Lease, "training", populate_existing=True)
+            if job is not None and job.status == RunStatus.running and 0.1 < job.progress < 0.8 and lease:
+                training_checks += 1  # mid-training: the lease must be live, else another could train
+                left = (lease.expires_at - database_now(session)).total_seconds()
+                if left < 0:
+                    lapsed.append(left)
+        time.sleep(0.5)
+    out, err = training.communicate()
+    engine.dispose()
+    assert training_checks >= 10, "the training must outlast the 2-second lease and heartbeat limits"
+    assert lapsed == [] and failed == [], (lapsed, out, err)
+    assert training.returncode == 0 and "model version 2" in out, (out, err)

@@ -10,12 +10,14 @@ import time
 from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from sqlmodel import Session, select
 
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.models import Job, Label, ModelVersion, Record, RunStatus
 from anamnesis.storage.queries import count_rows
+from tests.processes import wait_for
 
 ANAMNESIS = str(Path(sys.executable).parent / "anamnesis")
 
@@ -200,6 +202,29 @@ def test_train_models_promote_rollback_keys_and_drift_commands(sqlite_config: St
             os.environ.pop(name)
 
 
+def _small_training_env(config: StorageConfig, extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The environment of an `anamnesis` process that trains a tiny model quickly on `config`."""
+    return {
+        **os.environ,
+        "ANAMNESIS_HOME": str(config.home),
+        "ANAMNESIS_DATABASE_URL": config.database_url,
+        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
+        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
+        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
+        "ANAMNESIS_MAX_LENGTH": "32",
+        **(extra or {}),
+    }
+
+
+def _wait_for_the_train_phase(engine: sa.Engine) -> None:
+    def training() -> bool:
+        with Session(engine) as session:
+            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
+            return job is not None and job.status == RunStatus.running and job.progress >= 0.05
+
+    wait_for(training, 120, interval=0.2, message="the training's train phase")
+
+
 @pytest.mark.slow
 def test_two_train_commands_at_once_give_one_training(postgres_config: StorageConfig) -> None:
     from tests.factories import store, toy_records
@@ -207,15 +232,7 @@ def test_two_train_commands_at_once_give_one_training(postgres_config: StorageCo
 
     engine, _ = installation(postgres_config)  # v1, a tiny model, in production
     store(engine, toy_records(LABELS, 80, period="2", seed=8))
-    env = {
-        **os.environ,
-        "ANAMNESIS_HOME": str(postgres_config.home),
-        "ANAMNESIS_DATABASE_URL": postgres_config.database_url,
-        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
-        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
-        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
-        "ANAMNESIS_MAX_LENGTH": "32",
-    }
+    env = _small_training_env(postgres_config)
     command = [ANAMNESIS, "train", "--reason", "at once", "--epochs", "3"]
     processes = [
         subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)
@@ -234,22 +251,14 @@ def test_two_train_commands_at_once_give_one_training(postgres_config: StorageCo
 @pytest.mark.slow
 def test_a_rollback_while_another_process_trains_survives(postgres_config: StorageConfig) -> None:
     from tests.factories import store, toy_records
-    from tests.processes import wait_for
     from tests.service_fixtures import LABELS, installation, train_version
 
     engine, _ = installation(postgres_config)
     assert train_version(engine, postgres_config, period="2", seed=2).promoted  # v2 in production
     store(engine, toy_records(LABELS, 200, period="3", seed=9))
-    env = {
-        **os.environ,
-        "ANAMNESIS_HOME": str(postgres_config.home),
-        "ANAMNESIS_DATABASE_URL": postgres_config.database_url,
-        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
-        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
-        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
-        "ANAMNESIS_MAX_LENGTH": "32",
-        "ANAMNESIS_GATE__TOLERANCE": "1.0",  # the gate accepts: only the fence can keep it out
-    }
+    env = _small_training_env(
+        postgres_config, {"ANAMNESIS_GATE__TOLERANCE": "1.0"}
+    )  # the gate accepts: only the fence keeps it out
     training = subprocess.Popen(
         [ANAMNESIS, "train", "--reason", "long", "--epochs", "40"],
         env=env,
@@ -258,12 +267,7 @@ def test_a_rollback_while_another_process_trains_survives(postgres_config: Stora
         text=True,
     )
 
-    def training_started() -> bool:
-        with Session(engine) as session:
-            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
-            return job is not None and job.status == RunStatus.running and job.progress >= 0.05
-
-    wait_for(training_started, 120, interval=0.2, message="the training's train phase")
+    _wait_for_the_train_phase(engine)
     rolled_back = subprocess.run(
         [ANAMNESIS, "rollback", "--reason", "clinician request"], env=env, capture_output=True, text=True
     )
@@ -284,22 +288,13 @@ def test_a_training_process_whose_lease_was_taken_cannot_promote(postgres_config
 
     from anamnesis.storage.repository import acquire_lease
     from tests.factories import store, toy_records
-    from tests.processes import wait_for
     from tests.service_fixtures import LABELS, installation
 
     engine, _ = installation(postgres_config)
     store(engine, toy_records(LABELS, 200, period="2", seed=10))
-    env = {
-        **os.environ,
-        "ANAMNESIS_HOME": str(postgres_config.home),
-        "ANAMNESIS_DATABASE_URL": postgres_config.database_url,
-        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
-        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
-        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
-        "ANAMNESIS_MAX_LENGTH": "32",
-        "ANAMNESIS_GATE__TOLERANCE": "1.0",  # the gate accepts: only the fence can keep it out
-        "ANAMNESIS_STALE_RUN_S": "3",
-    }
+    env = _small_training_env(
+        postgres_config, {"ANAMNESIS_GATE__TOLERANCE": "1.0", "ANAMNESIS_STALE_RUN_S": "3"}
+    )  # the gate accepts
     training = subprocess.Popen(
         [ANAMNESIS, "train", "--reason", "stalls", "--epochs", "40"],
         env=env,
@@ -308,12 +303,7 @@ def test_a_training_process_whose_lease_was_taken_cannot_promote(postgres_config
         text=True,
     )
 
-    def training_started() -> bool:
-        with Session(engine) as session:
-            job = session.scalars(select(Job).order_by(Job.id.desc())).first()
-            return job is not None and job.status == RunStatus.running and job.progress >= 0.05
-
-    wait_for(training_started, 120, interval=0.2, message="the training's train phase")
+    _wait_for_the_train_phase(engine)
     os.kill(training.pid, signal.SIGSTOP)  # the process stalls: no heartbeat, its lease runs out
     try:
         time.sleep(4)
@@ -342,16 +332,9 @@ def test_a_long_cli_training_keeps_its_job_alive(postgres_config: StorageConfig)
 
     engine, _ = installation(postgres_config)
     store(engine, toy_records(LABELS, 300, period="2", seed=11))
-    env = {
-        **os.environ,
-        "ANAMNESIS_HOME": str(postgres_config.home),
-        "ANAMNESIS_DATABASE_URL": postgres_config.database_url,
-        "ANAMNESIS_PATIENT_KEY": "cli-test-key",
-        "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
-        "ANAMNESIS_TRAINING__BATCH_SIZE": "8",
-        "ANAMNESIS_MAX_LENGTH": "32",
-        "ANAMNESIS_STALE_RUN_S": "2",  # a worker fails a job without a heartbeat for 2 s
-    }
+    env = _small_training_env(
+        postgres_config, {"ANAMNESIS_STALE_RUN_S": "2"}
+    )  # a job without a heartbeat for 2 s is abandoned
     training = subprocess.Popen(
         [ANAMNESIS, "train", "--reason", "long", "--epochs", "60"],
         env=env,

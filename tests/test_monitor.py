@@ -92,6 +92,34 @@ def test_stable_streams_raise_at_most_one_false_alarm_in_twenty_checks(model: Ch
     assert len(alarms) <= 1, f"false alarms (seed: families): {alarms}"
 
 
+def _reached_fixed_threshold(result: DriftResult) -> list[str]:
+    """Scores at or past their fixed threshold, whatever the verdict: what a check without noise floors flags."""
+    structured = result.families[Family.structured].scores["columns"]
+    descriptors = result.families[Family.text].scores["descriptors"]
+    return [
+        name
+        for name, column in {**structured, **descriptors}.items()
+        if "score" in column and column["score"] >= column["threshold"]
+    ]
+
+
+def test_small_windows_do_not_drift_by_chance_and_a_new_site_still_shows(model: CheapModel) -> None:
+    """At 100 rows per window sampling noise alone passes the thresholds calibrated at 500 rows; the noise
+    floors keep stable streams quiet while a new site is still seen."""
+    config = DriftConfig(min_rows=10)
+    for seed in range(4):
+        stream = generate("stable", periods=2, per_period=100, seed=seed)
+        reference = ReferenceProfile.build(stream_window(stream, [1], model), config)
+        result = run_check(reference, stream_window(stream, [2], model), config)
+        assert _reached_fixed_threshold(result), seed  # the noise that fixed thresholds alone would flag
+        assert not result.drift_detected, (seed, _flagged(result))
+        assert all(family.severity < 0.5 for family in result.families.values())
+    for seed in range(2):
+        stream = generate("covariate", periods=3, per_period=100, seed=seed, start_period=3)
+        reference = ReferenceProfile.build(stream_window(stream, [1], model), config)
+        assert run_check(reference, stream_window(stream, [3], model), config).drift_detected, seed
+
+
 def test_covariate_drift_is_detected_in_its_start_period_and_not_before(covariate: Checks) -> None:
     assert covariate.start == 3
     before, at = covariate.results[covariate.start - 1], covariate.results[covariate.start]

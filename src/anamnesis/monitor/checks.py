@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import pandas as pd
 
+from anamnesis.monitor import noise as noise_floors
 from anamnesis.monitor.config import (
     CategoricalMethod,
     DriftConfig,
@@ -48,6 +49,34 @@ def _severity(score: float | None, threshold: float, baseline: float = 0.0) -> f
     if score is None or not math.isfinite(score):
         return 0.0
     return float(min(1.0, max(0.0, (score - baseline) / (threshold - baseline) / 2)))
+
+
+def _noise_floor(spec: ColumnSpec, reference: pd.Series, current_rows: int, config: DriftConfig) -> float:
+    """The score `spec`'s method reaches by chance between the reference column and `current_rows` values
+    (`monitor.noise`); 0 for methods without a floor here (psi, hellinger, binned Jensen-Shannon)."""
+    from anamnesis.monitor.evidently_adapter import ColumnKind
+
+    noise, values = config.noise, reference.dropna()
+    if spec.kind == ColumnKind.numerical and spec.method == NumericalMethod.wasserstein:
+        return noise_floors.numeric_floor(
+            values.to_numpy(dtype="float64"),
+            current_rows,
+            z=noise.z,
+            draws=noise.draws,
+            max_rows=noise.max_rows,
+            seed=config.random_seed,
+        )
+    if spec.kind == ColumnKind.categorical and spec.method == CategoricalMethod.jensenshannon:
+        counts = values.value_counts().to_numpy(dtype="float64")
+        return noise_floors.categorical_floor(
+            counts, current_rows, z=noise.z, draws=noise.draws, seed=config.random_seed
+        )
+    return 0.0
+
+
+def _beyond(result: ColumnDrift, floor: float) -> bool:
+    """Drift: the score reaches its threshold (Evidently's verdict) and clears its noise floor."""
+    return result.drifted and result.score > floor
 
 
 def _not_computed(reason: str, scores: dict[str, Any] | None = None) -> FamilyResult:
@@ -133,28 +162,39 @@ def _structured(reference: ReferenceProfile, current: WindowData, drift_config: 
     config = drift_config.structured
     plan = plan_structured(reference.window.fields, current.fields, config)
     drift = evidently_adapter.column_drift(plan.reference, plan.current, plan.specs)
+    reference_rows, current_rows = len(reference.window.fields), len(current.fields)
+
+    def missing_drift_of(name: str) -> bool:
+        if config.missing_share_threshold is None:
+            return False
+        present = plan.present_reference[name]
+        change = abs(present - plan.present_current[name])
+        floor = noise_floors.share_change_floor(present, reference_rows, current_rows, drift_config.noise.z)
+        return change >= config.missing_share_threshold and change > floor
+
     columns: dict[str, Any] = {}
     drifted: list[str] = []
     for spec in plan.specs:
         result = drift[spec.name]
-        missing_change = abs(plan.present_reference[spec.name] - plan.present_current[spec.name])
-        missing_drift = config.missing_share_threshold is not None and missing_change >= config.missing_share_threshold
+        floor = _noise_floor(spec, plan.reference[spec.name], int(plan.current[spec.name].notna().sum()), drift_config)
+        value_drift = _beyond(result, floor)
+        missing_drift = missing_drift_of(spec.name)
         columns[spec.name] = {
             "kind": spec.kind.value,
             "method": result.method,
             "threshold": result.threshold,
+            "noise_floor": floor,
             "score": result.score,
-            "value_drift": result.drifted,
+            "value_drift": value_drift,
             "present_reference": plan.present_reference[spec.name],
             "present_current": plan.present_current[spec.name],
             "missing_drift": missing_drift,
-            "drifted": result.drifted or missing_drift,
+            "drifted": value_drift or missing_drift,
         }
-        if result.drifted or missing_drift:
+        if value_drift or missing_drift:
             drifted.append(spec.name)
     for name in plan.sparse:
-        missing_change = abs(plan.present_reference[name] - plan.present_current[name])
-        missing_drift = config.missing_share_threshold is not None and missing_change >= config.missing_share_threshold
+        missing_drift = missing_drift_of(name)
         columns[name] = {
             "kind": "sparse",
             "method": "missing share only",
@@ -237,14 +277,20 @@ def _text(reference: ReferenceProfile, current: WindowData, config: DriftConfig)
     drift: dict[str, ColumnDrift] = {}
     if specs:
         drift = evidently_adapter.column_drift(reference.descriptors, current_descriptors, specs)
-    drifted = [name for name, result in drift.items() if result.drifted]
+    floors = {
+        spec.name: _noise_floor(spec, reference.descriptors[spec.name], current.rows, config)
+        for spec in specs
+        if spec.name in drift
+    }
+    drifted = [name for name, result in drift.items() if _beyond(result, floors[name])]
     scores: dict[str, Any] = {
         "descriptors": {
             name: {
                 "method": result.method,
                 "threshold": result.threshold,
+                "noise_floor": floors[name],
                 "score": result.score,
-                "drifted": result.drifted,
+                "drifted": name in drifted,
                 "mean_reference": float(reference.descriptors[name].mean()),
                 "mean_current": float(current_descriptors[name].mean()),
             }
@@ -273,11 +319,14 @@ def _text(reference: ReferenceProfile, current: WindowData, config: DriftConfig)
             scores["content_error"] = str(error)
             parts.append(f"content drift not computable: {error}")
     if auc is not None:
+        ref_rows, cur_rows = _content_rows(reference, current, config)
+        limit = max(text.content_auc_threshold, noise_floors.auc_floor(len(ref_rows), len(cur_rows), config.noise.z))
         scores["content_auc"] = auc
         scores["content_threshold"] = text.content_auc_threshold
-        flagged = flagged or auc > text.content_auc_threshold
-        severity = max(severity, _severity(auc, text.content_auc_threshold, baseline=0.5))
-        parts.append(f"domain classifier ROC AUC {auc:.3f} (flags above {text.content_auc_threshold:.2f})")
+        scores["content_noise_floor"] = limit
+        flagged = flagged or auc > limit
+        severity = max(severity, _severity(auc, limit, baseline=0.5))
+        parts.append(f"domain classifier ROC AUC {auc:.3f} (flags above {limit:.2f})")
     if not drift and auc is None:
         return _not_computed("; ".join(parts) or "no descriptor or content signal configured")
     return FamilyResult(
@@ -374,7 +423,12 @@ def _embeddings(reference: ReferenceProfile, current: WindowData, config: DriftC
         threshold=settings.threshold,
         metric=settings.distance_metric,
     )
-    baseline = 0.5 if settings.method == EmbeddingMethod.model else 0.0
+    baseline, limit = 0.0, settings.threshold
+    if settings.method == EmbeddingMethod.model:
+        rows_reference = reference.embedding_sample.shape[0]
+        baseline = 0.5
+        limit = max(limit, noise_floors.auc_floor(rows_reference, sample.shape[0], config.noise.z))
+        flagged = score > limit
     label = {
         EmbeddingMethod.model: "domain classifier ROC AUC",
         EmbeddingMethod.ratio: "share of drifted dimensions",
@@ -384,6 +438,7 @@ def _embeddings(reference: ReferenceProfile, current: WindowData, config: DriftC
         "method": settings.method.value,
         "score": score,
         "threshold": settings.threshold,
+        "limit": limit,
         "rows_reference": int(reference.embedding_sample.shape[0]),
         "rows_current": int(sample.shape[0]),
         "dimensions": int(sample.shape[1]),
@@ -391,9 +446,9 @@ def _embeddings(reference: ReferenceProfile, current: WindowData, config: DriftC
     return FamilyResult(
         computed=True,
         flagged=flagged,
-        severity=_severity(score, settings.threshold, baseline=baseline),
+        severity=_severity(score, limit, baseline=baseline),
         scores=json_object(scores),
-        reason=f"{label} {score:.3f} (flags above {settings.threshold:.2f})",
+        reason=f"{label} {score:.3f} (flags above {limit:.2f})",
     )
 
 
@@ -426,24 +481,31 @@ def _predictions(reference: ReferenceProfile, current: WindowData, config: Drift
         prediction_frame(reference.window), prediction_frame(current), prediction_specs(config)
     )
     classes, confidence = drift[PREDICTED_CLASS], drift[CONFIDENCE]
+    reference_frame = prediction_frame(reference.window)
+    class_spec, confidence_spec = prediction_specs(config)
+    class_floor = _noise_floor(class_spec, reference_frame[PREDICTED_CLASS], current.rows, config)
+    confidence_floor = _noise_floor(confidence_spec, reference_frame[CONFIDENCE], current.rows, config)
+    class_limit, confidence_limit = max(classes.threshold, class_floor), max(confidence.threshold, confidence_floor)
     scores = {
         "class_distance": classes.score,
         "class_threshold": classes.threshold,
+        "class_noise_floor": class_floor,
         "confidence_distance": confidence.score,
         "confidence_threshold": confidence.threshold,
+        "confidence_noise_floor": confidence_floor,
         "mean_confidence_reference": float(reference.window.confidence.mean()),
         "mean_confidence_current": float(current.confidence.mean()),
         "class_share_reference": _shares(reference.window.predicted, current.class_names),
         "class_share_current": _shares(current.predicted, current.class_names),
     }
-    severity = max(_severity(classes.score, classes.threshold), _severity(confidence.score, confidence.threshold))
+    severity = max(_severity(classes.score, class_limit), _severity(confidence.score, confidence_limit))
     reason = (
-        f"predicted-class Jensen-Shannon distance {classes.score:.3f} (flags at {classes.threshold:.2f}); "
-        f"confidence Wasserstein distance {confidence.score:.3f} (flags at {confidence.threshold:.2f})"
+        f"predicted-class Jensen-Shannon distance {classes.score:.3f} (flags at {class_limit:.2f}); "
+        f"confidence Wasserstein distance {confidence.score:.3f} (flags at {confidence_limit:.2f})"
     )
     return FamilyResult(
         computed=True,
-        flagged=classes.drifted or confidence.drifted,
+        flagged=_beyond(classes, class_floor) or _beyond(confidence, confidence_floor),
         severity=severity,
         scores=json_object(scores),
         reason=reason,

@@ -277,6 +277,26 @@ class PerformanceConfig(FamilyConfig):
     )
 
 
+class NoiseFloorConfig(_Config):
+    """How far a score must rise above what sampling noise gives at the windows' sizes (`monitor.noise`).
+    Every per-column, descriptor, prediction and domain-classifier score must clear both its fixed
+    threshold and its noise floor, so a small window does not drift by chance."""
+
+    z: float = Field(
+        default=3.09,
+        gt=0,
+        description="Standard deviations above the score's mean under no drift (3.09: one-sided 0.1%). At 500 rows "
+        "per window the domain classifiers' floor equals the calibrated 0.58.",
+    )
+    draws: int = Field(default=50, ge=10, le=1000, description="Bootstrap draws per score.")
+    max_rows: int = Field(
+        default=2000,
+        ge=100,
+        description="Window sizes the bootstrap of a numeric score draws at most (larger windows get this size's "
+        "floor, which is higher than theirs and by then far below every threshold).",
+    )
+
+
 class DriftConfig(_Config):
     """What one drift check measures."""
 
@@ -290,6 +310,9 @@ class DriftConfig(_Config):
         ge=10,
         description="Rows each window needs; a smaller window is refused with an error. The default thresholds were "
         "calibrated on windows of 500 rows: below that, sampling noise alone crosses them more often.",
+    )
+    noise: NoiseFloorConfig = Field(
+        default_factory=NoiseFloorConfig, description="Noise floors that widen the thresholds at small windows."
     )
     random_seed: int = Field(default=0, ge=0, description="Seed of every sample a check draws.")
 

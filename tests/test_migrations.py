@@ -167,3 +167,41 @@ def test_migration_0004_keeps_each_stored_decisions_accuracy_limits(blank_engine
         stored = DecisionRecord.from_stored(report)
     assert stored.inputs == inputs and stored.policy == policy
     assert stored.reasons == ("measured accuracy dropped by 0.060 (limit 0.050)",)
+
+
+def test_migration_0005_keeps_the_oldest_queued_job_of_each_kind_and_then_refuses_a_second(
+    blank_engine: sa.Engine,
+) -> None:
+    upgrade(blank_engine, "0004")
+    jobs = sa.table(
+        "job",
+        *(sa.column(name, sa.String) for name in ("kind", "trigger", "status", "actor")),
+        *(sa.column(name, sa.JSON) for name in ("config", "data_window", "metrics")),
+        sa.column("progress", sa.Float),
+        sa.column("created_at"),
+    )
+    queued = [("retrain", "queued"), ("retrain", "queued"), ("drift_check", "queued"), ("retrain", "running")]
+    with blank_engine.begin() as connection:
+        for kind, status in queued:
+            connection.execute(
+                jobs.insert().values(
+                    kind=kind,
+                    trigger="api",
+                    status=status,
+                    actor="test",
+                    config={},
+                    data_window={},
+                    metrics={},
+                    progress=0.0,
+                    created_at=sa.func.current_timestamp(),
+                )
+            )
+
+    upgrade(blank_engine)
+    with Session(blank_engine) as session:
+        stored = {job.id: (job.kind, job.status, job.error) for job in session.exec(select(Job).order_by(Job.id))}
+    assert stored[1] == ("retrain", "queued", None) and stored[3] == ("drift_check", "queued", None)
+    assert stored[2][:2] == ("retrain", "failed") and "job 1" in stored[2][2]
+    assert stored[4][:2] == ("retrain", "running")
+    with pytest.raises(sa.exc.IntegrityError), blank_engine.begin() as connection:
+        connection.execute(jobs.update().where(sa.column("id") == 4).values(status="queued"))

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
 from fastapi.testclient import TestClient
-from sqlmodel import Session
+from sqlmodel import Session, select
 
+from anamnesis.monitor.policy import DecisionRecord, UpdateBlocker, UpdateTrigger
 from anamnesis.monitor.result import DriftResult
 from anamnesis.service.app import create_app
-from anamnesis.service.jobs import JobContext, run_now
+from anamnesis.service.jobs import JobContext, execute_job, run_now
 from anamnesis.service.monitoring import CurrentWindow
 from anamnesis.storage.config import StorageConfig
+from anamnesis.storage.errors import JobAlreadyQueuedError
 from anamnesis.storage.fields import ClinicalFields
-from anamnesis.storage.models import DriftReport, JobKind, RunStatus
+from anamnesis.storage.models import DriftReport, Job, JobKind, ModelStatus, ModelVersion, RunStatus, Trigger
+from anamnesis.storage.repository import claim_job, create_job
 from tests.factories import store, toy_records
 from tests.service_fixtures import LABELS, installation, settings_for
 
@@ -51,3 +55,67 @@ def _check(settings, engine) -> DriftReport:
         report = session.get(DriftReport, job.metrics["drift_report_id"])
         assert report is not None
         return report
+
+
+def test_after_a_rejection_updates_wait_for_new_labels_so_their_number_stays_bounded(
+    sqlite_config: StorageConfig,
+) -> None:
+    """A stream with a new class (a trigger that stays true) and a gate that rejects every candidate: the
+    policy updates once per batch of new labels, never again on the same data, and never queues twice."""
+    engine, _ = installation(sqlite_config)
+    settings = settings_for(
+        sqlite_config,
+        drift=DRIFT,
+        drift_window=60,
+        policy={"cooldown": "PT0S", "min_new_labels": 20},
+        gate={"min_improvement": 1.0, "first_model_beats_reference": False},  # no candidate can pass
+    )
+    context = JobContext.here(settings, engine)
+    new_class = (*LABELS[:3], LABELS[3])
+    decisions = []
+    for batch in range(3):
+        store(engine, toy_records(new_class, 30, period=str(2 + batch), seed=20 + batch))  # labeled
+        for unlabeled in range(3):
+            arriving = toy_records(new_class, 10, period=str(2 + batch), seed=40 + 3 * batch + unlabeled)
+            store(engine, [record.model_copy(update={"label": None}) for record in arriving])
+            report = _check(settings, engine)
+            decisions.append(DecisionRecord.from_stored(report))
+            for queued in _queued_retrains(engine):
+                with Session(engine) as session:
+                    claim_job(session, run_id=queued, worker=context.identity)
+                execute_job(context, queued)
+    updates = [d for d in decisions if d.update]
+    assert len(updates) == 3, [d.reasons for d in decisions]  # one per batch of labels, not one per check
+    assert all(UpdateTrigger.new_class in d.triggers for d in decisions)
+    waiting = [d for d in decisions if not d.update]
+    assert {d.blocked_by for d in waiting} == {UpdateBlocker.rejected_awaiting_labels}
+    assert any("rejected" in reason for reason in waiting[0].reasons)
+    with Session(engine) as session:
+        statuses = [v.status for v in session.exec(select(ModelVersion)).all()]
+        retrains = session.exec(select(Job).where(Job.kind == JobKind.retrain)).all()
+    assert statuses.count(ModelStatus.rejected) == 3 and statuses.count(ModelStatus.production) == 1
+    assert len(retrains) == 3
+    engine.dispose()
+
+
+def test_one_queued_job_per_kind(sqlite_config: StorageConfig) -> None:
+    engine, keys = installation(sqlite_config)
+    settings = settings_for(sqlite_config)
+    with TestClient(create_app(settings)) as client:
+        first = client.post("/v1/jobs/retrain", json={"reason": "first"}, headers=keys.header())
+        again = client.post("/v1/jobs/retrain", json={"reason": "again"}, headers=keys.header())
+        check = client.post("/v1/jobs/drift-check", headers=keys.header())
+    assert (first.status_code, again.status_code, check.status_code) == (202, 200, 202)
+    assert again.json()["id"] == first.json()["id"] and again.json()["reason"] == "first"
+    with Session(engine) as session:
+        with pytest.raises(JobAlreadyQueuedError, match="retrain job is already queued"):
+            create_job(session, kind=JobKind.retrain, trigger=Trigger.drift, actor="test", reason=None, config={})
+        assert len(session.exec(select(Job)).all()) == 2
+    engine.dispose()
+
+
+def _queued_retrains(engine) -> list[int]:
+    with Session(engine) as session:
+        return [
+            r.id for r in session.exec(select(Job).where(Job.kind == JobKind.retrain, Job.status == RunStatus.queued))
+        ]

@@ -5,17 +5,21 @@ functions that compute. Evidently's conventions are kept in here: `Report.run(cu
 takes the current window first, drift flags come from the tests (`include_tests=True`), the
 embedding methods are called directly (the `EmbeddingsDrift` metric always runs t-SNE for its plot)
 and NLTK's `download()` is disabled while descriptors compute (Evidently calls it on every use; the
-data comes from the local NLTK_DATA or the descriptor is not used).
+data comes from the local NLTK_DATA or the descriptor is not used). The data drift report is one
+snapshot (`drift_snapshot`) that both draws the HTML page and is added to a local Evidently
+workspace (`add_to_workspace`, the folder `evidently ui --workspace` serves).
 """
 
 from __future__ import annotations
 
 import contextlib
 import re
+import uuid
 import warnings
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 import nltk
@@ -45,8 +49,11 @@ from anamnesis.monitor.config import (
     TextDescriptor,
 )
 from anamnesis.monitor.errors import NotComputableError
+from anamnesis.storage.private import PRIVATE_FILE, private_dir
 
 NOTE = "note"
+# Namespace of the ids of workspace projects named by the service (uuid5 of the project name).
+_PROJECT_NAMESPACE = uuid.UUID("5f0c4a52-8d1e-4a47-9b8e-3f1d2c7a6e10")
 # The data each NLTK-based descriptor loads (nltk.data.find paths).
 NLTK_RESOURCES: dict[TextDescriptor, tuple[str, ...]] = {
     TextDescriptor.oov_share: ("corpora/wordnet", "corpora/words"),
@@ -243,19 +250,32 @@ def embedding_drift(
     return float(score), bool(drifted)
 
 
-def drift_report_html(
+@dataclass(frozen=True)
+class DriftSnapshot:
+    """Evidently's data drift report of one check, computed once: the page (`snapshot_html`) and the
+    workspace copy (`add_to_workspace`) are both made from it. Built from inert frames only
+    (`drift_snapshot`), so it holds what the page shows and nothing more."""
+
+    run: Any = field(repr=False)
+    """The `evidently.Snapshot` (kept untyped: Evidently's types stay inside this module)."""
+
+
+def drift_snapshot(
     reference: pd.DataFrame,
     current: pd.DataFrame,
     specs: Sequence[ColumnSpec],
     *,
-    summary_html: str,
-) -> str:
-    """A self-contained HTML page: `summary_html` at the top of the body, then Evidently's data drift
-    table (distributions per column) for the given columns. Notes themselves are never included.
+    tags: Sequence[str] = (),
+    metadata: Mapping[str, str] | None = None,
+) -> DriftSnapshot:
+    """Evidently's data drift report (DataDriftPreset with tests) of the given columns, each with its
+    own method and threshold, labelled with `tags` and `metadata` (shown in Evidently's UI). Notes
+    themselves are never passed in.
 
-    Evidently writes its data into a `<script>` block without escaping `</`, so a category value or a
-    column name sent to the API could close the block and run as script: every name and text value
-    reaches it with its angle brackets replaced by look-alikes (shown, never parsed)."""
+    Evidently writes its data into a `<script>` block of the page without escaping `</`, so a category
+    value or a column name sent to the API could close the block and run as script: every name and
+    text value reaches it with its angle brackets replaced by look-alikes (shown, never parsed). The
+    workspace copy is made of the same values."""
     specs = [replace(spec, name=_inert(spec.name)) for spec in specs]
     reference, current = _inert_frame(reference), _inert_frame(current)
     names = [spec.name for spec in specs]
@@ -268,12 +288,93 @@ def drift_report_html(
         per_column_method={spec.name: spec.method for spec in specs},
         per_column_threshold={spec.name: spec.threshold for spec in specs},
     )
-    snapshot = Report([preset], include_tests=True).run(
+    run = Report([preset], include_tests=True).run(
         Dataset.from_pandas(current[names].copy(), data_definition=definition),
         Dataset.from_pandas(reference[names].copy(), data_definition=definition),
+        tags=[_inert(tag) for tag in tags],
+        metadata={_inert(key): _inert(value) for key, value in (metadata or {}).items()},
     )
-    page: str = snapshot.get_html_str(as_iframe=False)
+    return DriftSnapshot(run)
+
+
+def snapshot_html(snapshot: DriftSnapshot, *, summary_html: str) -> str:
+    """A self-contained HTML page: `summary_html` at the top of the body, then the snapshot's data
+    drift report (distributions per column)."""
+    page: str = snapshot.run.get_html_str(as_iframe=False)
     body = re.search(r"<body[^>]*>", page)
     if body is None:  # pragma: no cover - evidently's template always has a body
         return f"<!DOCTYPE html><html><body>{summary_html}{page}</body></html>"
     return page[: body.end()] + summary_html + page[body.end() :]
+
+
+def drift_report_html(
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    specs: Sequence[ColumnSpec],
+    *,
+    summary_html: str,
+) -> str:
+    """`snapshot_html` of a fresh `drift_snapshot` (for callers that want the page only)."""
+    return snapshot_html(drift_snapshot(reference, current, specs), summary_html=summary_html)
+
+
+def workspace_project_id(project_name: str) -> str:
+    """The id a project created by `add_to_workspace` gets: derived from its name, so that processes
+    creating it at the same time create the same project (one folder) instead of two."""
+    return str(uuid.uuid5(_PROJECT_NAMESPACE, project_name))
+
+
+def add_to_workspace(
+    workspace_dir: Path,
+    project_name: str,
+    snapshot: DriftSnapshot,
+    *,
+    name: str,
+    description: str | None = None,
+    keep_runs: int | None = None,
+) -> str:
+    """Adds `snapshot` as a run named `name` to the project `project_name` of the local Evidently
+    workspace at `workspace_dir` (the folder `evidently ui --workspace` serves); returns the run's id.
+
+    The folder is created if missing, private to the service's user (0700) like the other files that
+    come from patient data; the run file is made 0600. The project is the one this function creates
+    (its id derived from the name, with `description` and a dashboard panel plotting the share of
+    drifted columns run by run), or else one of that name made by hand. Only the report's results and
+    widgets are written, never its input rows (`include_data=False`). With `keep_runs`, the project's
+    oldest runs beyond that many are then deleted (run ids are UUIDv7: their order is their age).
+    Raises whatever Evidently or the file system raise."""
+    from evidently.sdk.models import PanelMetric, ProjectModel
+    from evidently.sdk.panels import line_plot_panel
+    from evidently.ui.workspace import Workspace
+
+    private_dir(workspace_dir)
+    workspace = Workspace(str(workspace_dir))
+    projects = sorted(workspace.search_project(project_name), key=lambda project: str(project.id))
+    fixed_id = uuid.UUID(workspace_project_id(project_name))
+    project = next((p for p in projects if p.id == fixed_id), projects[0] if projects else None)
+    if project is None:
+        project = workspace.add_project(ProjectModel(id=fixed_id, name=project_name, description=description))
+        project.dashboard.add_panel(
+            line_plot_panel(
+                title="Share of drifted columns",
+                description="Evidently's count over the compared columns; the monitor's own verdict is in each "
+                "run's tags and metadata.",
+                values=[
+                    PanelMetric(
+                        legend="share",
+                        metric="evidently:metric_v2:DriftedColumnsCount",
+                        metric_labels={"value_type": "share"},
+                    )
+                ],
+            )
+        )
+    ref = workspace.add_run(project.id, snapshot.run, include_data=False, name=_inert(name))
+    written = Path(ref.url)
+    if written.is_file() and written.resolve().is_relative_to(workspace_dir.resolve()):
+        written.chmod(PRIVATE_FILE)
+    if keep_runs is not None:
+        runs = sorted(workspace.list_runs(project.id), key=str)
+        for old in runs[: max(len(runs) - keep_runs, 0)]:
+            if old != ref.id:
+                workspace.delete_run(project.id, old)
+    return str(ref.id)

@@ -8,7 +8,9 @@ inputs always give the same decision and every rule is unit-testable. The rules,
 2. Triggers: measured accuracy drop, label-free estimated drop, a family's drift severity, labels of
    a class the model does not know, or a model older than `max_model_age`.
 3. Labels: a trigger leads to an update only with at least `min_new_labels` labeled records since
-   the last update; the learner cannot learn from drift alone.
+   the last update; the learner cannot learn from drift alone. After the gate rejected the last
+   candidate, the count starts again from that candidate's data: the same data would train the same
+   candidate, so the policy waits for new labels (an admin can still queue an update).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class UpdateTrigger(StrEnum):
 class UpdateBlocker(StrEnum):
     cooldown = "cooldown"
     too_few_labels = "too_few_labels"
+    rejected_awaiting_labels = "rejected_awaiting_labels"
     no_trigger = "no_trigger"
 
 
@@ -68,7 +71,16 @@ class PolicyInputs(_Model):
     new_classes: tuple[str, ...] = Field(
         default=(), description="Flagged labels the model does not know (enough rows to rule out a typo)."
     )
-    new_labeled_records: int = Field(ge=0, description="Labeled records stored since the last update.")
+    new_labeled_records: int = Field(
+        ge=0,
+        description="Labeled records stored since the current model's data was drawn, or since the rejected "
+        "candidate's (`rejected_candidate`).",
+    )
+    rejected_candidate: int | None = Field(
+        default=None,
+        description="The version id of the last update attempt when the gate rejected it (None: no attempt since "
+        "the current model's promotion, or it was promoted).",
+    )
     model_age: timedelta = Field(ge=timedelta(0), description="Time since the current model was promoted.")
     since_last_attempt: timedelta | None = Field(
         default=None,
@@ -85,6 +97,7 @@ class PolicyInputs(_Model):
         new_labeled_records: int,
         model_age: timedelta,
         since_last_attempt: timedelta | None = None,
+        rejected_candidate: int | None = None,
     ) -> PolicyInputs:
         performance = result.families[Family.performance]
         new_label_rows = performance.scores.get("new_label_rows", 0)
@@ -106,6 +119,7 @@ class PolicyInputs(_Model):
             new_labeled_records=new_labeled_records,
             model_age=model_age,
             since_last_attempt=since_last_attempt,
+            rejected_candidate=rejected_candidate,
         )
 
 
@@ -192,6 +206,18 @@ def decide_update(inputs: PolicyInputs, config: PolicyConfig) -> UpdateDecision:
             update=False, blocked_by=UpdateBlocker.no_trigger, reasons=("no drift, accuracy or age trigger",)
         )
     if inputs.new_labeled_records < config.min_new_labels:
+        if inputs.rejected_candidate is not None:
+            return UpdateDecision(
+                update=False,
+                triggers=trigger_kinds,
+                blocked_by=UpdateBlocker.rejected_awaiting_labels,
+                reasons=(
+                    *trigger_reasons,
+                    f"but the gate rejected v{inputs.rejected_candidate}, the last update, and only "
+                    f"{inputs.new_labeled_records} labeled records came since its data was drawn: no new update "
+                    f"before {config.min_new_labels} have (or an admin queues one)",
+                ),
+            )
         return UpdateDecision(
             update=False,
             triggers=trigger_kinds,

@@ -12,8 +12,9 @@ from __future__ import annotations
 import html
 import os
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
@@ -29,6 +30,9 @@ from anamnesis.monitor.config import Family
 from anamnesis.monitor.data import WindowData
 from anamnesis.monitor.reference import ReferenceProfile
 from anamnesis.monitor.result import DriftResult
+
+if TYPE_CHECKING:  # the adapter loads Evidently (3-4 s): imported where a page is drawn
+    from anamnesis.monitor.evidently_adapter import DriftSnapshot
 
 _STYLE = """
 <style>
@@ -189,8 +193,22 @@ def summary_html(result: DriftResult, words: tuple[tuple[str, ...], tuple[str, .
     return _STYLE + "\n".join(parts)
 
 
+@dataclass(frozen=True)
+class RenderedReport:
+    """A check's report: the page, and the Evidently snapshot its lower part was drawn from (None when
+    no column was compared), for `monitor.workspace` to save as well."""
+
+    page: str
+    snapshot: DriftSnapshot | None
+
+
 def render_html(result: DriftResult, reference: ReferenceProfile, current: WindowData) -> str:
     """The full page for a result of `run_check(reference, current, ...)`."""
+    return render_report(result, reference, current).page
+
+
+def render_report(result: DriftResult, reference: ReferenceProfile, current: WindowData) -> RenderedReport:
+    """The full page and its Evidently snapshot (computed once) for a result of `run_check(reference, current, ...)`."""
     from anamnesis.monitor import evidently_adapter
 
     config = result.config
@@ -231,10 +249,18 @@ def render_html(result: DriftResult, reference: ReferenceProfile, current: Windo
         ]
     summary = summary_html(result, words)
     if not specs:
-        return f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{summary}</body></html>"
-    return evidently_adapter.drift_report_html(
-        pd.concat(frames_ref, axis=1), pd.concat(frames_cur, axis=1), specs, summary_html=summary
+        return RenderedReport(
+            f"<!DOCTYPE html><html><head><meta charset='utf-8'></head><body>{summary}</body></html>", None
+        )
+    flagged = [family.value for family in Family if result.flags.get(family)]
+    snapshot = evidently_adapter.drift_snapshot(
+        pd.concat(frames_ref, axis=1),
+        pd.concat(frames_cur, axis=1),
+        specs,
+        tags=[f"drift:{family}" for family in flagged] or ["no drift"],
+        metadata={"verdict": "DRIFT DETECTED" if result.drift_detected else "no drift detected"},
     )
+    return RenderedReport(evidently_adapter.snapshot_html(snapshot, summary_html=summary), snapshot)
 
 
 def write_html(page: str, folder: Path, name: str) -> Path:

@@ -27,7 +27,6 @@ from anamnesis.storage.queries import find_job, get_job
 from anamnesis.storage.repository import (
     HeldLease,
     acquire_lease,
-    claim_job,
     create_job,
     finish_job,
     release_lease,
@@ -88,9 +87,16 @@ def run_now(
     """Queues, claims and runs one job in this process (what the worker does with a queued job);
     returns it finished, failed or succeeded."""
     with Session(context.engine) as session:
-        run = create_job(session, kind=kind, trigger=Trigger.manual, actor=actor, reason=reason, config=config)
+        run = create_job(
+            session,
+            kind=kind,
+            trigger=Trigger.manual,
+            actor=actor,
+            reason=reason,
+            config=config,
+            claimed_by=context.identity,
+        )
         job_id = row_id(run)
-        claim_job(session, run_id=job_id, worker=context.identity)
     context.current_run = job_id
     beating = threading.Event()
     heart = threading.Thread(target=_beat, args=(context, beating), name="job-heartbeat", daemon=True)

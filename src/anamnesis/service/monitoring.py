@@ -30,8 +30,9 @@ from anamnesis.monitor.runner import UpdateContext, run_and_store
 from anamnesis.service.predicting.runtime import LoadedModel, load_model
 from anamnesis.service.predicting.writer import PREDICTION_SOURCE
 from anamnesis.service.settings import Settings
+from anamnesis.storage.errors import JobAlreadyQueuedError
 from anamnesis.storage.fields import KNOWN_FIELDS
-from anamnesis.storage.models import DriftReport, JobKind, ModelVersion, Trigger, row_id, utcnow
+from anamnesis.storage.models import DriftReport, JobKind, ModelStatus, ModelVersion, Trigger, row_id, utcnow
 from anamnesis.storage.queries import (
     WindowRecord,
     current_model,
@@ -39,6 +40,7 @@ from anamnesis.storage.queries import (
     last_job_since,
     latest_drift_report,
     newest_label_id,
+    newest_version_since,
     recent_records,
 )
 from anamnesis.storage.repository import create_job
@@ -177,7 +179,10 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         if promoted_at is None:
             raise RuntimeError(f"model version {version.id} is in production without a promotion time")
         rows = recent_records(session, since=promoted_at, limit=settings.drift_window, model_version_id=row_id(version))
-        new_labels = labeled_records_since(session, DataWindow.from_stored(version).label_cutoff or 0)
+        last_trained = newest_version_since(session, promoted_at)
+        rejected = last_trained if last_trained is not None and last_trained.status == ModelStatus.rejected else None
+        # After a rejection, labels count from the rejected candidate's data: the same data trains the same model.
+        new_labels = labeled_records_since(session, DataWindow.from_stored(rejected or version).label_cutoff or 0)
         last_attempt = last_job_since(session, JobKind.retrain, promoted_at)
         stored_up_to = StoredUpTo(
             record_id=max((row_id(r.record) for r in rows), default=None), label_id=newest_label_id(session)
@@ -211,6 +216,7 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         new_labeled_records=new_labels,
         model_age=now - promoted_at,
         since_last_attempt=(now - last_attempt.created_at) if last_attempt else None,
+        rejected_candidate=rejected.id if rejected is not None else None,
     )
     try:
         report, result, decision = run_and_store(
@@ -223,22 +229,27 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
             policy=settings.policy,
             context=context,
             actor=actor,
+            workspace=settings.evidently_workspace_config(),
         )
     except WindowTooSmallError as error:
         return {"skipped": str(error)}, f"skipped: {error}"
+    action = "no update"
     if decision.update:
-        with Session(engine) as session:
-            create_job(
-                session,
-                kind=JobKind.retrain,
-                trigger=Trigger.drift,
-                actor=actor,
-                reason="; ".join(decision.reasons)[:2000],
-                config={"drift_report_id": report.id},
-            )
+        try:
+            with Session(engine) as session:
+                create_job(
+                    session,
+                    kind=JobKind.retrain,
+                    trigger=Trigger.drift,
+                    actor=actor,
+                    reason="; ".join(decision.reasons)[:2000],
+                    config={"drift_report_id": report.id},
+                )
+            action = "update queued"
+        except JobAlreadyQueuedError as waiting:
+            action = f"an update was already queued (job {waiting.job_id})"
     flagged = [str(family) for family, value in result.flags.items() if value]
     verdict = f"drift in {', '.join(flagged)}" if report.drift_detected else "no drift"
-    action = "update queued" if decision.update else "no update"
     message = f"report {report.id}: {verdict}; {action} ({'; '.join(decision.reasons)[:300]})"
     return {
         "drift_report_id": report.id,

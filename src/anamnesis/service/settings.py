@@ -16,6 +16,7 @@ from sqlalchemy.engine import make_url
 
 from anamnesis.learner.config import GateConfig, LearnerConfig, PresetName, TrainingConfig, preset
 from anamnesis.monitor.config import DriftConfig, PolicyConfig
+from anamnesis.monitor.workspace import EvidentlyWorkspace
 from anamnesis.storage.config import RetentionConfig, StorageConfig
 from anamnesis.storage.private import write_private
 
@@ -150,6 +151,27 @@ class Settings(BaseSettings):
     retention: RetentionConfig = Field(
         default_factory=RetentionConfig, description="How long drift report pages and rejected weights are kept."
     )
+    evidently_workspace: Path | None = Field(
+        default=None,
+        description="Evidently workspace folder every drift check's report is also added to, for "
+        "`evidently ui --workspace PATH`; default: `evidently-workspace` in the reports folder under `home` "
+        "(private like the pages).",
+    )
+    evidently_project: str = Field(
+        default="anamnesis",
+        min_length=1,
+        max_length=200,
+        description="The workspace project of this deployment's drift reports (one project per deployment).",
+    )
+    evidently_snapshots: bool = Field(
+        default=True, description="Add each drift report to the Evidently workspace; false: HTML pages only."
+    )
+    evidently_keep_runs: int | None = Field(
+        default=100,
+        ge=1,
+        description="Newest drift reports the workspace project keeps (about 1 MB each; Evidently reads them all "
+        "whenever it opens the workspace); older ones are deleted. None: keep all.",
+    )
 
     def with_overrides(self, **values: object) -> Settings:
         """These settings with some replaced, validated like the rest."""
@@ -202,6 +224,15 @@ class Settings(BaseSettings):
         if self.database_url is None:
             return StorageConfig.embedded(home)
         return StorageConfig(database_url=self.database_url, home=home, connect_timeout_s=self.db_connect_timeout_s)
+
+    def evidently_workspace_config(self) -> EvidentlyWorkspace | None:
+        """Where drift checks add their Evidently reports; None when `evidently_snapshots` is off."""
+        if not self.evidently_snapshots:
+            return None
+        path = self.evidently_workspace or self.storage_config().reports_dir / "evidently-workspace"
+        return EvidentlyWorkspace(
+            path=path.resolve(), project=self.evidently_project, keep_runs=self.evidently_keep_runs
+        )
 
     def session_secret_bytes(self) -> bytes:
         """The configured session secret, or one generated on first use and kept in `home` (mode 0600)."""

@@ -28,7 +28,7 @@ from sqlmodel import Session
 from anamnesis.service.jobs import JobContext, execute_job
 from anamnesis.service.predicting.runtime import RuntimeChoice
 from anamnesis.service.settings import Settings
-from anamnesis.storage.errors import ConflictError, LeaseHeldError
+from anamnesis.storage.errors import ConflictError, JobAlreadyQueuedError, LeaseHeldError
 from anamnesis.storage.models import JobKind, Trigger
 from anamnesis.storage.queries import active_jobs, list_model_versions, queued_job_ids
 from anamnesis.storage.repository import (
@@ -151,6 +151,8 @@ class Worker:
                     reason="scheduled drift check",
                     config={},
                 )
+        except JobAlreadyQueuedError:
+            return  # queued by someone else since the look above
         except SQLAlchemyError as error:
             logger.warning("could not schedule a drift check: %s", type(error).__name__)
 

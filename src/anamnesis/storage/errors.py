@@ -18,6 +18,15 @@ class ConflictError(StorageError):
     """The request contradicts the stored state (promoting a rejected model, say)."""
 
 
+class JobAlreadyQueuedError(ConflictError):
+    """A job of this kind is already waiting: it will do what a second one would."""
+
+    def __init__(self, kind: str, job_id: int) -> None:
+        super().__init__(f"a {kind} job is already queued: job {job_id}")
+        self.kind = kind
+        self.job_id = job_id
+
+
 class StalePromotionError(ConflictError):
     """A promotion decided against a production model that is no longer the production model, or by
     a holder of a lease it no longer holds: promoting now would undo someone else's decision."""

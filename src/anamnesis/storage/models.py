@@ -164,6 +164,18 @@ class ModelVersion(SQLModel, table=True):
 class Job(SQLModel, table=True):
     """One background job (a retraining or a drift check), from trigger to outcome."""
 
+    __table_args__ = (
+        # One queued job per kind: a second one would only redo the first one's work, and a client
+        # (or a policy) asking again and again must not queue a training per request.
+        Index(
+            "uq_job_one_queued_per_kind",
+            "kind",
+            unique=True,
+            sqlite_where=text("status = 'queued'"),
+            postgresql_where=text("status = 'queued'"),
+        ),
+    )
+
     id: int | None = Field(default=None, primary_key=True)
     kind: JobKind = Field(default=JobKind.retrain, sa_column=_enum_column(index=True))
     trigger: Trigger = Field(sa_column=_enum_column())

@@ -191,6 +191,12 @@ def rejected_versions(session: Session, *, created_before: datetime) -> list[Mod
     return list(session.scalars(statement.order_by(col(ModelVersion.id))))
 
 
+def newest_version_since(session: Session, since: datetime) -> ModelVersion | None:
+    """The newest model version trained after `since` (whatever became of it)."""
+    statement = select(ModelVersion).where(col(ModelVersion.created_at) > since).order_by(col(ModelVersion.id).desc())
+    return session.scalars(statement.limit(1)).first()
+
+
 def latest_drift_report(session: Session, *, model_version_id: int | None = None) -> DriftReport | None:
     """The newest drift report, or the newest of one model version."""
     statement = select(DriftReport).order_by(col(DriftReport.id).desc()).limit(1)

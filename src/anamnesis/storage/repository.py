@@ -19,7 +19,13 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlmodel import Session, col
 
-from anamnesis.storage.errors import ConflictError, LeaseHeldError, NotFoundError, StalePromotionError
+from anamnesis.storage.errors import (
+    ConflictError,
+    JobAlreadyQueuedError,
+    LeaseHeldError,
+    NotFoundError,
+    StalePromotionError,
+)
 from anamnesis.storage.models import (
     ApiKey,
     ApiRole,
@@ -413,6 +419,10 @@ def rollback_model(session: Session, *, actor: str, reason: str) -> ModelVersion
 # --- jobs --------------------------------------------------------------------------------
 
 
+def _queued_job(session: Session, kind: JobKind) -> int | None:
+    return session.scalar(select(col(Job.id)).where(col(Job.kind) == kind, col(Job.status) == RunStatus.queued))
+
+
 def create_job(
     session: Session,
     *,
@@ -421,11 +431,23 @@ def create_job(
     reason: str | None,
     config: dict[str, Any],
     kind: JobKind = JobKind.retrain,
+    claimed_by: str | None = None,
 ) -> Job:
-    """Queues a job (a retraining by default); the worker claims it."""
+    """Queues a job (a retraining by default); the worker claims it. Raises `JobAlreadyQueuedError` when a
+    job of the same kind is still queued (one running does not count: new data may have come since).
+    `claimed_by`: the job starts running at once in that worker, without queueing (`anamnesis train`)."""
+    if claimed_by is None and (waiting := _queued_job(session, kind)) is not None:
+        raise JobAlreadyQueuedError(kind, waiting)
     run = Job(kind=kind, trigger=trigger, actor=actor, reason=reason, config=config)
+    if claimed_by is not None:
+        now = database_now(session)
+        run.status, run.worker, run.started_at, run.heartbeat_at = RunStatus.running, claimed_by, now, now
     session.add(run)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # another process queued one between the check and the insert
+        session.rollback()
+        raise JobAlreadyQueuedError(kind, _queued_job(session, kind) or 0) from None
     _audit(
         session,
         action=AuditAction.trigger,

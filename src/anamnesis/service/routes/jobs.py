@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, status
+from typing import Any
+
+from fastapi import APIRouter, Response, status
 
 from anamnesis.service.auth import Principal
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep
 from anamnesis.service.schemas import JobPublic, JobRequest
 from anamnesis.storage import queries
+from anamnesis.storage.errors import JobAlreadyQueuedError
 from anamnesis.storage.models import Job, JobKind, Trigger, row_id
 from anamnesis.storage.repository import create_job
 
@@ -20,23 +23,40 @@ def public(session: SessionDep, run: Job, principal: Principal) -> JobPublic:
     return JobPublic(**values, model_version_id=version.id if version else None).visible_to(principal)
 
 
-def _queue(session: SessionDep, kind: JobKind, body: JobRequest | None, principal: Principal) -> JobPublic:
-    run = create_job(
-        session, kind=kind, trigger=Trigger.api, actor=principal.actor, reason=body.reason if body else None, config={}
-    )
+def _queue(
+    session: SessionDep, response: Response, kind: JobKind, body: JobRequest | None, principal: Principal
+) -> JobPublic:
+    try:
+        reason = body.reason if body else None
+        run = create_job(session, kind=kind, trigger=Trigger.api, actor=principal.actor, reason=reason, config={})
+    except JobAlreadyQueuedError as waiting:
+        # Asking again while one waits gets the waiting job: it will do what a second one would.
+        response.status_code = status.HTTP_200_OK
+        run = queries.get_job(session, waiting.job_id)
     return public(session, run, principal)
 
 
-@router.post("/retrain", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
-def queue_retrain(session: SessionDep, principal: AdminKey, body: JobRequest | None = None) -> JobPublic:
-    """Queue one model update; the worker trains, evaluates, gates and (maybe) promotes."""
-    return _queue(session, JobKind.retrain, body, principal)
+_QUEUE_RESPONSES: dict[int | str, dict[str, Any]] = {
+    status.HTTP_200_OK: {"model": JobPublic, "description": "A job of this kind was already queued: that job."},
+}
 
 
-@router.post("/drift-check", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED)
-def queue_drift_check(session: SessionDep, principal: AdminKey, body: JobRequest | None = None) -> JobPublic:
-    """Queue a drift check of the recent records against the current model's reference."""
-    return _queue(session, JobKind.drift_check, body, principal)
+@router.post("/retrain", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED, responses=_QUEUE_RESPONSES)
+def queue_retrain(
+    session: SessionDep, response: Response, principal: AdminKey, body: JobRequest | None = None
+) -> JobPublic:
+    """Queue one model update; the worker trains, evaluates, gates and (maybe) promotes. At most one update
+    waits at a time: while one is queued, this answers 200 with it instead of queueing another."""
+    return _queue(session, response, JobKind.retrain, body, principal)
+
+
+@router.post("/drift-check", response_model=JobPublic, status_code=status.HTTP_202_ACCEPTED, responses=_QUEUE_RESPONSES)
+def queue_drift_check(
+    session: SessionDep, response: Response, principal: AdminKey, body: JobRequest | None = None
+) -> JobPublic:
+    """Queue a drift check of the recent records against the current model's reference (while one is queued,
+    answers 200 with it instead)."""
+    return _queue(session, response, JobKind.drift_check, body, principal)
 
 
 @router.get("", response_model=list[JobPublic])

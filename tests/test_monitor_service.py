@@ -119,3 +119,29 @@ def _queued_retrains(engine) -> list[int]:
         return [
             r.id for r in session.exec(select(Job).where(Job.kind == JobKind.retrain, Job.status == RunStatus.queued))
         ]
+
+
+def test_a_model_with_a_small_held_out_slice_is_checked_against_its_first_production_records(
+    sqlite_config: StorageConfig,
+) -> None:
+    """v1's held-out slice (15 records) is smaller than min_rows (20): the reference is the first 20 records
+    after its promotion; until they exist the check says why, on the dashboard too."""
+    engine, keys = installation(sqlite_config)
+    settings = settings_for(sqlite_config, drift={**DRIFT, "min_rows": 20}, drift_window=100)
+    store(engine, toy_records(LABELS[:3], 15, period="2", seed=31))
+    waiting = run_now(JobContext.here(settings, engine), kind=JobKind.drift_check, actor="t", reason="t", config={})
+    assert waiting.status == RunStatus.succeeded and "drift_report_id" not in waiting.metrics
+    # 15 records since the promotion: fewer than a window needs (the first skip, before any reference).
+    assert "15 records since v1 was promoted" in waiting.metrics["skipped"]
+    store(engine, toy_records(LABELS[:3], 10, period="2", seed=32))
+    waiting = run_now(JobContext.here(settings, engine), kind=JobKind.drift_check, actor="t", reason="t", config={})
+    assert "5 records since the first 20 after v1's promotion" in waiting.metrics["skipped"]
+    with TestClient(create_app(settings)) as client:
+        client.post("/login", data={"key": keys.admin, "next": "/"})
+        assert "5 records since the first 20 after v1" in client.get("/").text
+
+    store(engine, toy_records(LABELS[:3], 20, period="3", seed=33))
+    report = _check(settings, engine)
+    assert "the first 20 records after v1's promotion" in report.reference_window["source"]
+    assert report.reference_window["rows"] == 20 and report.current_window["rows"] == 25
+    engine.dispose()

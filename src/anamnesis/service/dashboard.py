@@ -14,9 +14,10 @@ from sqlmodel import Session
 
 from anamnesis.monitor.checks import FAMILY_CHECKS
 from anamnesis.service.presentation import ReportView, VersionView, pct
-from anamnesis.storage.models import Job, row_id
+from anamnesis.storage.models import Job, JobKind, row_id
 from anamnesis.storage.queries import (
     current_model,
+    latest_finished_job,
     list_drift_reports,
     list_jobs,
     list_model_versions,
@@ -146,12 +147,15 @@ def render_dashboard(
     jobs: list[Job] = list_jobs(session, limit=20)
     current = current_model(session)
     drawn = figures.figures(versions, reports)
+    last_check = latest_finished_job(session, JobKind.drift_check)
+    skipped = last_check.metrics.get("skipped") if last_check is not None else None
     return _environment.get_template("dashboard.html").render(
         current=VersionView.of(current) if current is not None else None,
         no_model_reason=None if current is not None else why_no_model_serves(session),
         versions=versions,
         reports=reports,
         jobs=jobs,
+        drift_check_skipped=skipped if isinstance(skipped, str) and signed_in is not None else None,
         accuracy_plot=drawn.accuracy,
         drift_plot=drawn.drift,
         pct=_pct,

@@ -98,21 +98,50 @@ def predictor(model: LoadedModel) -> Predictor:
     return predict
 
 
-def reference_window(engine: Engine, version: ModelVersion, model: LoadedModel) -> WindowData:
+class ReferenceNotReadyError(Exception):
+    """The version's reference cannot be built yet; the message says why and what it waits for."""
+
+
+HELD_OUT_SOURCE = "held-out records"
+
+
+def reference_window(engine: Engine, version: ModelVersion, model: LoadedModel, *, min_rows: int) -> WindowData:
+    """The records a version's checks compare against: its held-out slice when that has `min_rows` records,
+    else the first `min_rows` records stored after its promotion with the outputs the API gave them (a
+    small training set leaves too small a slice; those records are then left out of every current window).
+    Raises ReferenceNotReadyError while neither is there."""
     with Session(engine) as session:
         holdout = holdout_of(session, version)
     periods = set(DataWindow.from_stored(version).periods)
     records = [r for r in holdout if r.period in periods] or holdout
-    return window_from_records(
-        notes=[r.note for r in records],
-        fields=[r.fields for r in records],
-        sites=[r.site for r in records],
-        truth=[r.label for r in records],
-        patients=[r.patient_hash for r in records],
-        predictor=predictor(model),
-        class_names=model.labels,
-        description={"model_version": version.id, "periods": sorted(periods), "source": "held-out records"},
-    )
+    if len(records) >= min_rows:
+        return window_from_records(
+            notes=[r.note for r in records],
+            fields=[r.fields for r in records],
+            sites=[r.site for r in records],
+            truth=[r.label for r in records],
+            patients=[r.patient_hash for r in records],
+            predictor=predictor(model),
+            class_names=model.labels,
+            description={"model_version": version.id, "periods": sorted(periods), "source": HELD_OUT_SOURCE},
+        )
+    with Session(engine) as session:
+        rows = recent_records(
+            session, since=version.promoted_at, limit=min_rows, model_version_id=row_id(version), oldest_first=True
+        )
+    if len(rows) < min_rows:
+        raise ReferenceNotReadyError(
+            f"v{version.id} has {len(records)} held-out records, fewer than the {min_rows} a reference needs; its "
+            f"reference will be the first {min_rows} records after its promotion ({len(rows)} so far)"
+        )
+    fields, _ = monitored_fields(rows, set(model.bundle.encoding.fields or ()))
+    description = {
+        "model_version": version.id,
+        "periods": sorted({r.record.period for r in rows if r.record.period}),
+        "source": f"the first {min_rows} records after v{version.id}'s promotion ({len(records)} held-out records)",
+        "through_record_id": max(row_id(r.record) for r in rows),
+    }
+    return current_window(rows, fields, model, description)
 
 
 def monitored_fields(rows: Sequence[WindowRecord], known: Collection[str]) -> tuple[list[dict[str, Any]], int]:
@@ -200,7 +229,21 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
     model = load_model(version, max_length=settings.max_length, mode=settings.runtime)
     config = settings.drift
     cache = ReferenceCache(reference_root(storage.reports_dir), config)
-    reference = cache.get_or_build(reference_key(version), lambda: reference_window(engine, version, model))
+    try:
+        reference = cache.get_or_build(
+            reference_key(version), lambda: reference_window(engine, version, model, min_rows=config.min_rows)
+        )
+    except ReferenceNotReadyError as waiting:
+        return {"skipped": f"skipped: {waiting}"}, f"skipped: {waiting}"
+    through = reference.window.description.get("through_record_id")
+    if isinstance(through, int):
+        rows = [row for row in rows if row_id(row.record) > through]  # the reference's own records are not news
+        if len(rows) < config.min_rows:
+            message = (
+                f"skipped: {len(rows)} records since the first {config.min_rows} after v{version.id}'s promotion, "
+                f"which are its reference (a check needs {config.min_rows})"
+            )
+            return {"skipped": message, "rows": len(rows)}, message
     read_by_model = set(model.bundle.encoding.fields or ())
     fields, unknown_fields = monitored_fields(rows, set(reference.window.fields.columns) | read_by_model)
     description = CurrentWindow(

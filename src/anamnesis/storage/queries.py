@@ -191,6 +191,12 @@ def rejected_versions(session: Session, *, created_before: datetime) -> list[Mod
     return list(session.scalars(statement.order_by(col(ModelVersion.id))))
 
 
+def latest_finished_job(session: Session, kind: JobKind) -> Job | None:
+    """The job of `kind` that finished last (succeeded or failed)."""
+    statement = select(Job).where(col(Job.kind) == kind, col(Job.finished_at).is_not(None))
+    return session.scalars(statement.order_by(col(Job.finished_at).desc(), col(Job.id).desc()).limit(1)).first()
+
+
 def newest_version_since(session: Session, since: datetime) -> ModelVersion | None:
     """The newest model version trained after `since` (whatever became of it)."""
     statement = select(ModelVersion).where(col(ModelVersion.created_at) > since).order_by(col(ModelVersion.id).desc())
@@ -241,14 +247,18 @@ class WindowRecord:
 
 
 def recent_records(
-    session: Session, *, since: datetime | None, limit: int, model_version_id: int
+    session: Session, *, since: datetime | None, limit: int, model_version_id: int, oldest_first: bool = False
 ) -> list[WindowRecord]:
-    """The newest records stored after `since` (at most `limit`), with their current labels and
-    the newest prediction `model_version_id` made for each, oldest first."""
-    statement = select(Record).order_by(col(Record.id).desc()).limit(limit)
+    """The newest records stored after `since` (at most `limit`; with `oldest_first`, the first ones stored
+    after it), with their current labels and the newest prediction `model_version_id` made for each, oldest
+    first."""
+    order = col(Record.id).asc() if oldest_first else col(Record.id).desc()
+    statement = select(Record).order_by(order).limit(limit)
     if since is not None:
         statement = statement.where(col(Record.created_at) > since)
-    records = list(session.scalars(statement))[::-1]
+    records = list(session.scalars(statement))
+    if not oldest_first:
+        records.reverse()
     ids = [row_id(record) for record in records]
     if not ids:
         return []

@@ -3,6 +3,7 @@ schema drift, offline descriptors and every rule of the update policy."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import socket
 from datetime import timedelta
@@ -306,6 +307,33 @@ def test_measured_accuracy_drop_flags_only_when_large_and_significant() -> None:
     # Confidence did not change, so neither did the label-free estimate.
     for result in (large, few, small):
         assert result.performance.estimated_drop == pytest.approx(0.0, abs=1e-9)
+
+
+def _confidence_window(rows: int, sure_share: float) -> WindowData:
+    """Predicts chemotherapy: right when sure (confidence 0.9), wrong when unsure (0.5); no labels for
+    the unsure rows of a current window would change what the estimate sees."""
+    sure = round(rows * sure_share)
+    probabilities = np.vstack([np.tile([0.9, 0.05, 0.05], (sure, 1)), np.tile([0.5, 0.3, 0.2], (rows - sure, 1))])
+    truth = ("chemotherapy",) * sure + ("surgery",) * (rows - sure)
+    return WindowData(
+        **(_window_kwargs(rows) | {"probabilities": probabilities, "class_names": CLASSES, "truth": truth})
+    )
+
+
+@pytest.mark.parametrize("triggers", [True, False])
+def test_the_label_free_estimate_triggers_or_is_advisory(triggers: bool) -> None:
+    performance = PerformanceConfig(min_labels=20, estimate_triggers=triggers)
+    config = SMALL.model_copy(update={"text": TextDriftConfig(enabled=False), "performance": performance})
+    reference = ReferenceProfile.build(_confidence_window(1000, 0.5), config)
+    unsure = dataclasses.replace(_confidence_window(200, 0.1), truth=(None,) * 200)  # labels not arrived
+    result = run_check(reference, unsure, config)
+    assert result.performance.estimated_drop == pytest.approx(0.4, abs=0.01)  # 0.5 estimated, 0.1 now
+    inputs = PolicyInputs.from_result(result, new_labeled_records=500, model_age=timedelta(days=1))
+    decision = decide_update(inputs, PolicyConfig(cooldown=timedelta(0)))
+    assert result.flags[Family.performance] is triggers
+    assert (UpdateTrigger.estimated_drop in decision.triggers) is triggers
+    reason = result.families[Family.performance].reason
+    assert ("advisory" in reason) is not triggers and ("flags at 0.04" in reason) is triggers
 
 
 def test_check_refuses_small_or_mismatched_windows() -> None:

@@ -566,11 +566,13 @@ def _performance(reference: ReferenceProfile, current: WindowData, drift_config:
         estimated = float(reference.calibration.estimate(current.confidence).mean())
         estimated_drop = reference.estimated_accuracy - estimated
         summary |= {"estimated_accuracy": estimated, "estimated_drop": estimated_drop}
-        flagged |= estimated_drop >= config.max_estimated_drop
-        severity = max(severity, _severity(estimated_drop, config.max_estimated_drop))
+        role = f"flags at {config.max_estimated_drop:.2f}" if config.estimate_triggers else "advisory"
+        if config.estimate_triggers:
+            flagged |= estimated_drop >= config.max_estimated_drop
+            severity = max(severity, _severity(estimated_drop, config.max_estimated_drop))
         parts.append(
             f"estimated accuracy {estimated:.3f} vs {reference.estimated_accuracy:.3f} "
-            f"(drop {estimated_drop:+.3f}; flags at {config.max_estimated_drop:.2f})"
+            f"(drop {estimated_drop:+.3f}; {role})"
         )
     if new_labels:
         rows = sum(unknown_rows.values())

@@ -270,6 +270,11 @@ class PerformanceConfig(FamilyConfig):
         description="Flag when the label-free accuracy estimate (calibrated confidence) is at least this far below "
         "the reference accuracy.",
     )
+    estimate_triggers: bool = Field(
+        default=True,
+        description="Whether the label-free estimated drop flags the family and triggers updates (True) or is "
+        "advisory: measured, reported and plotted, never a reason to update (False).",
+    )
     min_new_label_rows: int = Field(
         default=5,
         ge=1,

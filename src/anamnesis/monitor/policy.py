@@ -112,7 +112,8 @@ class PolicyInputs(_Model):
         return cls(
             severity={family: family_result.severity for family, family_result in result.families.items()},
             measured_drop=summary.measured_drop if performance.computed and significant else None,
-            estimated_drop=summary.estimated_drop if performance.computed else None,
+            # An advisory estimate is reported with the check and never reaches the policy.
+            estimated_drop=summary.estimated_drop if performance.computed and limits.estimate_triggers else None,
             max_accuracy_drop=limits.max_accuracy_drop,
             max_estimated_drop=limits.max_estimated_drop,
             new_classes=result.new_labels if flagged_new else (),

@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -111,7 +111,12 @@ class MicroBatcher:
 
 
 def _run_batch(model: LoadedModel, batch: Sequence[_Pending]) -> list[ItemResult]:
-    outputs = model.predict([item.note for item in batch], [item.fields for item in batch])
+    return item_results(model, [item.note for item in batch], [item.fields for item in batch])
+
+
+def item_results(model: LoadedModel, notes: Sequence[str], fields: Sequence[Mapping[str, Any]]) -> list[ItemResult]:
+    """What the service answers for records, one result each (what the micro-batcher runs per batch)."""
+    outputs = model.predict(notes, fields)
     results = []
     for row, embedding in zip(outputs.probabilities, outputs.embeddings, strict=True):
         best = int(row.argmax())

@@ -17,7 +17,7 @@ import pytest
 from pydantic import ValidationError
 
 from anamnesis.cohort import generate
-from anamnesis.monitor.checks import FAMILY_CHECKS, run_check
+from anamnesis.monitor.checks import FAMILY_CHECKS, run_check, window_descriptors
 from anamnesis.monitor.config import (
     DriftConfig,
     EmbeddingDriftConfig,
@@ -334,6 +334,23 @@ def test_the_label_free_estimate_triggers_or_is_advisory(triggers: bool) -> None
     assert (UpdateTrigger.estimated_drop in decision.triggers) is triggers
     reason = result.families[Family.performance].reason
     assert ("advisory" in reason) is not triggers and ("flags at 0.04" in reason) is triggers
+
+
+def test_descriptors_of_a_large_window_come_from_a_seeded_sample(tmp_path: Path) -> None:
+    text = TextDriftConfig(
+        descriptors=(TextDescriptor.text_length, TextDescriptor.word_count), descriptor_max_rows=50, content=False
+    )
+    config = SMALL.model_copy(update={"text": text})
+    current = _window(200, seed=1)
+    frame = window_descriptors(current, text.descriptors, config)
+    assert len(frame) == 50 and list(frame.index) == sorted(set(frame.index)) and frame.index.max() < 200
+    assert all(frame.loc[row, "text_length"] == len(current.notes[row]) for row in frame.index)
+    assert frame.equals(window_descriptors(current, text.descriptors, config))  # the same rows every time
+    reference = ReferenceProfile.build(_window(200), config)
+    result = run_check(reference, current, config)
+    assert len(reference.descriptors) == 200  # the profile keeps every reference row
+    assert result.families[Family.text].scores["descriptors"]["text_length"]["noise_floor"] > 0
+    assert "text_length" in render_html(result, reference, current)
 
 
 def test_check_refuses_small_or_mismatched_windows() -> None:

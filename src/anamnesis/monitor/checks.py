@@ -240,20 +240,26 @@ def _structured(reference: ReferenceProfile, current: WindowData, drift_config: 
 
 # --- text ---------------------------------------------------------------------------------------
 
-_descriptor_cache: weakref.WeakKeyDictionary[WindowData, dict[TextDescriptor, pd.Series]] = weakref.WeakKeyDictionary()
+_descriptor_cache: weakref.WeakKeyDictionary[WindowData, dict[tuple[TextDescriptor, int, int], pd.Series]] = (
+    weakref.WeakKeyDictionary()
+)
 
 
-def window_descriptors(window: WindowData, descriptors: Sequence[TextDescriptor]) -> pd.DataFrame:
-    """The window's note descriptors, computed once per (immutable) window and reused by the HTML."""
+def window_descriptors(window: WindowData, descriptors: Sequence[TextDescriptor], config: DriftConfig) -> pd.DataFrame:
+    """The note descriptors of a seeded sample of the window's rows (`text.descriptor_max_rows`), computed
+    once per (immutable) window and reused by the HTML."""
     from anamnesis.monitor import evidently_adapter
 
+    limit, seed = config.text.descriptor_max_rows, config.random_seed + CURRENT_SEED_OFFSET
     known = _descriptor_cache.setdefault(window, {})
-    missing = [descriptor for descriptor in descriptors if descriptor not in known]
+    missing = [descriptor for descriptor in descriptors if (descriptor, limit, seed) not in known]
     if missing:
-        computed = evidently_adapter.text_descriptors(window.notes, missing)
+        rows = sample_rows(window.rows, limit, seed)
+        computed = evidently_adapter.text_descriptors([window.notes[i] for i in rows], missing)
+        computed.index = pd.Index(rows)  # the window's row numbers: beside its fields, unsampled rows stay empty
         for descriptor in missing:
-            known[descriptor] = computed[descriptor.value]
-    return pd.DataFrame({descriptor.value: known[descriptor] for descriptor in descriptors})
+            known[(descriptor, limit, seed)] = computed[descriptor.value]
+    return pd.DataFrame({descriptor.value: known[(descriptor, limit, seed)] for descriptor in descriptors})
 
 
 def descriptor_specs(reference: ReferenceProfile, config: DriftConfig) -> tuple[list[TextDescriptor], list[str]]:
@@ -273,12 +279,12 @@ def _text(reference: ReferenceProfile, current: WindowData, config: DriftConfig)
         )
         for d in usable
     ]
-    current_descriptors = window_descriptors(current, usable)
+    current_descriptors = window_descriptors(current, usable, config)
     drift: dict[str, ColumnDrift] = {}
     if specs:
         drift = evidently_adapter.column_drift(reference.descriptors, current_descriptors, specs)
     floors = {
-        spec.name: _noise_floor(spec, reference.descriptors[spec.name], current.rows, config)
+        spec.name: _noise_floor(spec, reference.descriptors[spec.name], len(current_descriptors), config)
         for spec in specs
         if spec.name in drift
     }

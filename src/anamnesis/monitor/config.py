@@ -192,6 +192,12 @@ class TextDriftConfig(FamilyConfig):
         lt=1,
         description="The family is flagged when the domain classifier's ROC AUC exceeds this (0.5 = no drift).",
     )
+    descriptor_max_rows: int = Field(
+        default=5_000,
+        ge=50,
+        description="Current notes sampled (seeded) for the descriptors: their distributions need no more, and the "
+        "noise floors account for the sample's size. The reference profile keeps every row's descriptors.",
+    )
     content_max_rows: int = Field(
         default=10_000, ge=50, description="Notes sampled per window (seeded) for the domain classifier."
     )

@@ -228,7 +228,7 @@ def render_report(result: DriftResult, reference: ReferenceProfile, current: Win
         usable, _ = descriptor_specs(reference, config)
         names = [descriptor.value for descriptor in usable]
         frames_ref.append(reference.descriptors[names].add_prefix("note:"))
-        frames_cur.append(window_descriptors(current, usable).add_prefix("note:"))
+        frames_cur.append(window_descriptors(current, usable, config).add_prefix("note:"))
         specs += [
             evidently_adapter.ColumnSpec(
                 f"note:{name}",

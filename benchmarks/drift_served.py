@@ -34,17 +34,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlmodel import Session
 
 from anamnesis.cohort import DriftKind, generate
-from anamnesis.learner.updater import run_update
 from anamnesis.monitor.checks import run_check
 from anamnesis.monitor.config import DriftConfig, Family
 from anamnesis.monitor.data import WindowData
 from anamnesis.monitor.reference import ReferenceProfile
 from anamnesis.monitor.result import DriftResult
 from anamnesis.monitor.standin import stream_window
+from anamnesis.service.jobs import train_first_model
 from anamnesis.service.monitoring import predictor
-from anamnesis.service.predicting.runtime import load_model, promote_with_runtime, runtime_preparer
+from anamnesis.service.predicting.runtime import load_model
 from anamnesis.service.settings import Settings
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.ingest import ColumnMapping, ingest_file
@@ -94,42 +95,17 @@ def served_model(cache: Path, train: int) -> tuple[ServedModel, dict[str, Any]]:
         data = home / "train.parquet"
         stream.frame.to_parquet(data, index=False)
         ingest_file(engine, data, mapping=MAPPING, patient_key=settings.patient_key_bytes(), actor="benchmark")
-        started = time.perf_counter()
-        outcome = run_update(
-            engine,
-            artifacts_dir=storage.artifacts_dir,
-            config=settings.learner_config(),
-            gate=settings.gate,
-            actor="benchmark",
-            prepare_runtime=runtime_preparer(
-                artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
-            ),
-        )
-        if not outcome.promoted:
-            from sqlmodel import Session
-
-            with Session(engine) as session:
-                promote_with_runtime(
-                    session,
-                    version_id=outcome.version_id,
-                    actor="benchmark",
-                    reason="drift benchmark: the model under test",
-                    allow_rejected=True,
-                    artifacts_dir=storage.artifacts_dir,
-                    max_length=settings.max_length,
-                    mode=settings.runtime,
-                )
+        first = train_first_model(engine, settings, actor="benchmark", reason="drift benchmark: the model under test")
+        outcome = first.outcome
         facts = {
             "train_records": train,
             "train_seed": TRAIN_SEED,
-            "training_s": round(time.perf_counter() - started, 1),
+            "training_s": round(first.training_s, 1),
             "held_out_accuracy": outcome.metrics.evaluation.overall.accuracy,
             "gate": outcome.decision.summary,
-            "promoted_by_gate": outcome.promoted,
+            "promoted_by_gate": not first.overridden,
         }
         facts_path.write_text(json.dumps(facts, indent=2))
-    from sqlmodel import Session
-
     with Session(engine) as session:
         version = current_model(session)
     assert version is not None

@@ -34,11 +34,10 @@ from anamnesis.learner.benchmark import interval
 from anamnesis.learner.engine import BundleFactory
 from anamnesis.learner.modeling import load_base_classifier
 from anamnesis.learner.results import DataWindow
-from anamnesis.learner.updater import run_update
 from anamnesis.monitor.config import DriftConfig, PolicyConfig
-from anamnesis.service.jobs import JobContext, execute_job, run_now
+from anamnesis.service.jobs import JobContext, execute_job, run_now, train_first_model
 from anamnesis.service.predicting.batcher import item_results
-from anamnesis.service.predicting.runtime import load_model, promote_with_runtime, runtime_preparer
+from anamnesis.service.predicting.runtime import load_model
 from anamnesis.service.predicting.writer import PREDICTION_SOURCE, new_prediction_id, prediction_row
 from anamnesis.service.settings import Settings
 from anamnesis.storage.engine import create_db_engine
@@ -148,35 +147,18 @@ def train_first_version(
     upgrade(engine)
     with Session(engine) as session:
         store_record_batch(session, records=records, source="benchmark", actor="benchmark")
-    started = time.perf_counter()
-    outcome = run_update(
+    first = train_first_model(
         engine,
-        artifacts_dir=storage.artifacts_dir,
-        config=settings.learner_config(),
-        gate=settings.gate,
+        settings,
         actor="benchmark",
+        reason="policy benchmark: every policy starts from version 1",
         new_bundle=new_bundle,
-        prepare_runtime=runtime_preparer(
-            artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
-        ),
     )
-    if not outcome.promoted:
-        with Session(engine) as session:
-            promote_with_runtime(
-                session,
-                version_id=outcome.version_id,
-                actor="benchmark",
-                reason="policy benchmark: every policy starts from version 1",
-                allow_rejected=True,
-                artifacts_dir=storage.artifacts_dir,
-                max_length=settings.max_length,
-                mode=settings.runtime,
-            )
     engine.dispose()
     return {
-        "training_s": round(time.perf_counter() - started, 1),
-        "held_out_accuracy": outcome.metrics.evaluation.overall.accuracy,
-        "promoted_by_gate": outcome.promoted,
+        "training_s": round(first.training_s, 1),
+        "held_out_accuracy": first.outcome.metrics.evaluation.overall.accuracy,
+        "promoted_by_gate": not first.overridden,
     }
 
 

@@ -27,8 +27,7 @@ import pandas as pd
 from sqlmodel import Session
 
 from anamnesis.cohort import Scenario, generate, write_stream
-from anamnesis.learner.updater import run_update
-from anamnesis.service.predicting.runtime import promote_with_runtime, runtime_preparer
+from anamnesis.service.jobs import train_first_model
 from anamnesis.service.settings import Settings
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.ingest import ColumnMapping, ingest_file
@@ -83,35 +82,18 @@ def run_demo(
     report = ingest_file(engine, first, mapping=MAPPING, patient_key=settings.patient_key_bytes(), actor="demo")
     say(f"ingested period 1: {report.inserted} labeled records")
     say("training version 1 from the shipped MiniLM (the first update takes a minute on a CPU) ...")
-    started = time.perf_counter()
-    outcome = run_update(
-        engine,
-        artifacts_dir=storage.artifacts_dir,
-        config=settings.learner_config(),
-        gate=settings.gate,
-        actor="demo",
-        prepare_runtime=runtime_preparer(
-            artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
-        ),
+    version_1 = train_first_model(
+        engine, settings, actor="demo", reason="demo: promoted over the gate's rejection to show the loop"
     )
+    outcome = version_1.outcome
     accuracy = outcome.metrics.evaluation.overall.accuracy or 0.0
     say(
-        f"version {outcome.version_id} trained in {time.perf_counter() - started:.0f}s: held-out accuracy "
+        f"version {outcome.version_id} trained in {version_1.training_s:.0f}s: held-out accuracy "
         f"{accuracy:.1%}; gate: {outcome.decision.summary}"
     )
+    if version_1.overridden:
+        say(f"the demo promoted version {outcome.version_id} explicitly (an admin's --override-gate) to go on")
     with Session(engine) as session:
-        if not outcome.promoted:
-            say(f"the demo promotes version {outcome.version_id} explicitly (an admin's --override-gate) to go on")
-            promote_with_runtime(
-                session,
-                version_id=outcome.version_id,
-                actor="demo",
-                reason="demo: promoted over the gate's rejection to show the loop",
-                allow_rejected=True,
-                artifacts_dir=storage.artifacts_dir,
-                max_length=settings.max_length,
-                mode=settings.runtime,
-            )
         _, admin_key = create_api_key(session, name="demo", role=ApiRole.admin, actor="demo")
     engine.dispose()
     write_private(home / "admin.key", admin_key + "\n")

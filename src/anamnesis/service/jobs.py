@@ -15,10 +15,12 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
+from anamnesis.learner.engine import BundleFactory
 from anamnesis.learner.errors import NothingToLearnError, TrainingStoppedError
+from anamnesis.learner.modeling import load_base_classifier
 from anamnesis.learner.progress import ProgressHook, ProgressState, TrainingControl
-from anamnesis.learner.updater import run_update
-from anamnesis.service.predicting.runtime import runtime_preparer
+from anamnesis.learner.updater import UpdateOutcome, run_update
+from anamnesis.service.predicting.runtime import promote_with_runtime, runtime_preparer
 from anamnesis.service.retention import collect_garbage
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import ConflictError, LeaseHeldError
@@ -186,6 +188,49 @@ def _progress_hook(worker: JobContext, run_id: int, extra: ProgressHook | None) 
 
 
 _PHASE_PROGRESS = {"prepare": 0.02, "train": 0.05, "evaluate": 0.87, "save": 0.95}
+
+
+@dataclass(frozen=True)
+class FirstModel:
+    outcome: UpdateOutcome
+    overridden: bool
+    """The gate rejected it and it was promoted anyway."""
+    training_s: float
+
+
+def train_first_model(
+    engine: Engine, settings: Settings, *, actor: str, reason: str, new_bundle: BundleFactory = load_base_classifier
+) -> FirstModel:
+    """A version trained from the stored data as `anamnesis train` trains it and, when the gate rejects it,
+    promoted anyway with `reason` (an admin's --override-gate): the demo and the benchmarks need a model in
+    production to start from."""
+    storage = settings.storage_config()
+    started = time.perf_counter()
+    outcome = run_update(
+        engine,
+        artifacts_dir=storage.artifacts_dir,
+        config=settings.learner_config(),
+        gate=settings.gate,
+        actor=actor,
+        new_bundle=new_bundle,
+        prepare_runtime=runtime_preparer(
+            artifacts_dir=storage.artifacts_dir, max_length=settings.max_length, mode=settings.runtime
+        ),
+    )
+    training_s = time.perf_counter() - started
+    if not outcome.promoted:
+        with Session(engine) as session:
+            promote_with_runtime(
+                session,
+                version_id=outcome.version_id,
+                actor=actor,
+                reason=reason,
+                allow_rejected=True,
+                artifacts_dir=storage.artifacts_dir,
+                max_length=settings.max_length,
+                mode=settings.runtime,
+            )
+    return FirstModel(outcome=outcome, overridden=not outcome.promoted, training_s=training_s)
 
 
 def _retrain(worker: JobContext, run_id: int, extra_hook: ProgressHook | None) -> tuple[dict[str, object], str]:

@@ -10,7 +10,7 @@ export TRANSFORMERS_OFFLINE := 1
 export DO_NOT_TRACK := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test test-fast lint bench-learn bench-learn-ci bench-ewc-state bench-drift bench-serve bench-ingest clean
+.PHONY: install run test test-fast lint bench-learn bench-learn-ci bench-ewc-state bench-drift bench-drift-served bench-policy bench-serve bench-ingest clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -65,7 +65,13 @@ bench-ewc-state: install
 
 bench-drift: install
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/drift.py timing
-	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/drift.py alarms
+
+bench-drift-served: install
+	$(BIN)/python benchmarks/drift_served.py
+
+bench-policy: install
+	$(BIN)/anamnesis bench policy --scenario mixed --periods 6 --per-period 300 --seeds 0,1,2 \
+		--policies never,every,every:2,drift,oracle
 
 bench-serve: install
 	$(BIN)/anamnesis bench serve

@@ -215,7 +215,7 @@ def bench_policy(
     except ValueError as error:
         fail(f"--policies: {error}")
     started = time.perf_counter()
-    per_seed = []
+    per_seed: list[dict[str, Any]] = []
     for seed in (int(text) for text in comma_list(seeds) or ()):
         stream = generate(scenario=chosen, periods=periods, per_period=per_period, seed=seed)
         per_seed.append(
@@ -227,20 +227,22 @@ def bench_policy(
                 progress=lambda line: typer.echo(line, err=True),
             )
         )
-    result: dict[str, Any] = {
-        "command": "anamnesis bench policy " + shlex.join(sys.argv[3:]),
-        "setup": (
-            f"Cohort `{chosen.value}`, {periods} periods of {per_period} records, seeds {seeds}; period 1 trains "
-            "version 1 (MiniLM, default learner settings, shared by every policy); each later period arrives as "
-            "predictions of the model in production, then its labels, then the policy decides. Drift checks: "
-            f"default DriftConfig except min_rows {max(50, per_period // 6)} (one period per window, noise floors "
-            "on); the policy's cooldown is 0 in a replay (it counts wall-clock time). "
-            f"Wall time {(time.perf_counter() - started) / 60:.0f} min on this machine."
-        ),
-        "per_seed": per_seed,
-        "summary": summarize(per_seed),
-    }
-    for path in write_results(result, out):
-        typer.echo(f"wrote {path}")
-    for target in result["summary"]["targets"]:
-        typer.echo(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}")
+        done = ",".join(str(entry["seed"]) for entry in per_seed)
+        result: dict[str, Any] = {
+            "command": "anamnesis bench policy " + shlex.join(sys.argv[3:]),
+            "setup": (
+                f"Cohort `{chosen.value}`, {periods} periods of {per_period} records, seeds {done} (of {seeds}); "
+                "period 1 trains version 1 (MiniLM, default learner settings, shared by every policy); each later "
+                "period arrives as predictions of the model in production, then its labels, then the policy "
+                f"decides. Drift checks: default DriftConfig except min_rows {max(50, per_period // 6)} (one period "
+                "per window, noise floors on); the policy's cooldown is 0 in a replay (it counts wall-clock time). "
+                f"Wall time {(time.perf_counter() - started) / 60:.0f} min on this machine."
+            ),
+            "per_seed": per_seed,
+            "summary": summarize(per_seed),
+        }
+        # Written after every seed: a long run that is stopped keeps what it measured.
+        for path in write_results(result, out):
+            typer.echo(f"wrote {path}")
+        for target in result["summary"]["targets"]:
+            typer.echo(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}")

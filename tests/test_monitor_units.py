@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 import socket
 from datetime import timedelta
 from pathlib import Path
@@ -409,10 +410,10 @@ def test_missing_nltk_data_leaves_those_descriptors_out(monkeypatch: pytest.Monk
 
     monkeypatch.setattr(nltk.data, "find", not_found)
     reference = ReferenceProfile.build(_window(60, seed=0), SMALL)
-    assert set(reference.descriptors.columns) == {"text_length", "word_count", "sentence_count", "non_letter_share"}
+    assert set(reference.descriptors.columns) == {"text_length", "sentence_count", "non_letter_share"}
     text = run_check(reference, _window(60, seed=1), SMALL).families[Family.text]
-    assert text.scores["descriptors_unavailable"] == ["oov_share", "sentiment"]
-    assert "not available here: oov_share, sentiment" in text.reason
+    assert text.scores["descriptors_unavailable"] == ["oov_share"]
+    assert "not available here: oov_share" in text.reason
 
 
 def test_descriptors_use_local_nltk_data_and_never_the_network(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -436,6 +437,25 @@ def test_descriptors_use_local_nltk_data_and_never_the_network(monkeypatch: pyte
     assert nltk.download is download  # restored after the computation
     assert values["sentiment"][0] > 0 > values["sentiment"][1]
     assert values["oov_share"][1] > values["oov_share"][0]
+
+
+def test_the_memoized_lemmatizer_gives_evidentlys_out_of_vocabulary_share() -> None:
+    from nltk.corpus import words
+    from nltk.stem.wordnet import WordNetLemmatizer
+
+    from anamnesis.monitor import evidently_adapter
+
+    lemmatize = WordNetLemmatizer.lemmatize
+    notes = list(generate("covariate", periods=2, per_period=40, seed=4, start_period=2).frame.note)
+    shares = evidently_adapter.text_descriptors(notes, [TextDescriptor.oov_share])["oov_share"]
+    assert WordNetLemmatizer.lemmatize is lemmatize  # restored after the computation
+    # Evidently's own definition, word by word, with the plain lemmatizer.
+    english, lemmatizer = set(words.words()), WordNetLemmatizer()
+    for note, share in zip(notes, shares, strict=True):
+        tokens = re.sub("[^A-Za-z0-9 ]+", "", note).split()
+        unknown = sum(lemmatizer.lemmatize(token.lower()) not in english for token in tokens)
+        assert share == pytest.approx(100 * unknown / len(tokens))
+    assert shares.max() > 0
 
 
 def test_disabled_families_are_reported_as_not_computed() -> None:

@@ -126,6 +126,9 @@ def replay_settings(home: Path, *, per_period: int, overrides: Mapping[str, Any]
         "drift_window": per_period,
         "drift": DriftConfig(min_rows=max(50, per_period // 6)),
         "policy": PolicyConfig(cooldown=timedelta(0), max_model_age=None),
+        # No worker heartbeat renews the training lease of a queued job run here: without this, an update
+        # longer than the default 120 s loses its lease and its accepted candidate is held, not promoted.
+        "stale_run_s": 3600.0,
     }
     return Settings(**(values | dict(overrides)))
 
@@ -197,6 +200,7 @@ def _update_entry(engine: Engine, job_id: int | None, reason: str) -> dict[str, 
         "reason": reason[:300],
         "version": version.id if version else None,
         "promoted": bool(version and version.status in (ModelStatus.production, ModelStatus.archived)),
+        "outcome": (job.progress_message or "")[:300],  # rejected by the gate, or accepted but held, and why
         "seconds": round(seconds, 1),
     }
 
@@ -275,7 +279,7 @@ def run_policy(
             run.updates.append(update)
         progress(
             f"  {policy.name}: period {period} accuracy {run.accuracy[period]:.3f}"
-            + (f"; update v{update['version']} {'promoted' if update['promoted'] else 'rejected'}" if update else "")
+            + (f"; update: {update['outcome']}" if update else "")
         )
     engine.dispose()
     return run

@@ -13,7 +13,9 @@ from anamnesis.cohort import generate
 from tests.processes import ANAMNESIS, free_port
 
 pytestmark = pytest.mark.slow
-PERIODS, PER_PERIOD, HISTORY, SEED = 3, 100, 300, 4
+# Four periods: the new class of `mixed` arrives in the last, with enough labels (3.8% of 200) to
+# trigger an update; the covariate drift before it is flagged below the update limit.
+PERIODS, PER_PERIOD, HISTORY, SEED = 4, 200, 300, 4
 
 
 def _fragments(text: str, size: int = 30) -> set[str]:

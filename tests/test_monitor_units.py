@@ -617,10 +617,17 @@ def test_policy_needs_enough_new_labels() -> None:
     assert decide_update(_inputs(measured_drop=0.2, new_labeled_records=100), POLICY).update
 
 
-def test_policy_does_nothing_without_a_trigger() -> None:
-    decision = decide_update(_inputs(), POLICY)
-    assert decision == UpdateDecision(
+def test_policy_does_nothing_without_a_trigger_and_names_the_closest_drift() -> None:
+    calm = decide_update(_inputs(severity={family: 0.0 for family in Family}), POLICY)
+    assert calm == UpdateDecision(
         update=False, blocked_by=UpdateBlocker.no_trigger, reasons=("no drift, accuracy or age trigger",)
+    )
+    flagged_below_limit = {family: 0.1 for family in Family} | {Family.structured: 0.58}
+    decision = decide_update(_inputs(severity=flagged_below_limit), POLICY)
+    assert not decision.update and decision.blocked_by == UpdateBlocker.no_trigger
+    assert decision.reasons == (
+        "no trigger: the strongest drift, structured at severity 0.58, is below its update limit 0.75; "
+        "no accuracy drop, new class or model age past its limit",
     )
 
 

@@ -186,6 +186,25 @@ def _triggers(inputs: PolicyInputs, config: PolicyConfig) -> list[tuple[UpdateTr
     return found
 
 
+def _no_trigger(inputs: PolicyInputs, config: PolicyConfig) -> str:
+    """Why nothing triggered, naming the drift that came closest: a flagged family below its limit
+    is the common case a user asks about."""
+    closest = max(
+        (
+            (inputs.severity.get(family, 0.0) / threshold, family, threshold)
+            for family, threshold in config.severity_thresholds.items()
+        ),
+        default=None,
+    )
+    if closest is None or closest[0] == 0:
+        return "no drift, accuracy or age trigger"
+    _, family, threshold = closest
+    return (
+        f"no trigger: the strongest drift, {family} at severity {inputs.severity[family]:.2f}, is below its "
+        f"update limit {threshold:.2f}; no accuracy drop, new class or model age past its limit"
+    )
+
+
 def decide_update(inputs: PolicyInputs, config: PolicyConfig) -> UpdateDecision:
     """Applies the policy's rules (see the module docstring) to one check's inputs."""
     triggers = _triggers(inputs, config)
@@ -203,9 +222,7 @@ def decide_update(inputs: PolicyInputs, config: PolicyConfig) -> UpdateDecision:
             ),
         )
     if not triggers:
-        return UpdateDecision(
-            update=False, blocked_by=UpdateBlocker.no_trigger, reasons=("no drift, accuracy or age trigger",)
-        )
+        return UpdateDecision(update=False, blocked_by=UpdateBlocker.no_trigger, reasons=(_no_trigger(inputs, config),))
     if inputs.new_labeled_records < config.min_new_labels:
         if inputs.rejected_candidate is not None:
             return UpdateDecision(

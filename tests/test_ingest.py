@@ -94,6 +94,34 @@ def test_every_format_round_trips_and_reingest_stores_nothing_twice(engine, tmp_
     assert stored[0].site == "site_a" and stored[2].site == "site_b"
 
 
+@pytest.mark.parametrize(
+    ("write", "fields"),
+    [
+        pytest.param(
+            lambda frame, path: frame.iloc[[2, 0, 1]].to_parquet(path.with_suffix(".parquet")),
+            {"age", "sex", "pdl1_tps", "line_no"},
+            id="parquet",
+        ),
+        pytest.param(
+            lambda frame, path: frame.set_index("line_no").to_parquet(path.with_suffix(".parquet")),
+            {"age", "sex", "pdl1_tps"},
+            id="named-index",
+        ),
+        pytest.param(
+            lambda frame, path: frame.to_csv(path.with_suffix(".csv")), {"age", "sex", "pdl1_tps", "line_no"}, id="csv"
+        ),
+    ],
+)
+def test_a_pandas_index_in_the_file_is_never_a_field(engine, tmp_path: Path, write, fields: set[str]) -> None:
+    # A filtered frame written as-is stores its index as `__index_level_0__` (Parquet) or `Unnamed: 0` (CSV).
+    write(pd.DataFrame(ROWS).assign(line_no=[10, 11, 12]), tmp_path / "records")
+    path = next(tmp_path.glob("records.*"))
+    assert _ingest(engine, path).inserted == 3
+    with Session(engine) as session:
+        stored = session.scalars(select(Record)).all()
+    assert set().union(*(record.fields for record in stored)) == fields
+
+
 def test_any_dataset_with_text_and_label_columns_works(engine, tmp_path: Path) -> None:
     path = tmp_path / "reviews.csv"
     pd.DataFrame({"text": ["good", "bad", "fine"], "sentiment": ["pos", "neg", "pos"], "score": [5, 1, 3]}).to_csv(

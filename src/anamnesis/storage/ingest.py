@@ -11,6 +11,7 @@ import csv
 import itertools
 import json
 import math
+import re
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -48,6 +49,11 @@ _SUFFIXES = {
 }
 
 
+# Columns a tool adds to a file, never clinical data: a pandas index written into Parquet without a
+# name, or into CSV without a header.
+TECHNICAL_COLUMN = re.compile(r"__index_level_\d+__|Unnamed: \d+")
+
+
 @dataclass(frozen=True)
 class ColumnMapping:
     """Which columns of the user's file hold what.
@@ -81,7 +87,7 @@ class ColumnMapping:
         if self.fields is not None:
             return list(self.fields)
         left_out = {*self.named_columns(), *self.exclude}
-        return [column for column in columns if column not in left_out]
+        return [column for column in columns if column not in left_out and not TECHNICAL_COLUMN.fullmatch(column)]
 
 
 @dataclass(frozen=True)
@@ -199,15 +205,22 @@ def _parquet_rows(path: Path, batch_size: int) -> Iterator[list[RawRow]]:
 
     try:
         parquet = pq.ParquetFile(path)
+        index = _pandas_index_columns(parquet.schema_arrow)
         row = 0
         for batch in parquet.iter_batches(batch_size=batch_size):
             rows: list[RawRow] = []
             for values in batch.to_pylist():
                 row += 1
-                rows.append((row, values))
+                rows.append((row, {name: value for name, value in values.items() if name not in index}))
             yield rows
     except (pyarrow.lib.ArrowException, OSError) as error:
         raise IngestFileError(f"{path.name}: not a readable Parquet file ({_first_line(error)})") from None
+
+
+def _pandas_index_columns(schema: Any) -> set[str]:
+    """The columns pandas wrote for a data frame's index (named or not): row numbers, not fields."""
+    metadata = schema.pandas_metadata or {}
+    return {column for column in metadata.get("index_columns", ()) if isinstance(column, str)}
 
 
 def _first_line(error: Exception) -> str:

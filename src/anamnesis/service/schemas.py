@@ -187,9 +187,15 @@ class JobPublic(BaseModel):
         return self.model_copy(update={"error": f"{kind} (the details are shown to admin keys)"})
 
 
-class HealthStatus(BaseModel):
-    status: Literal["ok", "ready", "not ready"]
-    database: str | None = None
+class Liveness(BaseModel):
+    status: Literal["ok"] = "ok"
+
+
+class Readiness(BaseModel):
+    """What readiness depends on; fields that do not apply (no model yet, nothing to explain) are left out."""
+
+    status: Literal["ready", "not ready"]
+    database: str
     model_version: int | None = None
     runtime: str | None = None
     detail: str | None = None

@@ -9,20 +9,22 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from anamnesis.service.deps import StateDep
-from anamnesis.service.schemas import HealthStatus
+from anamnesis.service.schemas import Liveness, Readiness
 from anamnesis.storage.queries import why_no_model_serves
 from anamnesis.storage.repository import ensure_engine_ready
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=HealthStatus)
-def healthz() -> HealthStatus:
+@router.get("/healthz", response_model=Liveness)
+def healthz() -> Liveness:
     """Liveness: the process answers."""
-    return HealthStatus(status="ok")
+    return Liveness()
 
 
-@router.get("/readyz", response_model=HealthStatus, responses={503: {"model": HealthStatus}})
+@router.get(
+    "/readyz", response_model=Readiness, response_model_exclude_none=True, responses={503: {"model": Readiness}}
+)
 def readyz(state: StateDep) -> JSONResponse:
     """Readiness: the database answers and a model is loaded."""
     try:
@@ -40,14 +42,14 @@ def readyz(state: StateDep) -> JSONResponse:
         if database == "ok":
             with Session(state.engine) as session:
                 detail = why_no_model_serves(session)
-    body = HealthStatus(
+    body = Readiness(
         status="ready" if ready else "not ready",
         database=database,
         model_version=model.version_id if model else None,
         runtime=model.kind if model else None,
         detail=detail,
     )
-    return JSONResponse(body.model_dump(), status_code=200 if ready else 503)
+    return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})

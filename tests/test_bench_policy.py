@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from anamnesis.cohort import generate
 from anamnesis.monitor.config import PolicyConfig
-from anamnesis.service.bench_policy import Policy, run_seed, summarize, write_results
+from anamnesis.service.bench_policy import Policy, ReplayStream, run_seed, summarize, write_results
+from anamnesis.storage.ingest import ColumnMapping
 from tests.factories import MECHANICS_GATE
 from tests.service_fixtures import tiny
 
@@ -23,10 +29,9 @@ def test_policies_replay_the_same_stream_prequentially_and_report_their_targets(
     policies = [Policy.parse(text) for text in ("never", "every", "every:2", "labels:100", "drift", "oracle")]
     lines: list[str] = []
     result = run_seed(
-        stream,
+        ReplayStream.of_cohort(stream),
         policies,
         work=tmp_path,
-        per_period=60,
         progress=lines.append,
         settings_overrides=TINY,
         new_bundle=tiny,
@@ -50,3 +55,45 @@ def test_policies_replay_the_same_stream_prequentially_and_report_their_targets(
     assert [t["target"].split()[0] for t in summary["targets"]] == ["drift-triggered", "at", "ahead"]
     paths = write_results({"command": "test", "setup": "tiny", "per_seed": [result], "summary": summary}, tmp_path)
     assert "| drift-triggered |" in paths[1].read_text() and paths[2].stat().st_size > 0
+
+
+def test_a_file_is_replayed_in_time_order_in_periods_of_equal_size(tmp_path: Path) -> None:
+    frame = generate(scenario="covariate", periods=3, per_period=40, seed=1).frame
+    path = tmp_path / "stream.csv"
+    frame.sample(frac=1.0, random_state=0).to_csv(path, index=False)  # rows out of time order
+    mapping = ColumnMapping(
+        text="note", label="label", time="observed_at", site="site", patient="patient_id", exclude=("period",)
+    )
+    stream = ReplayStream.of_file(path, mapping=mapping, periods=4, seed=7)
+    assert [len(records) for records in stream.periods.values()] == [30, 30, 30, 30]
+    moments = [record.observed_at for period in "1234" for record in stream.periods[period]]
+    assert moments == sorted(moments)
+    assert all(record.period == period for period, records in stream.periods.items() for record in records)
+    assert all("period" not in record.fields for records in stream.periods.values() for record in records)
+    assert stream.per_period == 30 and stream.drift_starts is None
+    with pytest.raises(ValueError, match="the oracle needs the periods where drift starts"):
+        run_seed(stream, [Policy.parse("oracle")], work=tmp_path / "work", progress=print)
+    with pytest.raises(ValueError, match="a time column"):
+        ReplayStream.of_file(path, mapping=ColumnMapping(text="note", label="label"), periods=4, seed=7)
+    with pytest.raises(ValueError, match="too few for 100 periods"):
+        ReplayStream.of_file(path, mapping=mapping, periods=100, seed=7)
+
+
+def _bench_policy(*options: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "anamnesis.service.cli", "bench", "policy", *options]
+    return subprocess.run(command, capture_output=True, text=True, check=False, timeout=120)
+
+
+def test_the_command_refuses_an_oracle_without_ground_truth_and_a_merge_of_another_stream(tmp_path: Path) -> None:
+    path = tmp_path / "stream.csv"
+    generate(scenario="covariate", periods=2, per_period=40, seed=1).frame.to_csv(path, index=False)
+    common = ["--work", str(tmp_path / "work"), "--out", str(tmp_path), "--periods", "4", "--seeds", "0"]
+    data = ["--data", str(path), "--patient-col", "patient_id", "--exclude", "period"]
+    oracle = _bench_policy(*common, *data, "--policies", "never,oracle")
+    assert oracle.returncode != 0 and "Traceback" not in oracle.stderr
+    assert "the oracle needs the periods where drift starts, which stream.csv does not give" in oracle.stderr
+    other = tmp_path / "other.json"
+    other.write_text(json.dumps({"stream_config": {"stream": "cohort mixed"}, "per_seed": []}))
+    merged = _bench_policy(*common, *data, "--policies", "never", "--merge", str(other))
+    assert merged.returncode != 0 and "--merge: other.json holds another stream or other policies" in merged.stderr
+    assert not (tmp_path / "policy.json").exists()

@@ -8,6 +8,10 @@ learner, the gate, promotion). The drift-triggered policy runs the worker's own 
 acts on the job it queues. Every policy starts from the same version 1 (trained once per seed on
 period 1 and copied), so they differ only in when they update.
 
+The stream is a generated cohort (its periods, and the simulator's drift starts for the oracle and
+the detection delay) or any labeled file with a time column, its records in time order cut into
+periods of equal size (no ground truth: no oracle unless drift starts are given).
+
 Policies: `never`; `every` (each period); `every:K` (every K periods); `labels:N` (when N labels
 arrived since the current model's data); `drift` (the service's policy with its defaults, except
 the cooldown, which counts wall-clock time and is 0 in a replay of quarters in minutes); `oracle`
@@ -16,6 +20,7 @@ the cooldown, which counts wall-clock time and is 0 in a replay of quarters in m
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import statistics
 import time
@@ -41,7 +46,7 @@ from anamnesis.service.predicting.runtime import load_model
 from anamnesis.service.predicting.writer import PREDICTION_SOURCE, new_prediction_id, prediction_row
 from anamnesis.service.settings import Settings
 from anamnesis.storage.engine import create_db_engine
-from anamnesis.storage.ingest import ColumnMapping, validated_frame
+from anamnesis.storage.ingest import ColumnMapping, validated_batches, validated_frame
 from anamnesis.storage.migrate import upgrade
 from anamnesis.storage.models import DriftReport, Job, JobKind, ModelStatus, ModelVersion, RunStatus
 from anamnesis.storage.queries import current_model, get_job, labeled_records_since
@@ -133,12 +138,64 @@ def replay_settings(home: Path, *, per_period: int, overrides: Mapping[str, Any]
     return Settings(**(values | dict(overrides)))
 
 
-def _by_period(stream: CohortStream) -> dict[str, list[PreparedRecord]]:
-    prepared, _errors = validated_frame(stream.frame, mapping=MAPPING, patient_key=BENCHMARK_KEY)
-    periods: dict[str, list[PreparedRecord]] = {}
-    for record in prepared:
-        periods.setdefault(str(record.period), []).append(record)
-    return periods
+@dataclass(frozen=True)
+class ReplayStream:
+    """What a replay runs on: labeled records by period ("1" trains version 1), and the periods where
+    a drift starts when they are known."""
+
+    name: str
+    seed: int
+    periods: dict[str, list[PreparedRecord]]
+    drift_starts: frozenset[int] | None = None
+    """None: unknown (a file without ground truth); the oracle cannot run and no delay is measured."""
+
+    @property
+    def per_period(self) -> int:
+        """The size of the largest later period: the drift window a replay checks."""
+        return max(len(records) for period, records in self.periods.items() if period != "1")
+
+    @classmethod
+    def of_cohort(cls, stream: CohortStream) -> ReplayStream:
+        prepared, _errors = validated_frame(stream.frame, mapping=MAPPING, patient_key=BENCHMARK_KEY)
+        periods: dict[str, list[PreparedRecord]] = {}
+        for record in prepared:
+            periods.setdefault(str(record.period), []).append(record)
+        starts = frozenset(truth.period for truth in stream.periods if truth.starts)
+        return cls(name=f"cohort {stream.scenario}", seed=stream.seed, periods=periods, drift_starts=starts)
+
+    @classmethod
+    def of_file(
+        cls,
+        path: Path,
+        *,
+        mapping: ColumnMapping,
+        periods: int,
+        seed: int,
+        drift_starts: frozenset[int] | None = None,
+    ) -> ReplayStream:
+        """The file's labeled records (read as `anamnesis ingest` reads them) in time order, cut into
+        `periods` consecutive periods of equal size; a period column of the file is not used."""
+        if mapping.label is None or mapping.time is None:
+            raise ValueError("a replayed file needs a label column and a time column")
+        batches = validated_batches(path, mapping=replace(mapping, period=None), patient_key=BENCHMARK_KEY)
+        labeled = sorted(
+            (record for _, prepared, _errors in batches for record in prepared if record.label is not None),
+            key=lambda record: record.observed_at,
+        )
+        if len(labeled) < 2 * periods:
+            raise ValueError(f"{path.name} has {len(labeled)} labeled records: too few for {periods} periods")
+        if drift_starts is not None and not all(2 <= start <= periods for start in drift_starts):
+            raise ValueError(f"drift starts must be periods 2..{periods}")
+        bounds = [round(index * len(labeled) / periods) for index in range(periods + 1)]
+        return cls(
+            name=path.name,
+            seed=seed,
+            periods={
+                str(number): [replace(record, period=str(number)) for record in labeled[start:end]]
+                for number, (start, end) in enumerate(itertools.pairwise(bounds), start=1)
+            },
+            drift_starts=drift_starts,
+        )
 
 
 def train_first_version(
@@ -292,19 +349,21 @@ def detection_delay(run: PolicyRun, drift_starts: set[int]) -> dict[str, int | N
 
 
 def run_seed(
-    stream: CohortStream,
+    stream: ReplayStream,
     policies: Sequence[Policy],
     *,
     work: Path,
-    per_period: int,
     progress: Progress,
     settings_overrides: Mapping[str, Any] | None = None,
     new_bundle: BundleFactory = load_base_classifier,
 ) -> dict[str, Any]:
-    """Every policy on one stream, from the same version 1; the installations are removed afterwards."""
-    overrides = settings_overrides or {}
-    periods = _by_period(stream)
-    drift_starts = {truth.period for truth in stream.periods if truth.starts}
+    """Every policy on one stream, from the same version 1; the installations are removed afterwards.
+    The stream's seed also seeds the learner."""
+    if stream.drift_starts is None and any(policy.kind == PolicyKind.oracle for policy in policies):
+        raise ValueError(f"the oracle needs the periods where drift starts, which {stream.name} does not give")
+    overrides = _seeded(settings_overrides or {}, stream.seed)
+    periods, per_period = stream.periods, stream.per_period
+    drift_starts = set(stream.drift_starts or ())
     base = work / "base"
     if base.exists():
         shutil.rmtree(base)
@@ -329,11 +388,24 @@ def run_seed(
         )
         summary = run.summary()
         summary["wall_s"] = round(time.perf_counter() - started, 1)
-        if policy.kind == PolicyKind.drift:
+        if policy.kind == PolicyKind.drift and stream.drift_starts is not None:
             summary["detection_delay"] = detection_delay(run, drift_starts)
         runs[policy.name] = summary
         shutil.rmtree(home, ignore_errors=True)  # artifacts of every version: hundreds of MB
-    return {"seed": stream.seed, "first_version": first, "drift_starts": sorted(drift_starts), "policies": runs}
+    return {
+        "seed": stream.seed,
+        "stream": stream.name,
+        "first_version": first,
+        "drift_starts": sorted(drift_starts),
+        "policies": runs,
+    }
+
+
+def _seeded(overrides: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """`overrides` with the learner seeded by the replay's seed."""
+    training = overrides.get("training", {})
+    as_dict = training.model_dump() if hasattr(training, "model_dump") else dict(training)
+    return {**overrides, "training": {**as_dict, "seed": seed}}
 
 
 # --- results -------------------------------------------------------------------------------------

@@ -188,61 +188,126 @@ def bench_serve(
 @bench_app.command("policy")
 def bench_policy(
     scenario: Annotated[str, typer.Option(help="Cohort scenario to replay (ignored with --data).")] = "mixed",
-    periods: Annotated[int, typer.Option(min=3, max=40, help="Cohort periods.")] = 8,
-    per_period: Annotated[int, typer.Option(min=50, help="Cohort records per period.")] = 400,
-    seeds: Annotated[str, typer.Option(help="Comma-separated seeds; each draws the cohort.")] = "0,1,2",
+    periods: Annotated[int, typer.Option(min=3, max=40, help="Cohort periods (with --data: periods to cut).")] = 8,
+    per_period: Annotated[int, typer.Option(min=50, help="Cohort records per period (ignored with --data).")] = 400,
+    seeds: Annotated[
+        str, typer.Option(help="Comma-separated seeds; each draws the cohort (unless --data) and seeds the learner.")
+    ] = "0,1,2",
     policies: Annotated[
         str, typer.Option(help="Comma-separated: never, every, every:K, labels:N, drift, oracle.")
     ] = "never,every,every:2,labels:800,drift,oracle",
+    data: Annotated[
+        Path | None,
+        typer.Option(
+            help="A labeled CSV, JSONL or Parquet file with a time column instead of a cohort: its "
+            "records in time order, cut into --periods periods of equal size."
+        ),
+    ] = None,
+    text_col: Annotated[str, typer.Option(help="With --data: the text column.")] = "note",
+    label_col: Annotated[str, typer.Option(help="With --data: the label column.")] = "label",
+    time_col: Annotated[str, typer.Option(help="With --data: the time column.")] = "observed_at",
+    site_col: Annotated[str | None, typer.Option(help="With --data: the site column.")] = None,
+    patient_col: Annotated[str | None, typer.Option(help="With --data: the patient column.")] = None,
+    exclude: Annotated[
+        str | None, typer.Option(help="With --data: comma-separated columns never read (e.g. a period column).")
+    ] = None,
+    drift_starts: Annotated[
+        str | None, typer.Option(help="With --data: comma-separated periods where drift starts (for the oracle).")
+    ] = None,
+    merge: Annotated[
+        Path | None,
+        typer.Option(help="A policy.json of earlier seeds of the same stream and policies: its seeds are kept."),
+    ] = None,
     work: Annotated[Path, typer.Option(help="Scratch folder for the replayed installations.")] = Path(
         "var/bench/policy"
     ),
-    out: Annotated[Path, typer.Option(help="Folder for policy.json, policy.md and the plot.")] = Path(
-        "docs/benchmarks"
-    ),
+    out: Annotated[Path, typer.Option(help="Folder for the JSON, Markdown and the plot.")] = Path("docs/benchmarks"),
+    stem: Annotated[str, typer.Option(help="File name stem of the results.")] = "policy",
 ) -> None:
     """Replays a stream prequentially through ingest, prediction, labels, drift checks, the policy, updates,
     the gate and promotion; compares the drift-triggered policy with fixed schedules."""
+    import json
     import shlex
     import time
 
     from anamnesis.cohort import Scenario, generate
-    from anamnesis.service.bench_policy import Policy, run_seed, summarize, write_results
+    from anamnesis.service.bench_policy import Policy, ReplayStream, run_seed, summarize, write_results
+    from anamnesis.storage.errors import IngestFileError
+    from anamnesis.storage.ingest import ColumnMapping
 
     chosen = choice(Scenario, scenario, "--scenario")
     try:
         parsed = [Policy.parse(text) for text in comma_list(policies) or ()]
     except ValueError as error:
         fail(f"--policies: {error}")
-    started = time.perf_counter()
-    per_seed: list[dict[str, Any]] = []
-    for seed in (int(text) for text in comma_list(seeds) or ()):
-        stream = generate(scenario=chosen, periods=periods, per_period=per_period, seed=seed)
-        per_seed.append(
-            run_seed(
-                stream,
-                parsed,
-                work=work / f"seed-{seed}",
-                per_period=per_period,
-                progress=lambda line: typer.echo(line, err=True),
-            )
+    try:
+        seed_values = [int(text) for text in comma_list(seeds) or ()]
+        starts = frozenset(int(text) for text in comma_list(drift_starts) or ()) if drift_starts else None
+    except ValueError:
+        fail("--seeds and --drift-starts must be comma-separated integers")
+    if not seed_values:
+        fail("--seeds needs at least one seed")
+    stream_config: dict[str, Any] = {
+        "stream": str(data.name) if data else f"cohort {chosen.value}",
+        "periods": periods,
+        "per_period": None if data else per_period,
+        "policies": [policy.name for policy in parsed],
+    }
+    earlier: list[dict[str, Any]] = []
+    if merge is not None:
+        try:
+            previous = json.loads(merge.read_text())
+        except (OSError, ValueError) as error:
+            fail(f"--merge: cannot read {merge.name}: {type(error).__name__}")
+        if previous.get("stream_config") != stream_config:
+            fail(f"--merge: {merge.name} holds another stream or other policies: {previous.get('stream_config')}")
+        earlier = previous["per_seed"]
+        repeated = sorted({entry["seed"] for entry in earlier} & set(seed_values))
+        if repeated:
+            fail(f"--merge: {merge.name} already holds seeds {', '.join(map(str, repeated))}")
+
+    def stream_of(seed: int) -> ReplayStream:
+        if data is None:
+            return ReplayStream.of_cohort(generate(scenario=chosen, periods=periods, per_period=per_period, seed=seed))
+        mapping = ColumnMapping(
+            text=text_col,
+            label=label_col,
+            time=time_col,
+            site=site_col,
+            patient=patient_col,
+            exclude=comma_list(exclude) or (),
         )
+        return ReplayStream.of_file(data, mapping=mapping, periods=periods, seed=seed, drift_starts=starts)
+
+    started = time.perf_counter()
+    per_seed: list[dict[str, Any]] = list(earlier)
+    for seed in seed_values:
+        try:
+            stream = stream_of(seed)
+            outcome = run_seed(
+                stream, parsed, work=work / f"seed-{seed}", progress=lambda line: typer.echo(line, err=True)
+            )
+        except (IngestFileError, ValueError) as error:
+            fail(str(error))
+        per_seed.append(outcome)
         done = ",".join(str(entry["seed"]) for entry in per_seed)
         result: dict[str, Any] = {
             "command": "anamnesis bench policy " + shlex.join(sys.argv[3:]),
+            "stream_config": stream_config,
             "setup": (
-                f"Cohort `{chosen.value}`, {periods} periods of {per_period} records, seeds {done} (of {seeds}); "
-                "period 1 trains version 1 (MiniLM, default learner settings, shared by every policy); each later "
-                "period arrives as predictions of the model in production, then its labels, then the policy "
-                f"decides. Drift checks: default DriftConfig except min_rows {max(50, per_period // 6)} (one period "
-                "per window, noise floors on); the policy's cooldown is 0 in a replay (it counts wall-clock time). "
-                f"Wall time {(time.perf_counter() - started) / 60:.0f} min on this machine."
+                f"Stream {stream.name}: {periods} periods of {stream.per_period} records, seeds {done}; "
+                "period 1 trains version 1 (MiniLM, default learner settings seeded by the seed, shared by every "
+                "policy); each later period arrives as predictions of the model in production, then its labels, "
+                "then the policy decides. Drift checks: default DriftConfig except min_rows "
+                f"{max(50, stream.per_period // 6)} (one period per window, noise floors on); the policy's cooldown "
+                "is 0 in a replay (it counts wall-clock time). "
+                f"Wall time of this invocation {(time.perf_counter() - started) / 60:.0f} min on this machine."
             ),
             "per_seed": per_seed,
             "summary": summarize(per_seed),
         }
         # Written after every seed: a long run that is stopped keeps what it measured.
-        for path in write_results(result, out):
+        for path in write_results(result, out, stem=stem):
             typer.echo(f"wrote {path}")
         for target in result["summary"]["targets"]:
             typer.echo(f"{'met    ' if target['met'] else 'NOT met'}  {target['target']}")

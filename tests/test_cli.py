@@ -73,6 +73,10 @@ def test_every_command_has_help(sqlite_config: StorageConfig) -> None:
         ["bench"],
         ["bench", "learn"],
         ["bench", "serve"],
+        ["bench", "policy"],
+        ["labels"],
+        ["labels", "declare"],
+        ["labels", "show"],
     ]
     for command in commands:
         result = run_cli(*command, "--help", config=sqlite_config)

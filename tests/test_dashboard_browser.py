@@ -45,10 +45,19 @@ def chromium(*args: str, profile: Path) -> subprocess.CompletedProcess[str]:
 class Browser:
     """Headless Chromium driven through the DevTools protocol (what a person does: open, type, click)."""
 
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, profile: Path, *flags: str) -> None:
         self.port = free_port()
+        self.events: list[dict[str, object]] = []
+        """The DevTools events received so far (those of a domain enabled with `call("X.enable")`)."""
         self.process = subprocess.Popen(
-            [CHROMIUM, *FLAGS, f"--user-data-dir={profile}", f"--remote-debugging-port={self.port}", "about:blank"],
+            [
+                CHROMIUM,
+                *FLAGS,
+                *flags,
+                f"--user-data-dir={profile}",
+                f"--remote-debugging-port={self.port}",
+                "about:blank",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -68,6 +77,8 @@ class Browser:
         self.socket.send(json.dumps({"id": self.calls, "method": method, "params": params}))
         while True:
             message = json.loads(self.socket.recv(timeout=60))
+            if "method" in message and "id" not in message:
+                self.events.append(message)
             if message.get("id") == self.calls:
                 assert "error" not in message, message
                 return message["result"]

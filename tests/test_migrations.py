@@ -21,7 +21,8 @@ from anamnesis.monitor.policy import DecisionRecord, PolicyInputs, decide_update
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.migrate import upgrade
-from anamnesis.storage.models import AuditEvent, DriftReport, Job, ModelVersion
+from anamnesis.storage.models import AuditEvent, DriftReport, Job, Label, ModelVersion
+from anamnesis.storage.vocabulary import declare_labels, declared_labels, label_counts
 from tests.conftest import POSTGRES_URL, _admin_engine
 from tests.test_stored_results import LABELS, update_metrics
 
@@ -205,3 +206,36 @@ def test_migration_0005_keeps_the_oldest_queued_job_of_each_kind_and_then_refuse
     assert stored[4][:2] == ("retrain", "running")
     with pytest.raises(sa.exc.IntegrityError), blank_engine.begin() as connection:
         connection.execute(jobs.update().where(sa.column("id") == 4).values(status="queued"))
+
+
+def test_migration_0006_starts_with_no_declared_vocabulary_and_keeps_every_label(blank_engine: sa.Engine) -> None:
+    upgrade(blank_engine, "0005")
+    with blank_engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "insert into record (content_hash, site, observed_at, note, fields, source, created_at) "
+                "values ('h1', 'site_a', CURRENT_TIMESTAMP, 'a note', '{}', 'test', CURRENT_TIMESTAMP)"
+            )
+        )
+        connection.execute(
+            sa.text(
+                "insert into label (record_id, label, source, actor, labeled_at) "
+                "values (1, 'chemotherpy', 'test', 'test', CURRENT_TIMESTAMP)"
+            )
+        )
+
+    upgrade(blank_engine)
+    with Session(blank_engine) as session:
+        assert declared_labels(session) is None  # nothing declared: every label accepted, as before 0006
+        assert label_counts(session) == {"chemotherpy": 1}
+        change = declare_labels(session, labels=["chemotherapy"], actor="test")
+    assert change.outside == {"chemotherpy": 1}
+    with Session(blank_engine) as session:
+        assert declared_labels(session) == {"chemotherapy"}
+        assert [label.label for label in session.exec(select(Label))] == ["chemotherpy"]
+    with pytest.raises(sa.exc.IntegrityError), blank_engine.begin() as connection:
+        connection.execute(
+            sa.text(
+                "insert into declaredlabel (label, actor, declared_at) values ('chemotherapy', 'x', CURRENT_TIMESTAMP)"
+            )
+        )

@@ -84,4 +84,4 @@ def test_first_start_writes_an_admin_key_once_to_a_private_file(tmp_path: Path) 
     port = free_port()
     with running(["serve", "--port", str(port)], environment(config), log, port=port):
         response = httpx.get(f"http://127.0.0.1:{port}/v1/models", headers={"X-API-Key": key.strip()})
-        assert response.status_code == 200 and response.json() == []
+        assert response.status_code == 200 and response.json() == {"data": [], "count": 0}

@@ -21,12 +21,12 @@ from anamnesis.service.auth import (
     supplied_key,
 )
 from anamnesis.service.dashboard import FigureCache
-from anamnesis.service.errors import register_error_handlers
+from anamnesis.service.errors import error_key, register_error_handlers
 from anamnesis.service.metrics import ServiceMetrics
 from anamnesis.service.predicting.batcher import MicroBatcher
 from anamnesis.service.predicting.registry import DatabaseHealth, ModelRegistry
 from anamnesis.service.predicting.writer import PredictionWriter
-from anamnesis.service.routes import dashboard, data, drift, health, inference_v2, jobs, models, predict
+from anamnesis.service.routes import dashboard, data, docs, drift, health, inference_v2, jobs, models, predict
 from anamnesis.service.sessions import SessionSigner
 from anamnesis.service.settings import Settings
 from anamnesis.service.state import ServiceState
@@ -53,7 +53,7 @@ class BodySizeLimit:
         limit = self.upload_limit if scope["path"] == UPLOAD_PATH else self.limit
         declared = dict(scope.get("headers", [])).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > limit:
-            await _answer(send, 413, f"request body larger than {limit} bytes")
+            await _answer(send, 413, f"request body larger than {limit} bytes", path=scope["path"])
             return
         received = 0
 
@@ -94,8 +94,10 @@ class UploadNeedsAdminFirst:
         await self.app(scope, receive, send)
 
 
-async def _answer(send: Send, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-    body = json.dumps({"detail": message}).encode()
+async def _answer(
+    send: Send, status: int, message: str, headers: dict[str, str] | None = None, *, path: str = ""
+) -> None:
+    body = json.dumps({error_key(path): message}).encode()
     extra = [(name.lower().encode(), value.encode()) for name, value in (headers or {}).items()]
     await send(
         {
@@ -157,9 +159,16 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         worker = Worker(settings, engine) if run_worker else None
         if worker is not None:
             worker.start()
+        grpc_server = None
         try:
+            if settings.grpc_port is not None:
+                from anamnesis.service.open_inference.grpc_service import GRACE_S, start_grpc_server
+
+                grpc_server = await start_grpc_server(state, host=settings.host, port=settings.grpc_port)
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(GRACE_S)
             if worker is not None:
                 worker.stop()
             await state.batcher.stop()
@@ -173,6 +182,8 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         description="Continual-learning treatment-plan classifier for clinical text: predictions, delayed ground "
         "truth, model versions with their forgetting metrics, drift reports and background jobs.",
         lifespan=lifespan,
+        docs_url=None,  # routes.docs serves /docs and /redoc with local assets
+        redoc_url=None,
     )
     register_error_handlers(app)
 
@@ -185,7 +196,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
             # The error's type and frames, not its message: a message can quote the request's values.
             frames = "".join(traceback.format_tb(error.__traceback__))
             logger.error("unhandled %s on %s %s\n%s", type(error).__name__, request.method, request.url.path, frames)
-            response = JSONResponse({"detail": "internal error"}, status_code=500)
+            response = JSONResponse({error_key(request.url.path): "internal error"}, status_code=500)
         route = request.scope.get("route")
         path = getattr(route, "path", "unmatched")
         state: ServiceState | None = getattr(request.app.state, "service", None)
@@ -207,6 +218,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         jobs.router,
         inference_v2.router,
         dashboard.router,
+        docs.router,
     ):
         app.include_router(router)
 

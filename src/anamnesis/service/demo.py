@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
+import socket
 import subprocess
 import sys
 import time
@@ -22,17 +24,18 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pandas as pd
 from sqlmodel import Session
 
+from anamnesis.client import AnamnesisClient
 from anamnesis.cohort import Scenario, generate, write_stream
 from anamnesis.service.jobs import train_first_model
+from anamnesis.service.schemas import JobPublic, PredictionPublic
 from anamnesis.service.settings import Settings
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.ingest import ColumnMapping, ingest_file
 from anamnesis.storage.migrate import upgrade
-from anamnesis.storage.models import ApiRole
+from anamnesis.storage.models import ApiRole, RunStatus
 from anamnesis.storage.private import write_private
 from anamnesis.storage.repository import create_api_key
 
@@ -56,6 +59,7 @@ def run_demo(
     say: Say,
 ) -> dict[str, Any]:
     home = settings.home.resolve()
+    refuse_if_busy(home, port)
     if home.exists():
         say(f"removing the previous demo in {home}")
         shutil.rmtree(home)
@@ -109,37 +113,101 @@ def run_demo(
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
+    # The demo owns its server: the lock names both, and any ending signal ends the server's group.
+    (home / LOCK_FILE).write_text(f"{os.getpid()} {server.pid}\n")
+    previous_handlers = {signum: signal.signal(signum, _interrupted) for signum in ENDING_SIGNALS}
     base = f"http://127.0.0.1:{port}"
     summary: dict[str, Any] = {"periods": []}
     try:
-        client = httpx.Client(base_url=base, headers={"X-API-Key": admin_key}, timeout=120)
-        _wait(lambda: _ready(client), 180, "the service to load version 1", server)
-        say(f"service running at {base}/ (dashboard), API key in {home / 'admin.key'}")
-        for period in range(2, periods + 1):
-            rows = frame[frame.period == period]
-            summary["periods"].append(
-                _replay_period(client, rows, period, stream.periods[period - 1].description, say, server)
-            )
-        versions = client.get("/v1/models").json()
-        summary["versions"] = [{"id": v["id"], "status": v["status"]} for v in versions]
-        say("versions: " + ", ".join(f"v{v['id']} {v['status']}" for v in reversed(versions)))
-        key_file = home / "admin.key"
-        say(f"open {base}/ for the dashboard (sign in with the key in {key_file}); {base}/v1/models with X-API-Key")
-        if keep_running:
-            say("the service keeps running; Ctrl-C stops it")
-            server.wait()
+        with AnamnesisClient(base, api_key=admin_key) as client:
+            _wait(client.ready, 180, "the service to load version 1", server)
+            say(f"service running at {base}/ (dashboard), API key in {home / 'admin.key'}")
+            for period in range(2, periods + 1):
+                rows = frame[frame.period == period]
+                summary["periods"].append(
+                    _replay_period(client, rows, period, stream.periods[period - 1].description, say, server)
+                )
+            versions = client.models().data
+            summary["versions"] = [{"id": v.id, "status": str(v.status)} for v in versions]
+            say("summary, period by period:")
+            for entry in summary["periods"]:
+                say(
+                    f"  period {entry['period']}: {entry['accuracy_before_update']:.1%} correct; {entry['followed_by']}"
+                )
+            say("versions: " + ", ".join(f"v{v.id} {v.status}" for v in reversed(versions)))
+            key_file = home / "admin.key"
+            say(f"open {base}/ for the dashboard (sign in with the key in {key_file}); {base}/v1/models with X-API-Key")
+            if keep_running:
+                say("the service keeps running; Ctrl-C stops it")
+                server.wait()
     except KeyboardInterrupt:
-        pass
+        say("stopping the demo's service")
     finally:
-        if server.poll() is None:
-            server.terminate()
-            try:
-                server.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                server.kill()
+        for signum, handler in previous_handlers.items():
+            signal.signal(signum, handler)
+        _stop_group(server)
         log.close()
+        (home / LOCK_FILE).unlink(missing_ok=True)
     summary["data"] = str(data)
     return summary
+
+
+LOCK_FILE = "demo.pid"
+ENDING_SIGNALS = (signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
+
+
+class DemoBusyError(RuntimeError):
+    """The demo's port or home is in use: starting would delete a database under a running service."""
+
+
+def refuse_if_busy(home: Path, port: int) -> None:
+    """Refuses to start before anything is deleted when a process of an earlier demo in `home` is
+    alive or something listens on `port`."""
+    lock = home / LOCK_FILE
+    if lock.exists():
+        alive = [pid for pid in _pids(lock.read_text()) if _alive(pid)]
+        if alive:
+            raise DemoBusyError(
+                f"a demo is still running in {home} (process {', '.join(map(str, alive))}); stop it (kill "
+                f"{' '.join(map(str, alive))}) or choose another --home"
+            )
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            raise DemoBusyError(f"port {port} is in use; stop what listens there or choose another --port") from None
+
+
+def _pids(text: str) -> list[int]:
+    return [int(word) for word in text.split() if word.isdigit()]
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _interrupted(signum: int, _frame: object) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
+
+
+def _stop_group(server: subprocess.Popen[bytes]) -> None:
+    """Ends the server and everything it started (its own process group)."""
+    if server.poll() is not None:
+        return
+    try:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(server.pid, signal.SIGKILL)
+        server.wait()
+    except ProcessLookupError:
+        pass
 
 
 def _server_settings(settings: Settings, home: Path) -> Settings:
@@ -147,13 +215,6 @@ def _server_settings(settings: Settings, home: Path) -> Settings:
     return settings.with_overrides(
         home=home, database_url=None, drift_interval_s=60.0, model_poll_s=1.0, worker_tick_s=1.0
     )
-
-
-def _ready(client: httpx.Client) -> bool:
-    try:
-        return client.get("/readyz").status_code == 200
-    except httpx.HTTPError:
-        return False
 
 
 def _wait(condition: Callable[[], Any], timeout: float, what: str, server: subprocess.Popen[bytes]) -> Any:
@@ -169,68 +230,59 @@ def _wait(condition: Callable[[], Any], timeout: float, what: str, server: subpr
 
 
 def _replay_period(
-    client: httpx.Client, rows: Any, period: int, description: str, say: Say, server: subprocess.Popen[bytes]
+    client: AnamnesisClient, rows: Any, period: int, description: str, say: Say, server: subprocess.Popen[bytes]
 ) -> dict[str, Any]:
     say(f"period {period} ({description}): {len(rows)} records")
-    predictions: list[dict[str, Any]] = []
+    predictions: list[PredictionPublic] = []
     labels: list[str] = []
     started = time.perf_counter()
     records = rows.to_dict("records")
     for start in range(0, len(records), 32):
         chunk = records[start : start + 32]
-        body = [_item(record) for record in chunk]
-        answer = client.post("/v1/predict", json=body)
-        answer.raise_for_status()
-        predictions += answer.json()["predictions"]
+        predictions += client.predict([_item(record) for record in chunk]).predictions
         labels += [record["label"] for record in chunk]
-    correct = sum(p["label"] == label for p, label in zip(predictions, labels, strict=True))
-    versions = sorted({p["model_version"] for p in predictions})
+    correct = sum(p.label == label for p, label in zip(predictions, labels, strict=True))
+    versions = sorted({p.model_version for p in predictions})
     say(
         f"  predicted {len(predictions)} records in {time.perf_counter() - started:.0f}s with "
         f"v{', v'.join(map(str, versions))}: {correct / len(predictions):.1%} correct"
     )
-    truth = [
-        {"prediction_id": p["prediction_id"], "label": label} for p, label in zip(predictions, labels, strict=True)
-    ]
-    client.post("/v1/labels", json={"labels": truth}).raise_for_status()
+    truth = [{"prediction_id": p.prediction_id, "label": label} for p, label in zip(predictions, labels, strict=True)]
+    client.send_labels(truth)
     say(f"  ground truth arrived for {len(truth)} records; asking the worker for a drift check")
-    queued = client.post("/v1/jobs/drift-check", json={"reason": f"labels of period {period} arrived"})
-    queued.raise_for_status()
-    check_id = queued.json()["id"]
+    check_id = client.queue_drift_check(reason=f"labels of period {period} arrived").id
     outcome: dict[str, Any] = {"period": period, "accuracy_before_update": correct / len(predictions)}
     check = _wait(lambda: _job_done(client, check_id), 600, "the drift check", server)
-    outcome["drift_check"] = check["metrics"]
+    outcome["drift_check"] = check.metrics
     say(f"  drift check: {_outcome(check)}")
+    update_job_id = check.metrics.get("update_job_id")
     retrain = (
-        _wait(lambda: _finished(client, "retrain", check_id), 900, "the update", server)
-        if check["metrics"].get("update")
+        _wait(lambda: _job_done(client, update_job_id), 900, "the update", server)
+        if isinstance(update_job_id, int)
         else None
     )
     if retrain:
-        outcome["update"] = retrain["metrics"]
+        outcome["update"] = retrain.metrics
+        outcome["followed_by"] = f"update job {retrain.id}: {_outcome(retrain)}"
         say(f"  update: {_outcome(retrain)}")
-        if retrain["metrics"].get("gate"):
-            say(f"  gate: {retrain['metrics']['gate']}")
+        if retrain.metrics.get("gate"):
+            say(f"  gate: {retrain.metrics['gate']}")
     else:
+        reasons = check.metrics.get("reasons") or ["the drift check did not finish"]
+        outcome["followed_by"] = f"no update ({'; '.join(reasons)})"
         say("  no update decided")
     return outcome
 
 
-def _outcome(job: dict[str, Any]) -> str:
-    if job["status"] == "failed":
-        return f"failed: {(job['error'] or '').splitlines()[0]}"
-    return job["progress_message"] or "done"
+def _outcome(job: JobPublic) -> str:
+    if job.status == RunStatus.failed:
+        return f"failed: {(job.error or '').splitlines()[0]}"
+    return job.progress_message or "done"
 
 
-def _job_done(client: httpx.Client, job_id: int) -> dict[str, Any] | None:
-    job = client.get(f"/v1/jobs/{job_id}").json()
-    return job if job["status"] in {"succeeded", "failed"} else None
-
-
-def _finished(client: httpx.Client, kind: str, after: int) -> dict[str, Any] | None:
-    jobs = [job for job in client.get("/v1/jobs").json() if job["kind"] == kind and job["id"] > after]
-    done = [job for job in jobs if job["status"] in {"succeeded", "failed"}]
-    return min(done, key=lambda job: job["id"]) if done else None
+def _job_done(client: AnamnesisClient, job_id: int) -> JobPublic | None:
+    job = client.job(job_id)
+    return job if job.status in {RunStatus.succeeded, RunStatus.failed} else None
 
 
 def _item(record: dict[str, Any]) -> dict[str, Any]:

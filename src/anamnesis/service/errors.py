@@ -1,8 +1,9 @@
 """The one place where domain errors become HTTP answers.
 
 Answers carry `{"detail": message}`, except under /v2, where the Open Inference Protocol asks for
-`{"error": message}`. A refused request is described by field and problem, never by the value sent:
-a value may be patient text.
+`{"error": message}` (for every failure: authentication, validation, size, readiness, routing). A
+refused request is described by field and problem, never by the value sent: a value may be patient
+text. The gRPC side of the protocol maps the same errors through `status_of`.
 """
 
 from __future__ import annotations
@@ -11,12 +12,20 @@ from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
 from fastapi import FastAPI, Request
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anamnesis.learner.errors import NothingToLearnError
-from anamnesis.service.predicting.errors import DatabaseUnavailableError, NoModelError, TooManyRecordsError
+from anamnesis.service.predicting.errors import (
+    DatabaseUnavailableError,
+    NoModelError,
+    TooManyRecordsError,
+    VersionNotServedError,
+    VersionUnavailableError,
+)
 from anamnesis.storage.errors import (
     ArtifactIntegrityError,
     ArtifactWriteError,
@@ -34,6 +43,8 @@ _STATUS: list[tuple[type[Exception], int]] = [
     (InvalidInputError, 422),
     (TooManyRecordsError, 413),
     (NoModelError, 503),
+    (VersionNotServedError, 404),
+    (VersionUnavailableError, 503),
     (ArtifactIntegrityError, 500),
     (ArtifactWriteError, 500),
 ]
@@ -43,17 +54,36 @@ RETRY_AFTER = {"Retry-After": "5"}
 
 
 class V2Error(Exception):
-    """A request the Open Inference Protocol routes refuse, with its status."""
+    """A request the Open Inference Protocol refuses (over HTTP or gRPC), with its HTTP status."""
 
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
 
 
+def status_of(error: Exception) -> int | None:
+    """The HTTP status a domain error answers with; None for an error that is not the client's nor expected."""
+    if isinstance(error, V2Error):
+        return error.status
+    if isinstance(error, DatabaseUnavailableError | OperationalError):
+        return 503
+    return next((status for error_type, status in _STATUS if isinstance(error, error_type)), None)
+
+
+def is_v2_path(path: str) -> bool:
+    """Whether a path is the Open Inference Protocol's, whose failures answer `{"error": message}`."""
+    return path == "/v2" or path.startswith("/v2/")
+
+
+def error_key(path: str) -> str:
+    return "error" if is_v2_path(path) else "detail"
+
+
 def register_error_handlers(app: FastAPI) -> None:
     for error_type, status in _STATUS:
         app.add_exception_handler(error_type, _handler(status))
     app.add_exception_handler(V2Error, _v2_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(DatabaseUnavailableError, _handler(503, RETRY_AFTER))
     app.add_exception_handler(OperationalError, _database_unavailable)
@@ -61,8 +91,16 @@ def register_error_handlers(app: FastAPI) -> None:
 
 
 def _answer(request: Request, message: str, status: int, headers: dict[str, str] | None = None) -> JSONResponse:
-    key = "error" if request.url.path.startswith("/v2/") else "detail"
-    return JSONResponse({key: message}, status_code=status, headers=headers)
+    return JSONResponse({error_key(request.url.path): message}, status_code=status, headers=headers)
+
+
+async def _http_error(request: Request, error: Exception) -> Response:
+    """FastAPI's answer to an HTTPException (a refused key, an unknown path, a body over the limit), but
+    `{"error": message}` under /v2."""
+    assert isinstance(error, StarletteHTTPException)
+    if not is_v2_path(request.url.path):
+        return await http_exception_handler(request, error)
+    return _answer(request, str(error.detail), error.status_code, dict(error.headers or {}))
 
 
 def _handler(
@@ -95,12 +133,16 @@ def validation_problems(errors: Sequence[Any]) -> list[dict[str, Any]]:
     return relevant or problems
 
 
+def problems_message(problems: Sequence[dict[str, Any]]) -> str:
+    """Validation problems in one line, each as its location and message."""
+    return "; ".join(f"{'.'.join(str(part) for part in p['loc'])}: {p['msg']}" for p in problems)
+
+
 async def _invalid_request(request: Request, error: Exception) -> JSONResponse:
     assert isinstance(error, RequestValidationError)
     problems = validation_problems(error.errors())
-    if request.url.path.startswith("/v2/"):
-        message = "; ".join(f"{'.'.join(str(part) for part in p['loc'])}: {p['msg']}" for p in problems)
-        return JSONResponse({"error": message}, status_code=422)
+    if is_v2_path(request.url.path):
+        return JSONResponse({"error": problems_message(problems)}, status_code=422)
     return JSONResponse({"detail": problems}, status_code=422)
 
 

@@ -276,21 +276,21 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         )
     except WindowTooSmallError as error:
         return {"skipped": str(error)}, f"skipped: {error}"
-    action = "no update"
+    action, update_job_id = "no update", None
     if decision.update:
         try:
             with Session(engine) as session:
-                create_job(
+                update_job_id = create_job(
                     session,
                     kind=JobKind.retrain,
                     trigger=Trigger.drift,
                     actor=actor,
                     reason="; ".join(decision.reasons)[:2000],
                     config={"drift_report_id": report.id},
-                )
+                ).id
             action = "update queued"
         except JobAlreadyQueuedError as waiting:
-            action = f"an update was already queued (job {waiting.job_id})"
+            action, update_job_id = f"an update was already queued (job {waiting.job_id})", waiting.job_id
     flagged = [str(family) for family, value in result.flags.items() if value]
     verdict = f"drift in {', '.join(flagged)}" if report.drift_detected else "no drift"
     message = f"report {report.id}: {verdict}; {action} ({'; '.join(decision.reasons)[:300]})"
@@ -298,5 +298,6 @@ def run_scheduled_check(settings: Settings, engine: Engine, *, run_id: int, acto
         "drift_report_id": report.id,
         "drift_detected": report.drift_detected,
         "update": decision.update,
+        "update_job_id": update_job_id,
         "reasons": list(decision.reasons),
     }, message

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Literal, Self
+from typing import Any, Generic, Literal, Self, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -14,6 +14,15 @@ from anamnesis.service.auth import Principal
 from anamnesis.service.predicting.runtime import RuntimeChoice
 from anamnesis.storage.models import ApiRole, JobKind, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
 from anamnesis.storage.schemas import LabelName, PatientReference, RecordBase
+
+Item = TypeVar("Item")
+
+
+class Page(BaseModel, Generic[Item]):
+    """A page of a list, newest first, with the number of rows in all (to page with limit and offset)."""
+
+    data: list[Item]
+    count: int = Field(description="Rows in all, whatever the limit and offset.")
 
 
 class PredictItem(RecordBase):
@@ -84,6 +93,12 @@ class RecordItem(RecordBase):
 RecordsRequest.model_rebuild()
 
 
+class NewLabelPublic(BaseModel):
+    label: str
+    rows: int
+    nearest: str | None = Field(description="The most similar label already known, if any is similar.")
+
+
 class IngestResponse(BaseModel):
     rows_read: int
     inserted: int
@@ -92,6 +107,11 @@ class IngestResponse(BaseModel):
     rejected: int
     errors: list[dict[str, Any]] = Field(description="Rejected rows: number and reason (at most 100 shown).")
     record_ids: list[int] = Field(default_factory=list, description="Ids of the stored records, in input order.")
+    new_labels: list[NewLabelPublic] = Field(
+        default_factory=list,
+        description="Labels neither stored nor declared before this upload, most rows first: a typo shows here "
+        "beside the existing label it is nearest to (declare a vocabulary to refuse such rows).",
+    )
 
 
 class ModelVersionPublic(BaseModel):
@@ -202,28 +222,53 @@ class Readiness(BaseModel):
 
 
 # --- Open Inference Protocol v2 ---
+# Parameters are the protocol's open objects; each name the service reads is checked where it is read.
 
 
-class V2Tensor(BaseModel):
-    name: str
-    shape: list[int]
-    datatype: str
-    data: list[Any]
-    parameters: dict[str, Any] | None = None
+class V2InputTensor(BaseModel):
+    """An input of an infer request: its elements in `data` (JSON), or `parameters.binary_data_size`
+    bytes of the body after the JSON (the binary tensor data extension)."""
+
+    name: str = Field(min_length=1, max_length=64)
+    shape: list[int] = Field(max_length=8, description="Dimensions; [N] or [N, 1] for N records.")
+    datatype: str = Field(max_length=16, description="BYTES for every input of this model.")
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    data: list[Any] | None = Field(default=None, description="Row-major elements (nested lists are flattened).")
+
+
+class V2RequestedOutput(BaseModel):
+    name: str = Field(min_length=1, max_length=64)
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="`binary_data`: this output as binary data after the JSON."
+    )
 
 
 class V2InferRequest(BaseModel):
-    id: str | None = None
-    inputs: list[V2Tensor] = Field(min_length=1)
-    outputs: list[dict[str, Any]] | None = None
-    parameters: dict[str, Any] | None = None
+    id: str | None = Field(default=None, max_length=256, description="Echoed in the response.")
+    inputs: list[V2InputTensor] = Field(min_length=1, max_length=8)
+    outputs: list[V2RequestedOutput] | None = Field(
+        default=None, max_length=8, description="The outputs to return; all when absent."
+    )
+    parameters: dict[str, Any] = Field(
+        default_factory=dict, description="`binary_data_output`: every output as binary data unless it says otherwise."
+    )
+
+
+class V2OutputTensor(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: str
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_size` when the output is binary data after the JSON."
+    )
+    data: list[Any] | None = None
 
 
 class V2InferResponse(BaseModel):
     model_name: str
     model_version: str
     id: str | None = None
-    outputs: list[V2Tensor]
+    outputs: list[V2OutputTensor]
 
 
 class V2TensorMetadata(BaseModel):
@@ -239,3 +284,22 @@ class V2ModelMetadata(BaseModel):
     inputs: list[V2TensorMetadata]
     outputs: list[V2TensorMetadata]
     parameters: dict[str, Any] = Field(default_factory=dict, description="`labels`: the probability columns.")
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Liveness(BaseModel):
+    live: bool
+
+
+class V2Readiness(BaseModel):
+    ready: bool
+
+
+class V2ModelReadiness(BaseModel):
+    name: str
+    ready: bool

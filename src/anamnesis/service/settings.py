@@ -94,6 +94,13 @@ class Settings(BaseSettings):
     # --- API ---
     host: str = Field(default="127.0.0.1", description="Address the API listens on.")
     port: int = Field(default=8000, ge=1, le=65535, description="Port the API listens on.")
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Port of the Open Inference Protocol's gRPC service (inference.GRPCInferenceService), on `host` "
+        "beside the API, in each API process; unset: HTTP only.",
+    )
     max_request_bytes: int = Field(default=2_000_000, ge=1_000, description="Largest accepted request body.")
     max_upload_bytes: int = Field(default=200_000_000, ge=1_000, description="Largest accepted bulk upload.")
     max_batch_items: int = Field(default=256, ge=1, description="Records per predict request.")

@@ -3,6 +3,10 @@
 Every row is validated on its own: an invalid row is reported with its row number and reason and
 the rest of the file is stored, batch by batch, each batch in one transaction. Re-ingesting a
 file stores nothing twice. Error messages name columns and rules, never patient text.
+
+Labels (storage.vocabulary): once a vocabulary is declared, a row whose label is outside it is
+rejected; declared or not, the report lists the labels never stored nor declared before, with
+their row counts and nearest known label, so that a typo does not silently become a class.
 """
 
 from __future__ import annotations
@@ -30,6 +34,16 @@ from anamnesis.storage.hashing import patient_hash, record_content_hash
 from anamnesis.storage.models import AuditAction, utcnow
 from anamnesis.storage.repository import PreparedRecord, record_audit_event, store_record_batch
 from anamnesis.storage.schemas import RecordCreate, describe_errors
+from anamnesis.storage.vocabulary import (
+    NewLabel,
+    NewLabelTally,
+    UnknownLabelError,
+    declare_labels,
+    declared_labels,
+    known_labels,
+    label_problem,
+    valid_labels,
+)
 
 MAX_FILE_BYTES = 2 * 1024**3
 
@@ -107,6 +121,8 @@ class IngestReport:
     batches: int = 0
     errors: list[RowError] = field(default_factory=list)
     record_ids: list[int] = field(default_factory=list)
+    new_labels: list[NewLabel] = field(default_factory=list)
+    """Labels of valid rows that were neither stored nor declared before this ingest, most rows first."""
 
     @property
     def rejected(self) -> int:
@@ -121,6 +137,7 @@ class IngestReport:
             "labels_added": self.labels_added,
             "rejected": self.rejected,
             "batches": self.batches,
+            "new_labels": {new.label: new.rows for new in self.new_labels[:50]},
         }
 
 
@@ -303,6 +320,8 @@ class RowValidator:
     patient_key: bytes
     field_columns: tuple[str, ...] | None
     ingested_at: datetime
+    vocabulary: frozenset[str] | None = None
+    """The declared labels: a row labeled otherwise is rejected. None: every label is accepted."""
 
     def __call__(self, row: int, values: dict[str, Any]) -> PreparedRecord | RowError:
         mapping = self.mapping
@@ -343,6 +362,8 @@ class RowValidator:
             return RowError(row, describe_errors(error))
         except ValueError as error:
             return RowError(row, str(error))
+        if record.label is not None and (problem := label_problem(record.label, self.vocabulary)):
+            return RowError(row, f"column {mapping.label!r}: {problem}")
         return prepare_record(record, patient_key=self.patient_key, ingested_at=self.ingested_at)
 
     def _other_columns(self, values: dict[str, Any]) -> list[str]:
@@ -395,14 +416,20 @@ def validated_batches(
     patient_key: bytes,
     file_format: FileFormat | None = None,
     batch_size: int = 1000,
+    vocabulary: frozenset[str] | None = None,
 ) -> Iterator[tuple[int, list[PreparedRecord], list[RowError]]]:
-    """Reads and validates `path` batch by batch: (rows read, valid records, row errors)."""
+    """Reads and validates `path` batch by batch: (rows read, valid records, row errors); with a
+    `vocabulary`, a row labeled outside it is an error."""
     _check_readable(path)
     fmt = detect_format(path, file_format)
     _check_mapping(path.name, inspect_columns(path, fmt), mapping)
     readers = {FileFormat.csv: _csv_rows, FileFormat.jsonl: _jsonl_rows, FileFormat.parquet: _parquet_rows}
     validate = RowValidator(
-        mapping=mapping, patient_key=patient_key, field_columns=mapping.fields, ingested_at=utcnow()
+        mapping=mapping,
+        patient_key=patient_key,
+        field_columns=mapping.fields,
+        ingested_at=utcnow(),
+        vocabulary=vocabulary,
     )
     batches = readers[fmt](path, batch_size)
     first = next(batches, [])
@@ -429,7 +456,7 @@ def refuse_identifier_columns(source: str, rows: Sequence[Mapping[str, Any]], ma
 
 
 def validated_frame(
-    frame: pd.DataFrame, *, mapping: ColumnMapping, patient_key: bytes
+    frame: pd.DataFrame, *, mapping: ColumnMapping, patient_key: bytes, vocabulary: frozenset[str] | None = None
 ) -> tuple[list[PreparedRecord], list[RowError]]:
     """Validates the rows of a data frame in memory exactly as ingesting it written to Parquet would
     (the same Arrow conversion of each value, the same validation)."""
@@ -437,7 +464,11 @@ def validated_frame(
 
     _check_mapping("the data frame", [str(column) for column in frame.columns], mapping)
     validate = RowValidator(
-        mapping=mapping, patient_key=patient_key, field_columns=mapping.fields, ingested_at=utcnow()
+        mapping=mapping,
+        patient_key=patient_key,
+        field_columns=mapping.fields,
+        ingested_at=utcnow(),
+        vocabulary=vocabulary,
     )
     rows = pa.Table.from_pandas(frame, preserve_index=False).to_pylist()
     refuse_identifier_columns("the data frame", rows[:1000], mapping)
@@ -468,19 +499,47 @@ def ingest_file(
     dry_run: bool = False,
     rejects_path: Path | None = None,
     on_progress: ProgressCallback | None = None,
+    declare: Sequence[str] = (),
 ) -> IngestReport:
-    """Validates every row of `path` and stores the valid ones in batches (nothing when `dry_run`)."""
+    """Validates every row of `path` and stores the valid ones in batches (nothing when `dry_run`).
+
+    declare: labels added to the declared vocabulary (audited) once the file is known to be
+    readable, before any row is stored; the rows are checked against the vocabulary with them
+    (with `dry_run`, they are used for this ingest and not stored)."""
     report = IngestReport(path=str(path))
     source = f"ingest:{path.name}"
+    extra = valid_labels(declare)
+    with Session(engine) as session:
+        declared = declared_labels(session)
+        known = known_labels(session)
+    vocabulary = (declared or frozenset()) | frozenset(extra) or None
+    tally = NewLabelTally(known=known | frozenset(extra))
     batches = validated_batches(
-        path, mapping=mapping, patient_key=patient_key, file_format=file_format, batch_size=batch_size
+        path,
+        mapping=mapping,
+        patient_key=patient_key,
+        file_format=file_format,
+        batch_size=batch_size,
+        vocabulary=vocabulary,
     )
     for rows_read, prepared, errors in batches:
+        if extra and not dry_run:
+            # Only now: the file is readable and its columns are right.
+            with Session(engine) as session:
+                declare_labels(session, labels=extra, actor=actor)
+            extra = []
         report.errors.extend(errors)
         report.rows_read += rows_read
+        tally.add(record.label for record in prepared)
         if prepared and not dry_run:
-            with Session(engine) as session:
-                batch = store_record_batch(session, records=prepared, source=source, actor=actor)
+            try:
+                with Session(engine) as session:
+                    batch = store_record_batch(session, records=prepared, source=source, actor=actor)
+            except UnknownLabelError:
+                raise IngestFileError(
+                    f"{path.name}: the declared label vocabulary changed during the ingest ({report.batches} "
+                    "batches were stored); ingest the file again, nothing is stored twice"
+                ) from None
             report.inserted += batch.inserted
             report.duplicates += batch.duplicates
             report.labels_added += batch.labels_added
@@ -488,6 +547,7 @@ def ingest_file(
             report.batches += 1
         if on_progress is not None:
             on_progress(rows_read)
+    report.new_labels = tally.report()
     if rejects_path is not None:
         write_rejects(report.errors, rejects_path)
     if not dry_run:

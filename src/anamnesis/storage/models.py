@@ -93,6 +93,7 @@ class AuditAction(StrEnum):
     run_failed = "run_failed"
     retention = "retention"
     hold = "hold"
+    label_vocabulary = "label_vocabulary"
 
 
 class ApiRole(StrEnum):
@@ -124,6 +125,15 @@ class Label(SQLModel, table=True):
     source: str = Field(max_length=200)
     actor: str = Field(max_length=100)
     labeled_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False, index=True))
+
+
+class DeclaredLabel(SQLModel, table=True):
+    """One label of the declared vocabulary. Once any is declared, a label outside them is refused
+    (storage.vocabulary); with none declared, any label is accepted."""
+
+    label: str = Field(primary_key=True, max_length=100)
+    actor: str = Field(max_length=100)
+    declared_at: datetime = Field(default_factory=utcnow, sa_column=Column(UTCDateTime(), nullable=False))
 
 
 class ModelVersion(SQLModel, table=True):

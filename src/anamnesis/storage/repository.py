@@ -46,6 +46,7 @@ from anamnesis.storage.models import (
     utcnow,
 )
 from anamnesis.storage.queries import current_labels
+from anamnesis.storage.vocabulary import check_labels
 
 
 def _audit(
@@ -137,7 +138,9 @@ def _ids_by_hash(session: Session, hashes: Sequence[str]) -> dict[str, int]:
 
 
 def store_record_batch(session: Session, *, records: Sequence[PreparedRecord], source: str, actor: str) -> BatchOutcome:
-    """Stores a batch in one transaction: new records once, labels only where they change."""
+    """Stores a batch in one transaction: new records once, labels only where they change. A label
+    outside the declared vocabulary refuses the whole batch (vocabulary.UnknownLabelError)."""
+    check_labels(session, [record.label for record in records])
     outcome = _add_records(session, records=records, source=source, actor=actor)
     session.commit()
     return outcome
@@ -721,7 +724,9 @@ def add_drift_report(
 
 
 def add_labels(session: Session, *, labels: Sequence[tuple[int, str]], source: str, actor: str) -> list[Label]:
-    """Adds ground truth for many records in one transaction; (record id, label) pairs."""
+    """Adds ground truth for many records in one transaction; (record id, label) pairs. A label
+    outside the declared vocabulary refuses them all (vocabulary.UnknownLabelError)."""
+    check_labels(session, [label for _, label in labels])
     record_ids = sorted({record_id for record_id, _ in labels})
     found = set(session.scalars(select(col(Record.id)).where(col(Record.id).in_(record_ids))))
     missing = [record_id for record_id in record_ids if record_id not in found]

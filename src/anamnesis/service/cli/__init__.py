@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import typer
 
-from anamnesis.service.cli import bench, data, drift, gc, keys, models, run
+from anamnesis.service.cli import bench, data, drift, gc, keys, labels, models, run
 from anamnesis.service.cli.context import CliContext
 
 app = typer.Typer(
@@ -24,6 +24,7 @@ def _context(ctx: typer.Context) -> None:
 app.add_typer(data.db_app, name="db")
 app.add_typer(data.cohort_app, name="cohort")
 app.command()(data.ingest)
+app.add_typer(labels.labels_app, name="labels")
 app.add_typer(models.models_app, name="models")
 app.command()(models.train)
 app.command()(models.promote)

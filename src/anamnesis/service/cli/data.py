@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from anamnesis.service.cli.context import ACTOR, CliContext, choice, comma_list, fail
+
+if TYPE_CHECKING:
+    from anamnesis.storage.vocabulary import NewLabel
 
 db_app = typer.Typer(help="Database schema.", no_args_is_help=True)
 cohort_app = typer.Typer(help="Synthetic oncology cohorts.", no_args_is_help=True)
@@ -50,8 +53,19 @@ def ingest(
     batch_size: Annotated[int, typer.Option(min=1, max=100_000, help="Rows per transaction.")] = 1000,
     rejects: Annotated[Path | None, typer.Option(help="Write rejected rows' numbers and reasons here (CSV).")] = None,
     dry_run: Annotated[bool, typer.Option(help="Validate only; store nothing.")] = False,
+    labels_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="Labels, one a line, declared (added to the vocabulary, as `labels declare --file` does) before "
+            "the rows are read: a row labeled outside the vocabulary is rejected. With --dry-run, used, not stored."
+        ),
+    ] = None,
 ) -> None:
     """Validate a file of records and store the valid rows; re-ingesting stores nothing twice.
+
+    Labels never stored nor declared before are reported with the nearest known label (a typo
+    would become a class of its own); once a vocabulary is declared, rows labeled outside it are
+    rejected.
 
     Exit status: 0 when every row was stored, 1 when some rows were rejected, 2 when the file
     itself cannot be ingested (nothing stored).
@@ -59,7 +73,7 @@ def ingest(
     cli = CliContext.of(ctx)
     from tqdm import tqdm
 
-    from anamnesis.storage.errors import IngestFileError
+    from anamnesis.storage.errors import IngestFileError, InvalidInputError
     from anamnesis.storage.ingest import (
         ColumnMapping,
         FileFormat,
@@ -68,9 +82,14 @@ def ingest(
         ingest_file,
         inspect_columns,
     )
+    from anamnesis.storage.vocabulary import read_label_file
 
     settings = cli.settings
     fmt = choice(FileFormat, file_format, "--format") if file_format else None
+    try:
+        declared = read_label_file(labels_file) if labels_file is not None else []
+    except InvalidInputError as error:
+        fail(f"--labels-file: {error}")
     try:
         columns = inspect_columns(file, fmt)
     except IngestFileError as error:
@@ -103,8 +122,9 @@ def ingest(
                 dry_run=dry_run,
                 rejects_path=rejects,
                 on_progress=bar.update,
+                declare=declared,
             )
-    except IngestFileError as error:
+    except InvalidInputError as error:
         fail(str(error))
     for row_error in report.errors[:20]:
         typer.secho(f"row {row_error.row}: {row_error.reason}", err=True, fg=typer.colors.YELLOW)
@@ -114,6 +134,7 @@ def ingest(
             err=True,
             fg=typer.colors.YELLOW,
         )
+    _report_new_labels(report.new_labels)
     verb = "would store" if dry_run else "stored"
     typer.echo(
         f"{file.name}: {report.rows_read} rows read, {verb} {report.inserted} new records, "
@@ -121,6 +142,25 @@ def ingest(
     )
     if report.rejected:
         raise typer.Exit(1)
+
+
+def _report_new_labels(new_labels: list[NewLabel]) -> None:
+    """Labels no record had and none declared: each becomes a class of its own at the next training."""
+    if not new_labels:
+        return
+    shown = new_labels[:20]
+    described = [
+        f"{new.label!r} ({new.rows} row{'' if new.rows == 1 else 's'}"
+        + (f"; nearest: {new.nearest!r})" if new.nearest else "; nothing similar)")
+        for new in shown
+    ]
+    more = f", and {len(new_labels) - len(shown)} more" if len(new_labels) > len(shown) else ""
+    typer.secho(
+        f"{len(new_labels)} new label(s), each a new class at the next training: {', '.join(described)}{more}. "
+        "A typo? Declare the vocabulary (`anamnesis labels declare`) and labels outside it are refused.",
+        err=True,
+        fg=typer.colors.YELLOW,
+    )
 
 
 @cohort_app.command("generate")

@@ -20,6 +20,14 @@ def serve(
     api_only: Annotated[bool, typer.Option(help="Serve the API without the retraining worker (for replicas).")] = False,
     host: Annotated[str | None, typer.Option(help="Listen address (default from settings).")] = None,
     port: Annotated[int | None, typer.Option(help="Listen port (default from settings).")] = None,
+    grpc_port: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            max=65535,
+            help="Also serve the Open Inference Protocol over gRPC on this port (default from settings).",
+        ),
+    ] = None,
 ) -> None:
     """Run the API (and, unless --api-only, the retraining worker) in this process."""
     cli = CliContext.of(ctx)
@@ -28,6 +36,9 @@ def serve(
     from anamnesis.service.app import create_app
 
     settings = cli.settings
+    if host is not None or grpc_port is not None:
+        # The gRPC service listens beside the API, on the same address.
+        settings = settings.with_overrides(host=host or settings.host, grpc_port=grpc_port or settings.grpc_port)
     cli.configure_logging()
     engine = cli.engine
     if not api_only:

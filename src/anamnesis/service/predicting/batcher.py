@@ -2,7 +2,9 @@
 
 A batch starts as soon as the model is free and takes whatever has queued meanwhile, waiting at
 most `max_wait` for company; a lone request is not delayed. The batch runs in one worker thread
-through `LoadedModel.predict`, the service's one batched inference.
+through `LoadedModel.predict`, the service's one batched inference. A request's records run on the
+model it asked for, or on the model current when it arrived: a batch holding records for several
+models (during a swap, or with a version addressed by number) runs once per model.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class ItemResult:
 class _Pending:
     note: str
     fields: dict[str, Any]
+    model: LoadedModel
     future: asyncio.Future[ItemResult]
 
 
@@ -63,12 +66,15 @@ class MicroBatcher:
                 await self._task
         self._executor.shutdown(wait=True)
 
-    async def predict(self, items: Sequence[tuple[str, dict[str, Any]]]) -> list[ItemResult]:
-        self._registry.require()
+    async def predict(
+        self, items: Sequence[tuple[str, dict[str, Any]]], model: LoadedModel | None = None
+    ) -> list[ItemResult]:
+        """Results of records, on `model` or else on the current model."""
+        chosen = model or self._registry.require()
         if self._queue is None:
             raise RuntimeError("the batcher is not running")
         loop = asyncio.get_running_loop()
-        pending = [_Pending(note, fields, loop.create_future()) for note, fields in items]
+        pending = [_Pending(note, fields, chosen, loop.create_future()) for note, fields in items]
         for item in pending:
             self._queue.put_nowait(item)
         return list(await asyncio.gather(*(item.future for item in pending)))
@@ -92,26 +98,30 @@ class MicroBatcher:
                     batch.append(await asyncio.wait_for(self._queue.get(), remaining))
                 except TimeoutError:
                     break
-            live = [item for item in batch if not item.future.done()]
-            if not live:
-                continue
-            try:
-                model = self._registry.require()
-                started = time.perf_counter()
-                results = await loop.run_in_executor(self._executor, _run_batch, model, live)
-                self._on_batch(len(live), time.perf_counter() - started)
-            except Exception as error:
-                for item in live:
-                    if not item.future.done():
-                        item.future.set_exception(error)
-                continue
-            for item, result in zip(live, results, strict=True):
+            by_model: dict[int, list[_Pending]] = {}
+            for item in batch:
                 if not item.future.done():
-                    item.future.set_result(result)
+                    by_model.setdefault(id(item.model), []).append(item)
+            for live in by_model.values():
+                await self._run_one(loop, live)
+
+    async def _run_one(self, loop: asyncio.AbstractEventLoop, live: list[_Pending]) -> None:
+        try:
+            started = time.perf_counter()
+            results = await loop.run_in_executor(self._executor, _run_batch, live)
+            self._on_batch(len(live), time.perf_counter() - started)
+        except Exception as error:
+            for item in live:
+                if not item.future.done():
+                    item.future.set_exception(error)
+            return
+        for item, result in zip(live, results, strict=True):
+            if not item.future.done():
+                item.future.set_result(result)
 
 
-def _run_batch(model: LoadedModel, batch: Sequence[_Pending]) -> list[ItemResult]:
-    return item_results(model, [item.note for item in batch], [item.fields for item in batch])
+def _run_batch(batch: Sequence[_Pending]) -> list[ItemResult]:
+    return item_results(batch[0].model, [item.note for item in batch], [item.fields for item in batch])
 
 
 def item_results(model: LoadedModel, notes: Sequence[str], fields: Sequence[Mapping[str, Any]]) -> list[ItemResult]:

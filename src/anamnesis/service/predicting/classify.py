@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 
 from anamnesis.service.predicting.batcher import ItemResult
 from anamnesis.service.predicting.errors import DatabaseUnavailableError, TooManyRecordsError
+from anamnesis.service.predicting.runtime import LoadedModel
 from anamnesis.service.predicting.writer import PendingPrediction, new_prediction_id, prediction_row
 from anamnesis.service.schemas import PredictItem
 from anamnesis.service.state import ServiceState
@@ -15,15 +16,18 @@ from anamnesis.storage.ingest import prepare_record
 from anamnesis.storage.schemas import RecordCreate
 
 
-async def classify(state: ServiceState, items: Sequence[PredictItem]) -> list[tuple[str, ItemResult]]:
-    """Runs the records through the micro-batcher and queues them for storage; (prediction id, result)."""
+async def classify(
+    state: ServiceState, items: Sequence[PredictItem], model: LoadedModel | None = None
+) -> list[tuple[str, ItemResult]]:
+    """Runs the records through the micro-batcher (on `model`, or else the current model) and queues them
+    for storage; (prediction id, result)."""
     limit = state.settings.max_batch_items
     if len(items) > limit:
         raise TooManyRecordsError(f"at most {limit} records per request, got {len(items)}")
     if state.health.down:
         raise DatabaseUnavailableError("the database is unavailable; predictions cannot be recorded")
     started = time.perf_counter()
-    results = await state.batcher.predict([(item.note, item.fields.to_json()) for item in items])
+    results = await state.batcher.predict([(item.note, item.fields.to_json()) for item in items], model)
     latency_ms = (time.perf_counter() - started) * 1000
     now = datetime.now(UTC)
     answered = []

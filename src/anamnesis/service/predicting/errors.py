@@ -11,3 +11,11 @@ class DatabaseUnavailableError(Exception):
 
 class TooManyRecordsError(Exception):
     """A request holds more records than one request may."""
+
+
+class VersionNotServedError(Exception):
+    """A model version addressed by number that does not serve: a candidate or a rejected version."""
+
+
+class VersionUnavailableError(Exception):
+    """A model version that may serve but whose artifacts cannot be loaded."""

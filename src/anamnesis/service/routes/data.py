@@ -1,4 +1,6 @@
-"""Records and delayed ground truth: single calls and bulk uploads (the ingest code)."""
+"""Records and delayed ground truth: single calls and bulk uploads (the ingest code). Once a label
+vocabulary is declared (`anamnesis labels declare`), a label outside it is refused: 422 naming the
+field and the nearest declared label for the JSON calls, a rejected row for an upload."""
 
 from __future__ import annotations
 
@@ -11,12 +13,20 @@ from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
 from anamnesis.service.deps import AdminKey, SessionDep, StateDep
-from anamnesis.service.schemas import IngestResponse, LabelResult, LabelsRequest, LabelsResponse, RecordsRequest
+from anamnesis.service.schemas import (
+    IngestResponse,
+    LabelResult,
+    LabelsRequest,
+    LabelsResponse,
+    NewLabelPublic,
+    RecordsRequest,
+)
 from anamnesis.storage.ingest import ColumnMapping, FileFormat, ingest_file, prepare_record
 from anamnesis.storage.models import row_id
 from anamnesis.storage.queries import find_prediction
 from anamnesis.storage.repository import add_labels, store_record_batch
 from anamnesis.storage.schemas import RecordCreate
+from anamnesis.storage.vocabulary import UnknownLabelError
 
 router = APIRouter(prefix="/v1", tags=["data"])
 
@@ -33,7 +43,10 @@ def add_records(body: RecordsRequest, state: StateDep, session: SessionDep, prin
         )
         for item in body.records
     ]
-    outcome = store_record_batch(session, records=prepared, source="api:records", actor=principal.actor)
+    try:
+        outcome = store_record_batch(session, records=prepared, source="api:records", actor=principal.actor)
+    except UnknownLabelError as error:
+        raise HTTPException(422, f"records[{error.index}].label: {error.problem}") from None
     return IngestResponse(
         rows_read=len(prepared),
         inserted=outcome.inserted,
@@ -69,7 +82,10 @@ def add_ground_truth(body: LabelsRequest, state: StateDep, session: SessionDep, 
             # Not the id itself: any text can be sent as one.
             raise HTTPException(404, f"labels[{index}]: no prediction has this prediction_id")
         pairs.append((prediction.record_id, item.label))
-    rows = add_labels(session, labels=pairs, source="api:labels", actor=principal.actor)
+    try:
+        rows = add_labels(session, labels=pairs, source="api:labels", actor=principal.actor)
+    except UnknownLabelError as error:
+        raise HTTPException(422, f"labels[{error.index}].label: {error.problem}") from None
     return LabelsResponse(labels=[LabelResult(label_id=row_id(r), record_id=r.record_id, label=r.label) for r in rows])
 
 
@@ -127,4 +143,5 @@ async def upload_records(
         rejected=report.rejected,
         errors=[{"row": e.row, "reason": e.reason} for e in report.errors[:100]],
         record_ids=report.record_ids,
+        new_labels=[NewLabelPublic(label=new.label, rows=new.rows, nearest=new.nearest) for new in report.new_labels],
     )

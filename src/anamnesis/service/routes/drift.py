@@ -8,9 +8,10 @@ from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
 from anamnesis.service.deps import Limit, Offset, ReaderKey, RowId, SessionDep
+from anamnesis.service.schemas import Page
 from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.models import DriftReport
-from anamnesis.storage.queries import get_drift_report, list_drift_reports
+from anamnesis.storage.queries import count_rows, get_drift_report, list_drift_reports
 from anamnesis.storage.schemas import DriftReportPublic
 
 router = APIRouter(prefix="/v1/drift", tags=["drift"])
@@ -22,10 +23,11 @@ def public(report: DriftReport) -> DriftReportPublic:
     )
 
 
-@router.get("", response_model=list[DriftReportPublic])
-def list_reports(session: SessionDep, _: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> list[DriftReportPublic]:
+@router.get("", response_model=Page[DriftReportPublic])
+def list_reports(session: SessionDep, _: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> Page[DriftReportPublic]:
     """Drift checks, newest first."""
-    return [public(r) for r in list_drift_reports(session, limit=limit, offset=offset)]
+    reports = [public(r) for r in list_drift_reports(session, limit=limit, offset=offset)]
+    return Page(data=reports, count=count_rows(session, DriftReport))
 
 
 @router.get("/{report_id}", response_model=DriftReportPublic)

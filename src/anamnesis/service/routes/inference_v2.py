@@ -1,150 +1,287 @@
-"""The Open Inference Protocol (KServe v2) so standard inference clients work.
+"""The Open Inference Protocol (KServe v2) over HTTP, so standard inference clients (tritonclient,
+KServe's) work unchanged. The model, its tensors and versions: open_inference/protocol.py.
 
-Model name `anamnesis`. Inputs: `note` (BYTES, [N]) and optionally `fields` (BYTES, [N], each a JSON
-object of structured fields) and `site` (BYTES, [N]). Outputs: `label` (BYTES, [N]),
-`probabilities` (FP32, [N, K], columns in the order of the model metadata's `labels` parameter)
-and `prediction_id` (BYTES, [N]).
+Conforming to the protocol's HTTP/REST spec: an infer body is JSON whatever its Content-Type (the
+reference client sends none), optionally gzip- or deflate-compressed (`Content-Encoding`, bounded
+by `max_request_bytes` once decompressed), optionally followed by binary tensor data (the binary
+tensor data extension: `Inference-Header-Content-Length` gives the JSON's length, each binary input
+its `parameters.binary_data_size`). Outputs come back as binary data when asked (per output
+`parameters.binary_data`, or `parameters.binary_data_output` for all), with the same header and
+application/octet-stream. Every failure answers `{"error": message}` (service/errors.py).
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+import zlib
+from typing import Annotated, Any
 
-from fastapi import APIRouter
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Request
+from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
 from anamnesis.service.deps import PredictKey, StateDep
-from anamnesis.service.errors import V2Error
-from anamnesis.service.predicting.classify import classify
+from anamnesis.service.errors import V2Error, problems_message, validation_problems
+from anamnesis.service.open_inference import protocol
 from anamnesis.service.schemas import (
-    PredictItem,
     V2InferRequest,
     V2InferResponse,
+    V2Liveness,
     V2ModelMetadata,
-    V2Tensor,
-    V2TensorMetadata,
+    V2ModelReadiness,
+    V2Readiness,
+    V2ServerMetadata,
 )
-from anamnesis.storage.schemas import describe_errors
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
-MODEL_NAME = "anamnesis"
+
+HEADER_LENGTH = "Inference-Header-Content-Length"
+ModelName = Annotated[str, Path(max_length=100, description="The model's name: `anamnesis`.")]
+Version = Annotated[
+    str, Path(max_length=20, description="A model version's id; the production and archived versions serve.")
+]
+ERRORS: dict[int | str, dict[str, Any]] = {
+    400: {"description": "Bad input: the message names the field and the problem."},
+    401: {"description": "No API key, or an unknown one."},
+    404: {"description": "Unknown model, or a version that does not serve."},
+    413: {"description": "More records than one request may hold, or a body over the limit."},
+    415: {"description": "A Content-Encoding other than gzip or deflate."},
+    503: {"description": "No model in production yet, or the database is unavailable."},
+}
 
 
-@router.get("/health/live")
-def live() -> dict[str, bool]:
-    return {"live": True}
+def _error_body(message: str) -> dict[str, Any]:
+    return {"description": message, "content": {"application/json": {"example": {"error": message}}}}
 
 
-@router.get("/health/ready", responses={503: {"description": "Not ready."}})
-def ready(state: StateDep) -> JSONResponse:
-    is_ready = state.registry.current is not None and not state.health.down
-    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """A JSON schema with its `$defs` references replaced by the definitions (for openapi_extra)."""
+    definitions = schema.pop("$defs", {})
+
+    def resolve(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return resolve(definitions[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: resolve(value) for key, value in node.items()}
+        if isinstance(node, list):
+            return [resolve(value) for value in node]
+        return node
+
+    resolved: dict[str, Any] = resolve(schema)
+    return resolved
 
 
-def _check_name(name: str) -> None:
-    if name != MODEL_NAME:
-        raise V2Error(f"unknown model {name!r}; this server serves {MODEL_NAME!r}", 404)
+# The body is read by hand (JSON without a Content-Type, compression, binary data): documented here.
+INFER_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": "JSON (any or no Content-Type), optionally followed by binary tensor data whose JSON "
+        f"length is in the {HEADER_LENGTH} header; gzip or deflate with Content-Encoding.",
+        "content": {"application/json": {"schema": _inlined(V2InferRequest.model_json_schema())}},
+    }
+}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "description": f"JSON, or (binary outputs requested) JSON followed by binary data whose JSON length is in "
+        f"the {HEADER_LENGTH} header, as application/octet-stream.",
+        "content": {"application/octet-stream": {}},
+    },
+    **ERRORS,
+}
 
 
-@router.get("/models/{name}", response_model=V2ModelMetadata, responses={404: {"description": "Unknown model."}})
-def metadata(name: str, state: StateDep) -> Any:
-    _check_name(name)
-    model = state.registry.current
-    labels = list(model.labels) if model else []
-    return V2ModelMetadata(
-        name=MODEL_NAME,
-        versions=[str(model.version_id)] if model else [],
-        platform=f"anamnesis-{model.kind}" if model else "anamnesis",
-        inputs=[
-            V2TensorMetadata(name="note", datatype="BYTES", shape=[-1]),
-            V2TensorMetadata(name="fields", datatype="BYTES", shape=[-1]),
-            V2TensorMetadata(name="site", datatype="BYTES", shape=[-1]),
-        ],
-        outputs=[
-            V2TensorMetadata(name="label", datatype="BYTES", shape=[-1]),
-            V2TensorMetadata(name="probabilities", datatype="FP32", shape=[-1, len(labels)]),
-            V2TensorMetadata(name="prediction_id", datatype="BYTES", shape=[-1]),
-        ],
-        parameters={"labels": labels},
-    )
+@router.get("", response_model=V2ServerMetadata)
+def server_metadata() -> V2ServerMetadata:
+    """The server's name, version and protocol extensions."""
+    return protocol.server_metadata()
 
 
-@router.get("/models/{name}/ready", responses={503: {"description": "Not ready."}})
-def model_ready(name: str, state: StateDep) -> JSONResponse:
-    _check_name(name)
-    is_ready = state.registry.current is not None
-    return JSONResponse({"name": MODEL_NAME, "ready": is_ready}, status_code=200 if is_ready else 503)
+@router.get("/health/live", response_model=V2Liveness)
+def live() -> V2Liveness:
+    return V2Liveness(live=True)
 
 
-def _strings(tensor: V2Tensor) -> list[str]:
-    if tensor.datatype != "BYTES":
-        raise V2Error(f"input {tensor.name!r} must be BYTES, got {tensor.datatype}")
-    values = tensor.data
-    if not all(isinstance(value, str) for value in values):
-        raise V2Error(f"input {tensor.name!r} must hold strings")
-    if tensor.shape != [len(values)]:
-        raise V2Error(f"input {tensor.name!r} has shape {tensor.shape} but {len(values)} values")
-    return values
+@router.get("/health/ready", response_model=V2Readiness, responses={503: _error_body("Not ready, and why.")})
+def ready(state: StateDep) -> Any:
+    reason = protocol.server_unready_reason(state)
+    if reason is not None:
+        return JSONResponse({"ready": False, "error": reason}, status_code=503)
+    return V2Readiness(ready=True)
 
 
-def _json_object(value: str) -> Any:
-    try:
-        return json.loads(value)
-    except json.JSONDecodeError as error:
-        raise V2Error(f"fields must hold JSON objects ({error.msg})") from None
+@router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERRORS)
+async def model_metadata(name: ModelName, state: StateDep) -> V2ModelMetadata:
+    """The current model: every version that may be addressed, and the current version's labels."""
+    return await protocol.model_metadata(state, name, None)
 
 
-def _items(request: V2InferRequest) -> list[PredictItem]:
-    tensors = {tensor.name: tensor for tensor in request.inputs}
-    unknown = set(tensors) - {"note", "fields", "site"}
-    if unknown:
-        raise V2Error(f"unknown input(s) {', '.join(sorted(unknown))}; expected note, fields, site")
-    if "note" not in tensors:
-        raise V2Error("input 'note' is required")
-    notes = _strings(tensors["note"])
-    if not notes:
-        raise V2Error("input 'note' holds no records; send at least one")
-    fields = [_json_object(v) for v in _strings(tensors["fields"])] if "fields" in tensors else [{}] * len(notes)
-    sites = _strings(tensors["site"]) if "site" in tensors else ["default"] * len(notes)
-    if not len(fields) == len(sites) == len(notes):
-        raise V2Error("inputs note, fields and site must have the same length")
-    items = []
-    for index, (note, field_values, site) in enumerate(zip(notes, fields, sites, strict=True)):
-        if not isinstance(field_values, dict):
-            raise V2Error(f"fields[{index}] must be a JSON object")
-        try:
-            items.append(PredictItem.model_validate({"note": note, "fields": field_values, "site": site}))
-        except ValidationError as error:
-            raise V2Error(f"record {index}: {describe_errors(error)}") from None
-    return items
+@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=ERRORS)
+async def version_metadata(name: ModelName, version: Version, state: StateDep) -> V2ModelMetadata:
+    """One version: its runtime and labels (the columns of its probabilities)."""
+    return await protocol.model_metadata(state, name, version)
+
+
+async def _model_ready(state: StateDep, name: str, version: str | None) -> Any:
+    reason = await protocol.model_unready_reason(state, name, version)
+    if reason is not None:
+        return JSONResponse({"name": name, "ready": False, "error": reason}, status_code=503)
+    return V2ModelReadiness(name=name, ready=True)
+
+
+@router.get("/models/{name}/ready", response_model=V2ModelReadiness, responses=ERRORS)
+async def model_ready(name: ModelName, state: StateDep) -> Any:
+    """Ready while a version is in production, also while a new one is being swapped in."""
+    return await _model_ready(state, name, None)
+
+
+@router.get("/models/{name}/versions/{version}/ready", response_model=V2ModelReadiness, responses=ERRORS)
+async def version_ready(name: ModelName, version: Version, state: StateDep) -> Any:
+    """Ready when the version may serve and loads (it is loaded here if it was not)."""
+    return await _model_ready(state, name, version)
 
 
 @router.post(
-    "/models/{name}/infer",
-    response_model=V2InferResponse,
-    responses={400: {"description": "Bad input."}, 404: {"description": "Unknown model."}},
+    "/models/{name}/infer", response_model=V2InferResponse, responses=INFER_RESPONSES, openapi_extra=INFER_BODY
 )
-async def infer(name: str, request: V2InferRequest, state: StateDep, _: PredictKey) -> Any:
-    _check_name(name)
-    items = _items(request)
-    answered = await classify(state, items)
-    first = answered[0][1]
-    labels, version = list(first.probabilities), first.version_id
-    probabilities = [[result.probabilities.get(label, 0.0) for label in labels] for _, result in answered]
-    return V2InferResponse(
-        model_name=MODEL_NAME,
-        model_version=str(version),
-        id=request.id,
-        outputs=[
-            V2Tensor(name="label", shape=[len(answered)], datatype="BYTES", data=[r.label for _, r in answered]),
-            V2Tensor(
-                name="probabilities",
-                shape=[len(answered), len(labels)],
-                datatype="FP32",
-                data=[p for row in probabilities for p in row],
-            ),
-            V2Tensor(name="prediction_id", shape=[len(answered)], datatype="BYTES", data=[i for i, _ in answered]),
-        ],
+async def infer(name: ModelName, request: Request, state: StateDep, _: PredictKey) -> Response:
+    """Classify records on the current model; every prediction is stored as by /v1/predict."""
+    return await _infer(state, request, name, None)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    response_model=V2InferResponse,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+async def version_infer(
+    name: ModelName, version: Version, request: Request, state: StateDep, _: PredictKey
+) -> Response:
+    """Classify records on one version (production or archived)."""
+    return await _infer(state, request, name, version)
+
+
+async def _infer(state: StateDep, request: Request, name: str, version: str | None) -> Response:
+    protocol.check_model(name)
+    body = _decompressed(
+        await request.body(), request.headers.get("content-encoding"), limit=state.settings.max_request_bytes
+    )
+    header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+    try:
+        parsed = V2InferRequest.model_validate_json(header)
+    except ValidationError as error:
+        problems = validation_problems(error.errors(include_input=False, include_url=False))
+        raise V2Error(problems_message(problems)) from None
+    binary_default = parsed.parameters.get("binary_data_output", False)
+    if not isinstance(binary_default, bool):
+        raise V2Error("parameters.binary_data_output must be true or false")
+    outcome = await protocol.infer(
+        state,
+        name=name,
+        version=version,
+        inputs=_input_tensors(parsed, binary),
+        requested=[(output.name, output.parameters) for output in parsed.outputs] if parsed.outputs else None,
+        binary_default=binary_default,
+    )
+    return _response(outcome, parsed.id)
+
+
+_WINDOW_BITS = {"gzip": 16 + zlib.MAX_WBITS, "x-gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+
+
+def _decompressed(body: bytes, encoding: str | None, *, limit: int) -> bytes:
+    """The body without its Content-Encoding; 413 as soon as it grows past `limit` (a zip bomb stops there)."""
+    coding = (encoding or "identity").strip().lower()
+    if coding == "identity":
+        return body
+    if coding not in _WINDOW_BITS:
+        raise V2Error("unsupported Content-Encoding: send gzip, deflate or an uncompressed body", 415)
+    attempts = [_WINDOW_BITS[coding]] + ([-zlib.MAX_WBITS] if coding == "deflate" else [])  # deflate: zlib, or raw
+    for window_bits in attempts:
+        inflater = zlib.decompressobj(window_bits)
+        try:
+            data = inflater.decompress(body, limit + 1)
+        except zlib.error:
+            continue
+        if len(data) > limit:
+            raise V2Error(f"request body larger than {limit} bytes once decompressed", 413)
+        if not inflater.eof or inflater.unused_data:
+            raise V2Error(f"the request body is not valid {coding} data (truncated, or followed by other data)")
+        return data
+    raise V2Error(f"the request body is not valid {coding} data")
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[bytes, bytes]:
+    """The JSON and the binary data after it."""
+    if header_length is None:
+        return body, b""
+    length = header_length.strip()
+    if not (length.isascii() and length.isdigit()):
+        raise V2Error(f"{HEADER_LENGTH} must be the JSON's length in bytes")
+    if int(length) > len(body):
+        raise V2Error(f"{HEADER_LENGTH} is {int(length)} but the body has {len(body)} bytes")
+    return body[: int(length)], body[int(length) :]
+
+
+def _input_tensors(request: V2InferRequest, binary: bytes) -> list[protocol.InputTensor]:
+    """The inputs, each with its JSON data or its slice of the binary data (in the inputs' order)."""
+    tensors = []
+    offset = 0
+    for tensor in request.inputs:
+        size = tensor.parameters.get("binary_data_size")
+        raw = None
+        if size is None:
+            if tensor.data is None and "shared_memory_region" not in tensor.parameters:
+                raise V2Error(f"input {tensor.name!r} has no data: send data, or binary data and its binary_data_size")
+        else:
+            if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+                raise V2Error(f"input {tensor.name!r}: parameters.binary_data_size must be a number of bytes")
+            if tensor.data is not None:
+                raise V2Error(f"input {tensor.name!r} has both data and binary data; send one")
+            if offset + size > len(binary):
+                raise V2Error(
+                    f"input {tensor.name!r}: binary_data_size {size} runs past the end of the body "
+                    f"({len(binary) - offset} bytes of binary data left)"
+                )
+            raw = binary[offset : offset + size]
+            offset += size
+        tensors.append(
+            protocol.InputTensor(
+                name=tensor.name,
+                datatype=tensor.datatype,
+                shape=tensor.shape,
+                values=tensor.data,
+                raw=raw,
+                parameters=tensor.parameters,
+            )
+        )
+    if offset != len(binary):
+        left = len(binary) - offset
+        raise V2Error(f"the body holds {left} bytes of binary data that no input's binary_data_size covers")
+    return tensors
+
+
+def _response(outcome: protocol.InferOutcome, request_id: str | None) -> Response:
+    outputs: list[dict[str, Any]] = []
+    binary_parts: list[bytes] = []
+    for tensor in outcome.outputs:
+        output: dict[str, Any] = {"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}
+        if tensor.binary:
+            raw = tensor.raw()
+            binary_parts.append(raw)
+            output["parameters"] = {"binary_data_size": len(raw)}
+        else:
+            output["data"] = tensor.data
+        outputs.append(output)
+    document: dict[str, Any] = {"model_name": protocol.MODEL_NAME, "model_version": str(outcome.model_version)}
+    if request_id is not None:
+        document["id"] = request_id
+    document["outputs"] = outputs
+    header = json.dumps(document, separators=(",", ":")).encode()
+    if not binary_parts:
+        return Response(header, media_type="application/json")
+    return Response(
+        b"".join([header, *binary_parts]),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(header))},
     )

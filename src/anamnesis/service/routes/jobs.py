@@ -8,7 +8,7 @@ from fastapi import APIRouter, Response, status
 
 from anamnesis.service.auth import Principal
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep
-from anamnesis.service.schemas import JobPublic, JobRequest
+from anamnesis.service.schemas import JobPublic, JobRequest, Page
 from anamnesis.storage import queries
 from anamnesis.storage.errors import JobAlreadyQueuedError
 from anamnesis.storage.models import Job, JobKind, Trigger, row_id
@@ -59,11 +59,11 @@ def queue_drift_check(
     return _queue(session, response, JobKind.drift_check, body, principal)
 
 
-@router.get("", response_model=list[JobPublic])
-def list_jobs(session: SessionDep, principal: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> list[JobPublic]:
+@router.get("", response_model=Page[JobPublic])
+def list_jobs(session: SessionDep, principal: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> Page[JobPublic]:
     """Jobs, newest first, with status, progress and errors (tracebacks for admin keys only)."""
     runs = queries.list_jobs(session, limit=limit, offset=offset)
-    return [public(session, run, principal) for run in runs]
+    return Page(data=[public(session, run, principal) for run in runs], count=queries.count_rows(session, Job))
 
 
 @router.get("/{job_id}", response_model=JobPublic)

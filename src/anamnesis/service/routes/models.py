@@ -7,10 +7,10 @@ from fastapi import APIRouter
 from anamnesis.service.auth import Principal
 from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep, StateDep
 from anamnesis.service.predicting.runtime import promote_with_runtime
-from anamnesis.service.schemas import ModelDetail, ModelVersionPublic, PromoteRequest, RollbackRequest
+from anamnesis.service.schemas import ModelDetail, ModelVersionPublic, Page, PromoteRequest, RollbackRequest
 from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.models import ModelVersion, row_id
-from anamnesis.storage.queries import current_model, get_model_version, lineage, list_model_versions
+from anamnesis.storage.queries import count_rows, current_model, get_model_version, lineage, list_model_versions
 from anamnesis.storage.repository import rollback_model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
@@ -26,13 +26,16 @@ def detail(session: SessionDep, version: ModelVersion, principal: Principal) -> 
     )
 
 
-@router.get("", response_model=list[ModelVersionPublic])
+@router.get("", response_model=Page[ModelVersionPublic])
 def list_models(
     session: SessionDep, principal: ReaderKey, limit: Limit = 100, offset: Offset = 0
-) -> list[ModelVersionPublic]:
+) -> Page[ModelVersionPublic]:
     """Model versions, newest first."""
     versions = list_model_versions(session, limit=limit, offset=offset)
-    return [ModelVersionPublic.of(v).visible_to(principal) for v in versions]
+    return Page(
+        data=[ModelVersionPublic.of(v).visible_to(principal) for v in versions],
+        count=count_rows(session, ModelVersion),
+    )
 
 
 @router.get("/current", response_model=ModelDetail)

@@ -15,7 +15,7 @@ from anamnesis.service.settings import Settings
 from anamnesis.storage.config import StorageConfig
 from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.models import ApiRole
-from anamnesis.storage.repository import create_api_key
+from anamnesis.storage.repository import create_api_key, promote_model_version
 from tests.factories import MECHANICS_GATE, TINY_SPEC, TOY_WORDS, store, toy_records
 
 LABELS = tuple(TOY_WORDS)
@@ -65,6 +65,22 @@ def train_version(
         new_bundle=tiny,
         prepare_runtime=runtime_preparer(artifacts_dir=config.artifacts_dir, max_length=32, mode="auto"),
     )
+
+
+def train_and_promote(engine: Engine, config: StorageConfig, *, period: str, seed: int, labels=LABELS) -> int:
+    """A new version in production whatever the gate says (as another process's promotion would be)."""
+    outcome = train_version(engine, config, period=period, seed=seed, labels=labels)
+    if not outcome.promoted:
+        with Session(engine) as session:
+            promote_model_version(
+                session,
+                version_id=outcome.version_id,
+                actor="test",
+                reason="test swap",
+                allow_rejected=True,
+                runtime={"kind": "pytorch", "reason": "test"},
+            )
+    return outcome.version_id
 
 
 @dataclass

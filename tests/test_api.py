@@ -34,7 +34,15 @@ from anamnesis.storage.models import (
 )
 from anamnesis.storage.repository import create_job, finish_job
 from tests.factories import store, toy_records
-from tests.service_fixtures import LABELS, TINY_CONFIG, Keys, installation, settings_for, tiny, train_version
+from tests.service_fixtures import (
+    LABELS,
+    TINY_CONFIG,
+    Keys,
+    installation,
+    settings_for,
+    tiny,
+    train_and_promote,
+)
 
 NOTE = {"note": "resectable early tumour in the lobe, follow-up in 4 weeks", "fields": {"age": 61, "sex": "F"}}
 
@@ -393,20 +401,9 @@ def test_promotion_elsewhere_is_hot_swapped_without_failed_requests(sqlite_confi
             client.post("/v1/predict", json=NOTE, headers=keys.header()).json()["predictions"][0]["model_version"] == 1
         )
         # Another process (here: a direct call) trains and promotes version 2 with a new class.
-        outcome = train_version(engine, sqlite_config, period="2", seed=2, labels=LABELS)
+        version_id = train_and_promote(engine, sqlite_config, period="2", seed=2)
         with Session(engine) as session:
-            if not outcome.promoted:
-                from anamnesis.storage.repository import promote_model_version
-
-                promote_model_version(
-                    session,
-                    version_id=outcome.version_id,
-                    actor="test",
-                    reason="test swap",
-                    allow_rejected=True,
-                    runtime={"kind": "pytorch", "reason": "test"},
-                )
-            assert session.get(ModelVersion, outcome.version_id).status == ModelStatus.production
+            assert session.get(ModelVersion, version_id).status == ModelStatus.production
         seen: set[int] = set()
         deadline = time.monotonic() + 15
         while time.monotonic() < deadline and 2 not in seen:

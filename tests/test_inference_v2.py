@@ -41,7 +41,7 @@ from anamnesis.storage.migrate import upgrade
 from anamnesis.storage.models import ModelStatus, ModelVersion, Prediction, row_id
 from anamnesis.storage.repository import create_model_version, promote_model_version, reject_model_version
 from tests.processes import environment, free_port, running
-from tests.service_fixtures import LABELS, Keys, installation, make_keys, settings_for, train_version
+from tests.service_fixtures import LABELS, Keys, installation, make_keys, settings_for, train_and_promote
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTES = ["resectable early tumour in the lobe", "egfr mutation with alk fusion"]
@@ -581,30 +581,19 @@ def test_model_stays_ready_through_a_hot_swap_and_the_old_version_serves_archive
     prober.start()
     engine = create_db_engine(server.config)
     try:
-        outcome = train_version(engine, server.config, period="2", seed=2, labels=LABELS)
-        with Session(engine) as session:
-            if not outcome.promoted:
-                promote_model_version(
-                    session,
-                    version_id=outcome.version_id,
-                    actor="test",
-                    reason="test swap",
-                    allow_rejected=True,
-                    runtime={"kind": "pytorch", "reason": "test"},
-                )
+        new = str(train_and_promote(engine, server.config, period="2", seed=2))
         client = server.http()
         deadline = time.monotonic() + 30
         versions = set()
-        while time.monotonic() < deadline and str(outcome.version_id) not in versions:
+        while time.monotonic() < deadline and new not in versions:
             result = client.infer(MODEL, [_note_input(httpclient)], headers=server.predict)
             versions.add(result.get_response()["model_version"])
-        assert str(outcome.version_id) in versions
+        assert new in versions
     finally:
         stop.set()
         prober.join(timeout=30)
         engine.dispose()
     assert readiness and all(http and rpc for http, rpc in readiness), readiness
-    new = str(outcome.version_id)
     assert client.get_model_metadata(MODEL)["versions"] == [new, "1"]
     assert client.get_model_metadata(MODEL, new)["parameters"]["labels"] == [*sorted(LABELS[:3]), "immunotherapy"]
     registry = server.app.state.service.registry

@@ -3,6 +3,8 @@ invalid requests refused before they are sent."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -67,3 +69,10 @@ def test_server_errors_raise_api_error_and_bad_requests_are_refused_before_sendi
     assert wrong_key.value.status == 401
     with pytest.raises(ValueError, match="either base_url or http"):
         AnamnesisClient(api_key=keys.admin)
+
+
+def test_the_client_imports_no_model_or_statistics_library() -> None:
+    heavy = "('torch', 'transformers', 'sklearn', 'scipy', 'onnxruntime')"
+    code = f"import sys, anamnesis.client; print(sorted(m for m in {heavy} if m in sys.modules))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120)
+    assert loaded.stdout.strip() == "[]"

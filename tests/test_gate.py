@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from scipy.stats import binom
 
 from anamnesis.learner.config import GateConfig
 from anamnesis.learner.evaluation import EvalExample
@@ -114,6 +115,14 @@ def test_mcnemar_counts_only_the_records_where_the_two_disagree() -> None:
     many = compare([False] * 10 + [True] * 90, [True] * 100)
     assert many.p_worse() == pytest.approx(0.5**10)
     assert compare([True] * 5, [True] * 5).p_worse() == 1.0
+    # The exact tail equals scipy's binomial survival function (the gate imports no scipy).
+    for worse, better in ((3, 40), (40, 3), (700, 760), (0, 12)):
+        mixed = compare(
+            [False] * worse + [True] * better + [True] * 50, [True] * worse + [False] * better + [True] * 50
+        )
+        discordant = worse + better
+        assert mixed.p_worse() == pytest.approx(float(binom.sf(worse - 1, discordant, 0.5)), rel=1e-9, abs=1e-300)
+        assert mixed.p_better() == pytest.approx(float(binom.sf(better - 1, discordant, 0.5)), rel=1e-9, abs=1e-300)
 
 
 def test_a_gate_with_nothing_to_compare_rejects_and_says_why() -> None:

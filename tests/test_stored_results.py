@@ -15,7 +15,7 @@ from anamnesis.learner.results import (
     TrainingCost,
     UpdateMetrics,
 )
-from anamnesis.service.predicting.runtime import RuntimeChoice, RuntimeKind
+from anamnesis.service.predicting.choice import RuntimeChoice, RuntimeKind
 
 LABELS = ("surgery", "chemotherapy", "radiotherapy")
 

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
-from sklearn.metrics import f1_score
 
 
 class StoredResult(BaseModel):
@@ -81,6 +80,8 @@ def score(truth: Sequence[str], predicted: Sequence[str]) -> Scores:
     if not truth:
         return Scores(accuracy=None, macro_f1=None, n=0)
     correct = sum(t == p for t, p in zip(truth, predicted, strict=True))
+    from sklearn.metrics import f1_score  # here: the API's schemas import this module, not scikit-learn
+
     macro_f1 = f1_score(truth, predicted, average="macro", zero_division=0)
     return Scores(accuracy=correct / len(truth), macro_f1=float(macro_f1), n=len(truth))
 

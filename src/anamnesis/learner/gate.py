@@ -16,9 +16,9 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 
 from pydantic import BaseModel, ConfigDict, Field, computed_field
-from scipy.stats import binom, norm
 
 from anamnesis.learner.config import GateConfig
 from anamnesis.learner.evaluation import SUBGROUPS, EvalExample, subgroup_of
@@ -55,18 +55,25 @@ class PairedComparison:
         """Wald interval of the paired difference (candidate - baseline)."""
         discordant = self.candidate_only + self.baseline_only
         spread = math.sqrt(max(discordant - (self.candidate_only - self.baseline_only) ** 2 / self.n, 0.0)) / self.n
-        z = float(norm.ppf(0.5 + level / 2))
+        z = NormalDist().inv_cdf(0.5 + level / 2)
         return self.difference - z * spread, self.difference + z * spread
 
     def p_worse(self) -> float:
         """Exact one-sided McNemar p-value of 'the candidate is worse than the baseline'."""
         discordant = self.candidate_only + self.baseline_only
-        return float(binom.sf(self.baseline_only - 1, discordant, 0.5)) if discordant else 1.0
+        return _at_least_half(self.baseline_only, discordant)
 
     def p_better(self) -> float:
         """Exact one-sided McNemar p-value of 'the candidate is better than the baseline'."""
         discordant = self.candidate_only + self.baseline_only
-        return float(binom.sf(self.candidate_only - 1, discordant, 0.5)) if discordant else 1.0
+        return _at_least_half(self.candidate_only, discordant)
+
+
+def _at_least_half(successes: int, trials: int) -> float:
+    """P(X >= successes) for X ~ Binomial(trials, 1/2), exactly (integer arithmetic, one rounding)."""
+    if trials == 0:
+        return 1.0
+    return float(sum(math.comb(trials, k) for k in range(max(successes, 0), trials + 1)) / 2**trials)
 
 
 def compare(candidate: Sequence[bool], baseline: Sequence[bool]) -> PairedComparison:

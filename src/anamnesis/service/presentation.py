@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from anamnesis.learner.results import DataWindow, UpdateMetrics
 from anamnesis.monitor.policy import DecisionRecord
 from anamnesis.monitor.result import DriftResult
-from anamnesis.service.predicting.runtime import RuntimeChoice, RuntimeKind
+from anamnesis.service.predicting.choice import RuntimeChoice, RuntimeKind
 from anamnesis.storage.models import DriftReport, ModelVersion
 
 

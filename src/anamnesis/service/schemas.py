@@ -11,7 +11,7 @@ from anamnesis.learner.config import LearnerConfig
 from anamnesis.learner.gate import GateDecision
 from anamnesis.learner.results import AccuracyMatrix, DataWindow, UpdateMetrics
 from anamnesis.service.auth import Principal
-from anamnesis.service.predicting.runtime import RuntimeChoice
+from anamnesis.service.predicting.choice import RuntimeChoice
 from anamnesis.storage.models import ApiRole, JobKind, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
 from anamnesis.storage.schemas import LabelName, PatientReference, RecordBase
 

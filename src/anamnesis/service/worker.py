@@ -26,7 +26,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from anamnesis.service.jobs import JobContext, execute_job
-from anamnesis.service.predicting.runtime import RuntimeChoice
+from anamnesis.service.predicting.choice import RuntimeChoice
 from anamnesis.service.settings import Settings
 from anamnesis.storage.errors import ConflictError, JobAlreadyQueuedError, LeaseHeldError
 from anamnesis.storage.models import JobKind, Trigger

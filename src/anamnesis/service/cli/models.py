@@ -147,7 +147,8 @@ def promote(
     cli = CliContext.of(ctx)
     from sqlmodel import Session
 
-    from anamnesis.service.predicting.runtime import RuntimeChoice, promote_with_runtime
+    from anamnesis.service.predicting.choice import RuntimeChoice
+    from anamnesis.service.predicting.runtime import promote_with_runtime
     from anamnesis.storage.errors import ConflictError, NotFoundError
 
     settings, engine = cli.settings, cli.engine

@@ -31,9 +31,10 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from anamnesis.service.errors import V2Error
 from anamnesis.service.predicting.batcher import ItemResult
+from anamnesis.service.predicting.choice import RuntimeChoice, RuntimeKind
 from anamnesis.service.predicting.classify import classify
 from anamnesis.service.predicting.errors import VersionNotServedError, VersionUnavailableError
-from anamnesis.service.predicting.runtime import LoadedModel, RuntimeChoice, RuntimeKind
+from anamnesis.service.predicting.runtime import LoadedModel
 from anamnesis.service.schemas import PredictItem, V2ModelMetadata, V2ServerMetadata, V2TensorMetadata
 from anamnesis.service.state import ServiceState
 from anamnesis.storage.errors import NotFoundError

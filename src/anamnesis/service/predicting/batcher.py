@@ -19,8 +19,9 @@ from typing import Any
 
 import numpy as np
 
+from anamnesis.service.predicting.choice import RuntimeKind
 from anamnesis.service.predicting.registry import ModelRegistry
-from anamnesis.service.predicting.runtime import LoadedModel, RuntimeKind
+from anamnesis.service.predicting.runtime import LoadedModel
 
 
 @dataclass(frozen=True)

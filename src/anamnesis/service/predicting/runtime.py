@@ -13,13 +13,11 @@ import threading
 import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
 from sqlmodel import Session
 
 from anamnesis.learner.data import encode_labeled
@@ -33,6 +31,7 @@ from anamnesis.learner.modeling import (
     pad_batch,
 )
 from anamnesis.learner.updater import RuntimePreparer, holdout_of
+from anamnesis.service.predicting.choice import RuntimeChoice, RuntimeKind
 from anamnesis.service.settings import RuntimeMode
 from anamnesis.storage.artifacts import verify_artifact, write_artifact
 from anamnesis.storage.models import ModelVersion, row_id
@@ -42,30 +41,6 @@ from anamnesis.storage.repository import promote_model_version
 ONNX_TOLERANCE = 0.005
 ONNX_FILE = "model.int8.onnx"
 logger = logging.getLogger("anamnesis.runtime")
-
-
-class RuntimeKind(StrEnum):
-    pytorch = "pytorch"
-    onnx_int8 = "onnx-int8"
-
-
-class RuntimeChoice(BaseModel):
-    """How a promoted version serves and why (its `runtime` column)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    kind: RuntimeKind
-    reason: str = Field(description="Why this runtime: configuration, a failed export or the validation result.")
-    onnx_path: str | None = Field(default=None, description="The exported ONNX int8 artifact's folder.")
-    onnx_sha256: str | None = Field(default=None, description="The ONNX artifact's checksum, verified on load.")
-    accuracy_pytorch: float | None = Field(default=None, description="Held-out accuracy of PyTorch.")
-    accuracy_onnx_int8: float | None = Field(default=None, description="Held-out accuracy of ONNX int8.")
-    validation_records: int | None = Field(default=None, ge=0, description="Held-out records both were scored on.")
-
-    @classmethod
-    def from_stored(cls, version: ModelVersion) -> RuntimeChoice | None:
-        """The version's runtime; None when it was never promoted."""
-        return cls.model_validate(version.runtime) if version.runtime else None
 
 
 class Runtime(Protocol):

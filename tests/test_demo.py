@@ -30,8 +30,8 @@ def _fragments(text: str, size: int = 30) -> set[str]:
     }
 
 
-def test_demo_detects_drift_updates_the_model_and_logs_no_patient_text(tmp_path: Path) -> None:
-    home = tmp_path / "demo"
+def test_demo_detects_drift_updates_the_model_owns_its_service_and_logs_no_patient_text(tmp_path: Path) -> None:
+    home, port = tmp_path / "demo", free_port()
     env = {key: value for key, value in os.environ.items() if not key.startswith("ANAMNESIS_")}
     env.update(
         {
@@ -42,99 +42,66 @@ def test_demo_detects_drift_updates_the_model_and_logs_no_patient_text(tmp_path:
             "PYTHONUNBUFFERED": "1",
         }
     )
-    result = subprocess.run(
-        [
-            ANAMNESIS,
-            "demo",
-            "--periods",
-            str(PERIODS),
-            "--per-period",
-            str(PER_PERIOD),
-            "--history",
-            str(HISTORY),
-            "--seed",
-            str(SEED),
-            "--home",
-            str(home),
-            "--port",
-            str(free_port()),
-            "--no-keep-running",
-        ],
+    options = ["--periods", str(PERIODS), "--per-period", str(PER_PERIOD), "--history", str(HISTORY)]
+    options += ["--seed", str(SEED), "--home", str(home), "--port", str(port)]
+    # The demo keeps its service running at the end, as a user runs it; its own session, so the
+    # signal below reaches the demo alone, as from `kill`.
+    demo = subprocess.Popen(
+        [ANAMNESIS, "demo", *options],
         env=env,
-        capture_output=True,
         text=True,
-        timeout=900,
-        check=False,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-4000:]
-    assert "version 1 trained" in output and "gate: " in output
-    assert output.count("drift check:") == PERIODS - 1
-    assert re.search(r"report \d+: (drift in|no drift)", output)
-    assert "update: model version" in output  # the worker trained at least one update and gated it
-    assert re.search(r"versions: v1 \w+, v2 \w+", output)
-    serve_log = (home / "serve.log").read_text()
-    assert "serving model version 1" in serve_log
-    notes = generate("mixed", periods=PERIODS, per_period=max(HISTORY, PER_PERIOD), seed=SEED).frame.note
-    fragments = set().union(*(_fragments(note) for note in notes))
-    logs = output + serve_log
-    leaked = [fragment for fragment in fragments if fragment in logs]
-    assert leaked == []
-    assert "MRN-" not in logs  # patient references neither
-
-
-def _demo(home: Path, port: int) -> subprocess.Popen[str]:
-    env = {key: value for key, value in os.environ.items() if not key.startswith("ANAMNESIS_")}
-    env.update(
-        {
-            "ANAMNESIS_TRAINING__EPOCHS": "1",
-            "ANAMNESIS_TRAINING__MIN_STEPS": "1",
-            "ANAMNESIS_TRAINING__MAX_LENGTH": "32",
-            "ANAMNESIS_MAX_LENGTH": "32",
-            "PYTHONUNBUFFERED": "1",
-        }
-    )
-    command = [ANAMNESIS, "demo", "--periods", "2", "--per-period", "40", "--history", "40"]
-    command += ["--home", str(home), "--port", str(port)]
-    return subprocess.Popen(  # the demo's own session: the signal reaches the demo alone, as from `kill`
-        command, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
-    )
-
-
-def test_a_terminated_demo_ends_its_service_and_a_busy_port_or_home_is_refused(tmp_path: Path) -> None:
-    home, port = tmp_path / "demo", free_port()
-    demo = _demo(home, port)
     assert demo.stdout is not None
-    seen = []
-    for line in demo.stdout:  # keeps running after the replay (no --no-keep-running)
-        seen.append(line)
-        if "the service keeps running" in line:
-            break
-    assert any("the service keeps running" in line for line in seen), "".join(seen)[-3000:]
-    demo_pid, server_pid = (int(word) for word in (home / "demo.pid").read_text().split())
-    assert demo_pid == demo.pid
-    os.kill(server_pid, 0)  # the service runs
+    lines: list[str] = []
+    try:
+        for line in demo.stdout:
+            lines.append(line)
+            if "the service keeps running" in line:
+                break
+        output = "".join(lines)
+        assert "the service keeps running" in output, output[-4000:]
+        assert "version 1 trained" in output and "gate: " in output
+        assert output.count("drift check:") == PERIODS - 1
+        assert re.search(r"report \d+: (drift in|no drift)", output)
+        assert "update: model version" in output  # the worker trained at least one update and gated it
+        assert re.search(r"period 4: [\d.]+% correct; update job \d+: model version 2", output)
+        assert re.search(r"versions: v1 \w+, v2 \w+", output)
+        demo_pid, server_pid = (int(word) for word in (home / "demo.pid").read_text().split())
+        assert demo_pid == demo.pid and _alive(server_pid)
 
-    # A second demo on the same home or port refuses before deleting anything.
-    for other_home, other_port in ((home, free_port()), (tmp_path / "other", port)):
-        finished = subprocess.run(
-            [ANAMNESIS, "demo", "--home", str(other_home), "--port", str(other_port)],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-        )
-        assert finished.returncode == 1 and "Traceback" not in finished.stderr
-        assert ("still running in" if other_home == home else f"port {port} is in use") in finished.stderr
-    assert (home / "anamnesis.db").exists() and not (tmp_path / "other").exists()
-
-    demo.send_signal(signal.SIGTERM)  # as `kill` would; closing the terminal sends SIGHUP, handled alike
-    demo.wait(timeout=90)
+        # A second demo on the same home or port refuses before deleting anything.
+        for other_home, other_port in ((home, free_port()), (tmp_path / "other", port)):
+            refused = subprocess.run(
+                [ANAMNESIS, "demo", "--home", str(other_home), "--port", str(other_port)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+                check=False,
+            )
+            assert refused.returncode == 1 and "Traceback" not in refused.stderr, refused.stderr
+            assert ("still running in" if other_home == home else f"port {port} is in use") in refused.stderr
+        assert (home / "anamnesis.db").exists() and not (tmp_path / "other").exists()
+    finally:
+        demo.send_signal(signal.SIGTERM)  # closing the terminal sends SIGHUP, handled alike
+        rest, _ = demo.communicate(timeout=120)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and _alive(server_pid):
         time.sleep(0.5)
     assert not _alive(server_pid), "the demo's service outlived it"
     assert not (home / "demo.pid").exists()
+
+    serve_log = (home / "serve.log").read_text()
+    assert "serving model version 1" in serve_log
+    notes = generate("mixed", periods=PERIODS, per_period=max(HISTORY, PER_PERIOD), seed=SEED).frame.note
+    fragments = set().union(*(_fragments(note) for note in notes))
+    logs = output + rest + serve_log
+    leaked = [fragment for fragment in fragments if fragment in logs]
+    assert leaked == []
+    assert "MRN-" not in logs  # patient references neither
 
 
 def _alive(pid: int) -> bool:

@@ -4,6 +4,10 @@ Answers carry `{"detail": message}`, except under /v2, where the Open Inference 
 `{"error": message}` (for every failure: authentication, validation, size, readiness, routing). A
 refused request is described by field and problem, never by the value sent: a value may be patient
 text. The gRPC side of the protocol maps the same errors through `status_of`.
+
+The OpenAPI document describes these answers from here too: `error_responses(...)` gives a route's
+`responses=` for the statuses it can answer with, each with its body's schema (ErrorDetail,
+InvalidRequest or ProtocolError) and headers.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from fastapi import FastAPI, Request
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -51,6 +56,71 @@ _STATUS: list[tuple[type[Exception], int]] = [
 
 
 RETRY_AFTER = {"Retry-After": "5"}
+
+
+# --- the answers as the OpenAPI document describes them ---
+
+
+class ErrorDetail(BaseModel):
+    """A refused /v1 request."""
+
+    detail: str = Field(description="The problem, naming the field: never the value sent, nor a server path.")
+
+
+class Problem(BaseModel):
+    loc: list[str | int] = Field(description="Where: body, query, path or header, then the field.")
+    msg: str = Field(description="The problem (never the value sent).")
+    type: str
+
+
+class InvalidRequest(BaseModel):
+    """A /v1 request that breaks the schema or a rule: each problem by location (what validation found),
+    or one sentence naming the field and the problem (a rule checked on the stored state)."""
+
+    detail: list[Problem] | str
+
+
+class ProtocolError(BaseModel):
+    """Any failure under /v2, as the Open Inference Protocol answers it."""
+
+    error: str = Field(description="The problem, naming the field: never the value sent.")
+
+
+_MEANING: dict[int, str] = {
+    400: "The body cannot be read: not UTF-8 JSON, or malformed multipart form data.",
+    401: "No API key, or an unknown one.",
+    403: "The key's role may not call this endpoint (an admin key is needed).",
+    404: "No such row.",
+    409: "The request contradicts the stored state.",
+    413: "The request body is larger than the service takes.",
+    415: "A Content-Encoding other than gzip or deflate.",
+    422: "The request breaks the schema or a rule: each problem by field, never by value.",
+    429: "Too many failed authentications from this client: retry after Retry-After seconds.",
+    500: "An unexpected error; the answer says no more (the service's log has the error's type and frames).",
+    503: "The database is unavailable (retry after Retry-After seconds).",
+}
+_SECONDS = {"type": "string", "pattern": "^[0-9]+$"}
+_HEADERS: dict[int, dict[str, Any]] = {
+    401: {"WWW-Authenticate": {"description": "Bearer", "required": True, "schema": {"type": "string"}}},
+    429: {"Retry-After": {"description": "Seconds to wait.", "required": True, "schema": _SECONDS}},
+    503: {"Retry-After": {"description": "Seconds to wait (when the database is down).", "schema": _SECONDS}},
+}
+
+
+def error_responses(
+    *statuses: int, v2: bool = False, meaning: dict[int, str] | None = None
+) -> dict[int | str, dict[str, Any]]:
+    """A route's `responses=` for `statuses` (and 500, which any route can answer): each with its body's
+    schema, the usual meaning (or the route's own, from `meaning`) and the headers it always or may carry.
+    Under /v2 (`v2`), every body is the protocol's `{"error": ...}`."""
+    own = meaning or {}
+    responses: dict[int | str, dict[str, Any]] = {}
+    for status in sorted({*statuses, 500}):
+        model = ProtocolError if v2 else InvalidRequest if status == 422 else ErrorDetail
+        responses[status] = {"model": model, "description": own.get(status, _MEANING[status])}
+        if status in _HEADERS:
+            responses[status]["headers"] = _HEADERS[status]
+    return responses
 
 
 class V2Error(Exception):

@@ -3,17 +3,27 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any, Generic, Literal, Self, TypeVar
+from typing import Annotated, Any, Generic, Literal, Self, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    Strict,
+    field_validator,
+    model_validator,
+)
+from pydantic.json_schema import WithJsonSchema
 
 from anamnesis.learner.config import LearnerConfig
 from anamnesis.learner.gate import GateDecision
 from anamnesis.learner.results import AccuracyMatrix, DataWindow, UpdateMetrics
 from anamnesis.service.auth import Principal
 from anamnesis.service.predicting.choice import RuntimeChoice
+from anamnesis.storage.fields import ClinicalFields, is_blank
 from anamnesis.storage.models import ApiRole, JobKind, ModelStatus, ModelVersion, RunStatus, Trigger, row_id
-from anamnesis.storage.schemas import LabelName, PatientReference, RecordBase
+from anamnesis.storage.schemas import LabelName, PatientReference, RecordBase, timestamp_text
 
 Item = TypeVar("Item")
 
@@ -25,14 +35,69 @@ class Page(BaseModel, Generic[Item]):
     count: int = Field(description="Rows in all, whatever the limit and offset.")
 
 
-class PredictItem(RecordBase):
-    """One record to classify: a note and structured fields (and optionally where and when)."""
+def json_number(value: object) -> object:
+    """A number as JSON sends it: not text nor a boolean, which pydantic would otherwise convert."""
+    if isinstance(value, bool | str):
+        raise ValueError("must be a number")
+    return value
+
+
+MAX_ID = 2**31 - 1  # PostgreSQL integer keys
+
+# The known fields by their JSON type: numbers (integer or number) and codes (an enum's $ref).
+_KNOWN_FIELDS = ClinicalFields.model_json_schema()["properties"]
+_NUMERIC_FIELDS = frozenset(
+    name
+    for name, schema in _KNOWN_FIELDS.items()
+    if any(member.get("type") in {"integer", "number"} for member in schema["anyOf"])
+)
+_CODED_FIELDS = frozenset(_KNOWN_FIELDS) - _NUMERIC_FIELDS
+
+
+def json_typed_fields(fields: object) -> object:
+    """Structured fields as JSON sends them, typed as the schema says: a number for a numeric field (not
+    text, not a boolean), one of its codes for a coded one (not blank text). The ingest path, which
+    reads text from files, converts such values instead (storage.fields)."""
+    if isinstance(fields, dict):
+        for name, value in fields.items():
+            if name in _NUMERIC_FIELDS and isinstance(value, bool | str):
+                raise ValueError(f"{name} must be a number (or null)")
+            if name in _CODED_FIELDS and isinstance(value, str) and is_blank(value):
+                raise ValueError(f"{name} must be one of its codes (or null)")
+    return fields
+
+
+class JsonRecord(RecordBase):
+    """A record sent as JSON: exactly as the OpenAPI schema describes it (no conversions)."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("fields", mode="before")
+    @classmethod
+    def _typed_fields(cls, fields: object) -> object:
+        return json_typed_fields(fields)
+
+    @field_validator("observed_at", mode="before")
+    @classmethod
+    def _timestamp(cls, value: object) -> object:
+        return timestamp_text(value)
+
+
+class PredictItem(JsonRecord):
+    """One record to classify: a note and structured fields (and optionally where and when)."""
 
     patient_id: PatientReference | None = Field(
         default=None, description="Patient reference; stored only as a keyed hash."
     )
+
+
+def _at_least_one(items: list[PredictItem]) -> list[PredictItem]:
+    if not items:
+        raise ValueError("send at least one record")
+    return items
+
+
+PredictBatch = Annotated[list[PredictItem], AfterValidator(_at_least_one), Field(json_schema_extra={"minItems": 1})]
 
 
 class PredictionPublic(BaseModel):
@@ -67,11 +132,38 @@ class LabelsRequest(BaseModel):
 
 
 class LabelItem(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    """A label, addressed by exactly one of record_id and prediction_id."""
 
-    record_id: int | None = Field(default=None, ge=1, le=2**31 - 1)
-    prediction_id: str | None = Field(default=None, min_length=1, max_length=64)
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"oneOf": [{"required": ["record_id"]}, {"required": ["prediction_id"]}]}
+    )
+
+    # Left out when not given; null is refused (the schema has no null), as is a record_id in text.
+    record_id: Annotated[int | None, WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_ID})] = Field(
+        default=None, ge=1, le=MAX_ID, description="The record's id (as POST /v1/records answered it)."
+    )
+    prediction_id: Annotated[str | None, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": 64})] = Field(
+        default=None, min_length=1, max_length=64, description="Its id, as POST /v1/predict answered it."
+    )
     label: LabelName
+
+    @field_validator("record_id", "prediction_id", mode="before")
+    @classmethod
+    def _given(cls, value: object) -> object:
+        if value is None:
+            raise ValueError("leave it out rather than send null")
+        return value
+
+    @field_validator("record_id", mode="before")
+    @classmethod
+    def _number(cls, value: object) -> object:
+        return json_number(value)
+
+    @model_validator(mode="after")
+    def _one_address(self) -> Self:
+        if (self.record_id is None) == (self.prediction_id is None):
+            raise ValueError("give exactly one of record_id and prediction_id")
+        return self
 
 
 LabelsRequest.model_rebuild()
@@ -83,9 +175,7 @@ class RecordsRequest(BaseModel):
     records: list[RecordItem] = Field(min_length=1, max_length=10_000)
 
 
-class RecordItem(RecordBase):
-    model_config = ConfigDict(extra="forbid")
-
+class RecordItem(JsonRecord):
     patient_id: PatientReference | None = None
     label: LabelName | None = None
 
@@ -168,7 +258,9 @@ class PromoteRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     reason: str = Field(default="manual promotion", min_length=1, max_length=500)
-    override_gate: bool = Field(default=False, description="Promote a candidate the gate rejected.")
+    override_gate: Annotated[bool, Strict()] = Field(
+        default=False, description="Promote a candidate the gate rejected."
+    )
 
 
 class RollbackRequest(BaseModel):
@@ -223,11 +315,14 @@ class Readiness(BaseModel):
 
 # --- Open Inference Protocol v2 ---
 # Parameters are the protocol's open objects; each name the service reads is checked where it is read.
+# Requests are strict: a value of another JSON type than the schema's is refused, never converted.
 
 
 class V2InputTensor(BaseModel):
     """An input of an infer request: its elements in `data` (JSON), or `parameters.binary_data_size`
     bytes of the body after the JSON (the binary tensor data extension)."""
+
+    model_config = ConfigDict(strict=True)
 
     name: str = Field(min_length=1, max_length=64)
     shape: list[int] = Field(max_length=8, description="Dimensions; [N] or [N, 1] for N records.")
@@ -237,6 +332,8 @@ class V2InputTensor(BaseModel):
 
 
 class V2RequestedOutput(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     name: str = Field(min_length=1, max_length=64)
     parameters: dict[str, Any] = Field(
         default_factory=dict, description="`binary_data`: this output as binary data after the JSON."
@@ -244,6 +341,8 @@ class V2RequestedOutput(BaseModel):
 
 
 class V2InferRequest(BaseModel):
+    model_config = ConfigDict(strict=True)
+
     id: str | None = Field(default=None, max_length=256, description="Echoed in the response.")
     inputs: list[V2InputTensor] = Field(min_length=1, max_length=8)
     outputs: list[V2RequestedOutput] | None = Field(
@@ -303,3 +402,12 @@ class V2Readiness(BaseModel):
 class V2ModelReadiness(BaseModel):
     name: str
     ready: bool
+
+
+class V2NotReady(BaseModel):
+    ready: Literal[False]
+    error: str = Field(description="Why not.")
+
+
+class V2ModelNotReady(V2NotReady):
+    name: str

@@ -10,9 +10,11 @@ import math
 import re
 from collections.abc import Sequence
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from anamnesis.storage import patterns
 
 
 class Sex(StrEnum):
@@ -81,10 +83,35 @@ MAX_FIELD_NAME = 64
 MAX_EXTRA_STRING = 200
 
 
+def _document_extra_fields(schema: dict[str, Any]) -> None:
+    """The rules of `_check_extra_fields` in the JSON schema (the OpenAPI document): names that are
+    printable, not blank, at most MAX_FIELD_NAME characters and no patient identifier's; values that
+    are text (blank, or printable and at most MAX_EXTRA_STRING characters), numbers, booleans or null.
+    The count of site-specific fields is bounded with the known ones counted in (no JSON schema counts
+    additional properties alone)."""
+    schema["propertyNames"] = {
+        "maxLength": MAX_FIELD_NAME,
+        "pattern": patterns.printable_not_blank(),
+        "not": {"pattern": identifier_name_pattern()},
+    }
+    schema["additionalProperties"] = {
+        "anyOf": [
+            {"type": "string", "pattern": patterns.blank_or_printable(MAX_EXTRA_STRING)},
+            {"type": "number"},
+            {"type": "boolean"},
+            {"type": "null"},
+        ],
+        "description": f"A site-specific field (at most {MAX_EXTRA_FIELDS}): text, a finite number or a boolean.",
+    }
+    schema["maxProperties"] = len(schema.get("properties", {})) + MAX_EXTRA_FIELDS
+
+
 class ClinicalFields(BaseModel):
     """Structured fields of one record, as stored in `Record.fields`."""
 
-    model_config = ConfigDict(extra="allow", use_enum_values=True, str_strip_whitespace=True)
+    model_config = ConfigDict(
+        extra="allow", use_enum_values=True, str_strip_whitespace=True, json_schema_extra=_document_extra_fields
+    )
 
     age: Annotated[int, Field(ge=0, le=120, description="Age in years at the note's date.")] | None = None
     sex: Sex | None = None
@@ -193,6 +220,11 @@ _IDENTIFYING_NAMES = frozenset(
 _IDENTIFYING_PHRASES = ("medical_record", "record_number", "date_of_birth", "social_security")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[A-Za-z]{2,}$")
 _PHONE = re.compile(r"^\+?[\d\s().-]{9,}$")
+
+
+def identifier_name_pattern() -> str:
+    """The names `identifier_name` flags, as a JSON-schema pattern."""
+    return patterns.identifier_names(_IDENTIFYING_WORDS, _IDENTIFYING_NAMES, _IDENTIFYING_PHRASES)
 
 
 def identifier_name(column: str) -> bool:

@@ -17,9 +17,12 @@ from pydantic import (
     Field,
     StringConstraints,
     ValidationError,
+    WithJsonSchema,
     field_validator,
 )
+from pydantic.config import JsonDict
 
+from anamnesis.storage import patterns
 from anamnesis.storage.fields import ClinicalFields
 
 MAX_NOTE_CHARS = 100_000
@@ -38,15 +41,35 @@ def check_name(value: str) -> str:
     return value
 
 
+def _name_schema(max_chars: int) -> WithJsonSchema:
+    """What `check_name` after stripping accepts, for the OpenAPI document (storage/patterns.py)."""
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": patterns.stripped_name(max_chars),
+            "description": f"Printable text: 1 to {max_chars} characters once surrounding whitespace is stripped.",
+        }
+    )
+
+
 LabelName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(check_name)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(check_name),
+    _name_schema(100),
 ]
 SiteName = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=100), AfterValidator(check_name)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=100),
+    AfterValidator(check_name),
+    _name_schema(100),
 ]
 PeriodName = SiteName
 PatientReference = Annotated[
-    str, StringConstraints(strip_whitespace=True, min_length=1, max_length=200), AfterValidator(check_name)
+    str,
+    StringConstraints(strip_whitespace=True, min_length=1, max_length=200),
+    AfterValidator(check_name),
+    _name_schema(200),
 ]
 
 
@@ -65,6 +88,10 @@ def check_note(note: str) -> str:
     return note
 
 
+NOTE_SCHEMA: JsonDict = {"minLength": 1, "maxLength": MAX_NOTE_CHARS, "pattern": patterns.NOTE}
+"""What `check_note` accepts, for the OpenAPI document."""
+
+
 def describe_errors(error: ValidationError) -> str:
     """Pydantic's messages without the offending input (which may be patient text)."""
     parts = []
@@ -77,6 +104,24 @@ def describe_errors(error: ValidationError) -> str:
 
 EARLIEST = datetime(1900, 1, 1, tzinfo=UTC)
 LATEST = datetime(2200, 1, 1, tzinfo=UTC)
+
+
+TIMESTAMP_SCHEMA: JsonDict = {
+    "type": "string",
+    "pattern": patterns.TIMESTAMP,
+    "description": "ISO 8601 date and time (2024-05-01T09:30:00Z; without an offset, UTC), from 1901 to 2198.",
+}
+_TIMESTAMP = re.compile(patterns.TIMESTAMP)
+
+
+def timestamp_text(value: object) -> object:
+    """A date and time as the API takes it: text as TIMESTAMP_SCHEMA says, not a number of epoch seconds
+    nor any other form pydantic would read (a `datetime` passes: Python callers, such as the client)."""
+    if value is None or isinstance(value, datetime):
+        return value
+    if not (isinstance(value, str) and _TIMESTAMP.fullmatch(value)):
+        raise ValueError("must be an ISO 8601 date and time from 1901 to 2198, like 2024-05-01T09:30:00Z")
+    return value
 
 
 def as_utc(moment: datetime) -> datetime:
@@ -95,8 +140,12 @@ class RecordBase(BaseModel):
 
     site: SiteName = Field(default="default", description="Hospital or clinic the record comes from.")
     period: PeriodName | None = Field(default=None, description="Data period (a quarter, a year, ...).")
-    observed_at: datetime | None = Field(default=None, description="When the note was written; now if absent.")
-    note: str = Field(description="The free-text clinical note.")
+    observed_at: datetime | None = Field(
+        default=None,
+        description="When the note was written; now if absent.",
+        json_schema_extra={"anyOf": [TIMESTAMP_SCHEMA, {"type": "null"}]},
+    )
+    note: str = Field(description="The free-text clinical note.", json_schema_extra=NOTE_SCHEMA)
     fields: ClinicalFields = Field(default_factory=ClinicalFields, description="Structured fields.")
 
     @field_validator("note")

@@ -12,7 +12,8 @@ from typing import Annotated
 from fastapi import APIRouter, File, HTTPException, Query, UploadFile
 from starlette.concurrency import run_in_threadpool
 
-from anamnesis.service.deps import AdminKey, SessionDep, StateDep
+from anamnesis.service.deps import ADMIN_ERRORS, AdminKey, SessionDep, StateDep
+from anamnesis.service.errors import error_responses
 from anamnesis.service.schemas import (
     IngestResponse,
     LabelResult,
@@ -21,6 +22,7 @@ from anamnesis.service.schemas import (
     NewLabelPublic,
     RecordsRequest,
 )
+from anamnesis.storage.errors import IngestFileError
 from anamnesis.storage.ingest import ColumnMapping, FileFormat, ingest_file, prepare_record
 from anamnesis.storage.models import row_id
 from anamnesis.storage.queries import find_prediction
@@ -29,9 +31,15 @@ from anamnesis.storage.schemas import RecordCreate
 from anamnesis.storage.vocabulary import UnknownLabelError
 
 router = APIRouter(prefix="/v1", tags=["data"])
+UNKNOWN_LABEL = "The request breaks the schema, or a label is outside the declared vocabulary."
+UPLOADED = "the uploaded file"
 
 
-@router.post("/records", response_model=IngestResponse)
+@router.post(
+    "/records",
+    response_model=IngestResponse,
+    responses=error_responses(*ADMIN_ERRORS, 400, 413, 422, meaning={422: UNKNOWN_LABEL}),
+)
 def add_records(body: RecordsRequest, state: StateDep, session: SessionDep, principal: AdminKey) -> IngestResponse:
     """Store records (optionally labeled); a record already stored is not stored twice."""
     now = datetime.now(UTC)
@@ -58,20 +66,27 @@ def add_records(body: RecordsRequest, state: StateDep, session: SessionDep, prin
     )
 
 
-@router.post("/labels", response_model=LabelsResponse)
+@router.post(
+    "/labels",
+    response_model=LabelsResponse,
+    responses=error_responses(
+        *ADMIN_ERRORS,
+        400,
+        404,
+        413,
+        422,
+        meaning={404: "No record has this record_id, or no prediction this prediction_id.", 422: UNKNOWN_LABEL},
+    ),
+)
 def add_ground_truth(body: LabelsRequest, state: StateDep, session: SessionDep, principal: AdminKey) -> LabelsResponse:
     """Ground truth that arrives later, addressed by prediction id or record id. History is kept."""
     pairs: list[tuple[int, str]] = []
     flushed = False
     for index, item in enumerate(body.labels):
-        both_or_neither = HTTPException(422, f"labels[{index}]: give exactly one of record_id and prediction_id")
-        if item.prediction_id is None:
-            if item.record_id is None:
-                raise both_or_neither
+        if item.record_id is not None:
             pairs.append((item.record_id, item.label))
             continue
-        if item.record_id is not None:
-            raise both_or_neither
+        assert item.prediction_id is not None  # a LabelItem holds exactly one of the two
         prediction = find_prediction(session, item.prediction_id)
         if prediction is None and not flushed:
             # It may still be waiting in this process's write queue.
@@ -89,7 +104,22 @@ def add_ground_truth(body: LabelsRequest, state: StateDep, session: SessionDep, 
     return LabelsResponse(labels=[LabelResult(label_id=row_id(r), record_id=r.record_id, label=r.label) for r in rows])
 
 
-@router.post("/records/upload", response_model=IngestResponse, responses={413: {"description": "File too large."}})
+@router.post(
+    "/records/upload",
+    response_model=IngestResponse,
+    responses=error_responses(
+        *ADMIN_ERRORS,
+        400,
+        413,
+        422,
+        meaning={
+            413: "The file is larger than the service takes.",
+            422: "A parameter breaks the schema, or the file cannot be ingested as a whole (not readable in its "
+            "format, a named column missing, a column that looks like a patient identifier); rows that cannot be "
+            "stored are reported in the answer instead.",
+        },
+    ),
+)
 async def upload_records(
     file: Annotated[UploadFile, File(description="CSV, JSONL or Parquet.")],
     state: StateDep,
@@ -108,6 +138,8 @@ async def upload_records(
 ) -> IngestResponse:
     """Bulk upload, validated row by row like `anamnesis ingest` (same code, same errors)."""
     suffix = f".{file_format.value}" if file_format else Path(file.filename or "").suffix.lower()
+    if not (suffix[1:].isascii() and suffix[1:].isalnum() and len(suffix) <= 10):
+        suffix = ""  # no name a temporary file could not take
     mapping = ColumnMapping(
         text=text_col,
         label=label_col,
@@ -126,15 +158,20 @@ async def upload_records(
                 if size > state.settings.max_upload_bytes:
                     raise HTTPException(413, f"the upload is larger than {state.settings.max_upload_bytes} bytes")
                 handle.write(chunk)
-        report = await run_in_threadpool(
-            ingest_file,
-            state.engine,
-            path,
-            mapping=mapping,
-            patient_key=state.patient_key,
-            actor=principal.actor,
-            file_format=file_format,
-        )
+        try:
+            report = await run_in_threadpool(
+                ingest_file,
+                state.engine,
+                path,
+                mapping=mapping,
+                patient_key=state.patient_key,
+                actor=principal.actor,
+                file_format=file_format,
+            )
+        except IngestFileError as error:
+            # Its message names the file: here a temporary one, whose path is none of the client's business.
+            message = str(error).replace(str(path), UPLOADED).replace(folder, UPLOADED).replace(path.name, UPLOADED)
+            raise IngestFileError(message) from None
     return IngestResponse(
         rows_read=report.rows_read,
         inserted=report.inserted,

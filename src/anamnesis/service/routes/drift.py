@@ -7,7 +7,8 @@ from pathlib import Path
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
-from anamnesis.service.deps import Limit, Offset, ReaderKey, RowId, SessionDep
+from anamnesis.service.deps import KEY_ERRORS, Limit, Offset, ReaderKey, RowId, SessionDep
+from anamnesis.service.errors import error_responses
 from anamnesis.service.schemas import Page
 from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.models import DriftReport
@@ -15,6 +16,7 @@ from anamnesis.storage.queries import count_rows, get_drift_report, list_drift_r
 from anamnesis.storage.schemas import DriftReportPublic
 
 router = APIRouter(prefix="/v1/drift", tags=["drift"])
+NOT_FOUND = {404: "No such report."}
 
 
 def public(report: DriftReport) -> DriftReportPublic:
@@ -23,14 +25,18 @@ def public(report: DriftReport) -> DriftReportPublic:
     )
 
 
-@router.get("", response_model=Page[DriftReportPublic])
+@router.get("", response_model=Page[DriftReportPublic], responses=error_responses(*KEY_ERRORS, 422))
 def list_reports(session: SessionDep, _: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> Page[DriftReportPublic]:
     """Drift checks, newest first."""
     reports = [public(r) for r in list_drift_reports(session, limit=limit, offset=offset)]
     return Page(data=reports, count=count_rows(session, DriftReport))
 
 
-@router.get("/{report_id}", response_model=DriftReportPublic)
+@router.get(
+    "/{report_id}",
+    response_model=DriftReportPublic,
+    responses=error_responses(*KEY_ERRORS, 404, 422, meaning=NOT_FOUND),
+)
 def get_report(report_id: RowId, session: SessionDep, _: ReaderKey) -> DriftReportPublic:
     return public(get_drift_report(session, report_id))
 
@@ -42,7 +48,14 @@ def report_file(session: SessionDep, report_id: int) -> FileResponse:
     return FileResponse(report.html_path, media_type="text/html")
 
 
-@router.get("/{report_id}/report", response_class=FileResponse)
+@router.get(
+    "/{report_id}/report",
+    response_class=FileResponse,
+    responses={
+        200: {"description": "The report.", "content": {"text/html": {"schema": {"type": "string"}}}},
+        **error_responses(*KEY_ERRORS, 404, 422, meaning={404: "No such report, or it has no HTML page."}),
+    },
+)
 def get_report_html(report_id: RowId, session: SessionDep, _: ReaderKey) -> FileResponse:
     """The report as a self-contained HTML page (it loads nothing from the network)."""
     return report_file(session, report_id)

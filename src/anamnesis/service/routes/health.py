@@ -9,6 +9,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Session
 
 from anamnesis.service.deps import StateDep
+from anamnesis.service.errors import error_responses
 from anamnesis.service.schemas import Liveness, Readiness
 from anamnesis.storage.queries import why_no_model_serves
 from anamnesis.storage.repository import ensure_engine_ready
@@ -16,14 +17,17 @@ from anamnesis.storage.repository import ensure_engine_ready
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz", response_model=Liveness)
+@router.get("/healthz", response_model=Liveness, responses=error_responses())
 def healthz() -> Liveness:
     """Liveness: the process answers."""
     return Liveness()
 
 
 @router.get(
-    "/readyz", response_model=Readiness, response_model_exclude_none=True, responses={503: {"model": Readiness}}
+    "/readyz",
+    response_model=Readiness,
+    response_model_exclude_none=True,
+    responses={**error_responses(), 503: {"model": Readiness, "description": "Not ready, and why."}},
 )
 def readyz(state: StateDep) -> JSONResponse:
     """Readiness: the database answers and a model is loaded."""
@@ -52,7 +56,11 @@ def readyz(state: StateDep) -> JSONResponse:
     return JSONResponse(body.model_dump(exclude_none=True), status_code=200 if ready else 503)
 
 
-@router.get("/metrics", response_class=Response, responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics",
+    response_class=Response,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}, **error_responses()},
+)
 def metrics(state: StateDep) -> Response:
     """Prometheus metrics: latency, errors, batch sizes, current version, drift scores, jobs."""
     state.metrics.pending_writes.set(state.writer.pending)

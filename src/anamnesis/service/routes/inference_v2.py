@@ -20,15 +20,17 @@ from fastapi import APIRouter, Path, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 
-from anamnesis.service.deps import PredictKey, StateDep
-from anamnesis.service.errors import V2Error, problems_message, validation_problems
+from anamnesis.service.deps import KEY_ERRORS, PredictKey, StateDep
+from anamnesis.service.errors import V2Error, error_responses, problems_message, validation_problems
 from anamnesis.service.open_inference import protocol
 from anamnesis.service.schemas import (
     V2InferRequest,
     V2InferResponse,
     V2Liveness,
     V2ModelMetadata,
+    V2ModelNotReady,
     V2ModelReadiness,
+    V2NotReady,
     V2Readiness,
     V2ServerMetadata,
 )
@@ -36,22 +38,25 @@ from anamnesis.service.schemas import (
 router = APIRouter(prefix="/v2", tags=["open inference protocol v2"])
 
 HEADER_LENGTH = "Inference-Header-Content-Length"
-ModelName = Annotated[str, Path(max_length=100, description="The model's name: `anamnesis`.")]
-Version = Annotated[
-    str, Path(max_length=20, description="A model version's id; the production and archived versions serve.")
+# Their schemas say what exists (an enum, a pattern) without the validation that would answer 422: another
+# name, or a version that is no number, answers 404, the protocol's "not found".
+ModelName = Annotated[
+    str,
+    Path(
+        max_length=100, description="The model's name: `anamnesis`.", json_schema_extra={"enum": [protocol.MODEL_NAME]}
+    ),
 ]
-ERRORS: dict[int | str, dict[str, Any]] = {
-    400: {"description": "Bad input: the message names the field and the problem."},
-    401: {"description": "No API key, or an unknown one."},
-    404: {"description": "Unknown model, or a version that does not serve."},
-    413: {"description": "More records than one request may hold, or a body over the limit."},
-    415: {"description": "A Content-Encoding other than gzip or deflate."},
-    503: {"description": "No model in production yet, or the database is unavailable."},
-}
-
-
-def _error_body(message: str) -> dict[str, Any]:
-    return {"description": message, "content": {"application/json": {"example": {"error": message}}}}
+Version = Annotated[
+    str,
+    Path(
+        max_length=20,
+        description="A model version's id; the production and archived versions serve.",
+        json_schema_extra={"pattern": "^[0-9]{1,10}$"},
+    ),
+]
+UNKNOWN = {404: "Unknown model, or a version that does not serve."}
+NOT_FOUND = error_responses(404, 422, v2=True, meaning=UNKNOWN)
+UNAVAILABLE = "The database is unavailable (retry after Retry-After seconds)."
 
 
 def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
@@ -71,37 +76,67 @@ def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
     return resolved
 
 
+def _infer_request_schema() -> dict[str, Any]:
+    """V2InferRequest's schema with the names this model knows."""
+    schema = _inlined(V2InferRequest.model_json_schema())
+    tensor = schema["properties"]["inputs"]["items"]["properties"]
+    tensor["name"]["enum"] = list(protocol.INPUT_NAMES)
+    tensor["datatype"]["enum"] = ["BYTES"]
+    requested = next(member for member in schema["properties"]["outputs"]["anyOf"] if member.get("type") == "array")
+    requested["items"]["properties"]["name"]["enum"] = list(protocol.OUTPUT_NAMES)
+    return schema
+
+
 # The body is read by hand (JSON without a Content-Type, compression, binary data): documented here.
 INFER_BODY = {
     "requestBody": {
         "required": True,
         "description": "JSON (any or no Content-Type), optionally followed by binary tensor data whose JSON "
         f"length is in the {HEADER_LENGTH} header; gzip or deflate with Content-Encoding.",
-        "content": {"application/json": {"schema": _inlined(V2InferRequest.model_json_schema())}},
+        "content": {"application/json": {"schema": _infer_request_schema()}},
     }
 }
 INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": f"JSON, or (binary outputs requested) JSON followed by binary data whose JSON length is in "
         f"the {HEADER_LENGTH} header, as application/octet-stream.",
-        "content": {"application/octet-stream": {}},
+        "content": {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}},
     },
-    **ERRORS,
+    **error_responses(
+        *KEY_ERRORS,
+        400,
+        404,
+        413,
+        415,
+        422,
+        v2=True,
+        meaning={
+            **UNKNOWN,
+            400: "Bad input: the message names the field and the problem.",
+            413: "More records than one request may hold, or a body over the limit (once decompressed).",
+            422: "A path parameter over its length.",
+            503: "No model in production yet, or the database is unavailable (then with Retry-After).",
+        },
+    ),
 }
 
 
-@router.get("", response_model=V2ServerMetadata)
+@router.get("", response_model=V2ServerMetadata, responses=error_responses(v2=True))
 def server_metadata() -> V2ServerMetadata:
     """The server's name, version and protocol extensions."""
     return protocol.server_metadata()
 
 
-@router.get("/health/live", response_model=V2Liveness)
+@router.get("/health/live", response_model=V2Liveness, responses=error_responses(v2=True))
 def live() -> V2Liveness:
     return V2Liveness(live=True)
 
 
-@router.get("/health/ready", response_model=V2Readiness, responses={503: _error_body("Not ready, and why.")})
+@router.get(
+    "/health/ready",
+    response_model=V2Readiness,
+    responses={**error_responses(v2=True), 503: {"model": V2NotReady, "description": "Not ready, and why."}},
+)
 def ready(state: StateDep) -> Any:
     reason = protocol.server_unready_reason(state)
     if reason is not None:
@@ -109,13 +144,17 @@ def ready(state: StateDep) -> Any:
     return V2Readiness(ready=True)
 
 
-@router.get("/models/{name}", response_model=V2ModelMetadata, responses=ERRORS)
+@router.get("/models/{name}", response_model=V2ModelMetadata, responses=NOT_FOUND)
 async def model_metadata(name: ModelName, state: StateDep) -> V2ModelMetadata:
     """The current model: every version that may be addressed, and the current version's labels."""
     return await protocol.model_metadata(state, name, None)
 
 
-@router.get("/models/{name}/versions/{version}", response_model=V2ModelMetadata, responses=ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}",
+    response_model=V2ModelMetadata,
+    responses=error_responses(404, 422, 503, v2=True, meaning={**UNKNOWN, 503: UNAVAILABLE}),
+)
 async def version_metadata(name: ModelName, version: Version, state: StateDep) -> V2ModelMetadata:
     """One version: its runtime and labels (the columns of its probabilities)."""
     return await protocol.model_metadata(state, name, version)
@@ -128,13 +167,31 @@ async def _model_ready(state: StateDep, name: str, version: str | None) -> Any:
     return V2ModelReadiness(name=name, ready=True)
 
 
-@router.get("/models/{name}/ready", response_model=V2ModelReadiness, responses=ERRORS)
+@router.get(
+    "/models/{name}/ready",
+    response_model=V2ModelReadiness,
+    responses={**NOT_FOUND, 503: {"model": V2ModelNotReady, "description": "No version in production yet."}},
+)
 async def model_ready(name: ModelName, state: StateDep) -> Any:
     """Ready while a version is in production, also while a new one is being swapped in."""
     return await _model_ready(state, name, None)
 
 
-@router.get("/models/{name}/versions/{version}/ready", response_model=V2ModelReadiness, responses=ERRORS)
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    response_model=V2ModelReadiness,
+    responses=error_responses(
+        404,
+        422,
+        503,
+        v2=True,
+        meaning={
+            **UNKNOWN,
+            503: 'The version cannot load, answered {"name", "ready": false, "error"}; or the database is '
+            "unavailable (retry after Retry-After seconds).",
+        },
+    ),
+)
 async def version_ready(name: ModelName, version: Version, state: StateDep) -> Any:
     """Ready when the version may serve and loads (it is loaded here if it was not)."""
     return await _model_ready(state, name, version)

@@ -7,7 +7,8 @@ from typing import Any
 from fastapi import APIRouter, Response, status
 
 from anamnesis.service.auth import Principal
-from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep
+from anamnesis.service.deps import ADMIN_ERRORS, KEY_ERRORS, AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep
+from anamnesis.service.errors import error_responses
 from anamnesis.service.schemas import JobPublic, JobRequest, Page
 from anamnesis.storage import queries
 from anamnesis.storage.errors import JobAlreadyQueuedError
@@ -38,6 +39,8 @@ def _queue(
 
 _QUEUE_RESPONSES: dict[int | str, dict[str, Any]] = {
     status.HTTP_200_OK: {"model": JobPublic, "description": "A job of this kind was already queued: that job."},
+    status.HTTP_202_ACCEPTED: {"model": JobPublic, "description": "Queued: the new job."},
+    **error_responses(*ADMIN_ERRORS, 400, 413, 422),
 }
 
 
@@ -59,13 +62,17 @@ def queue_drift_check(
     return _queue(session, response, JobKind.drift_check, body, principal)
 
 
-@router.get("", response_model=Page[JobPublic])
+@router.get("", response_model=Page[JobPublic], responses=error_responses(*KEY_ERRORS, 422))
 def list_jobs(session: SessionDep, principal: ReaderKey, limit: Limit = 50, offset: Offset = 0) -> Page[JobPublic]:
     """Jobs, newest first, with status, progress and errors (tracebacks for admin keys only)."""
     runs = queries.list_jobs(session, limit=limit, offset=offset)
     return Page(data=[public(session, run, principal) for run in runs], count=queries.count_rows(session, Job))
 
 
-@router.get("/{job_id}", response_model=JobPublic)
+@router.get(
+    "/{job_id:row}",
+    response_model=JobPublic,
+    responses=error_responses(*KEY_ERRORS, 404, 422, meaning={404: "No such job."}),
+)
 def get_job(job_id: RowId, session: SessionDep, principal: ReaderKey) -> JobPublic:
     return public(session, queries.get_job(session, job_id), principal)

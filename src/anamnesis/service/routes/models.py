@@ -5,7 +5,18 @@ from __future__ import annotations
 from fastapi import APIRouter
 
 from anamnesis.service.auth import Principal
-from anamnesis.service.deps import AdminKey, Limit, Offset, ReaderKey, RowId, SessionDep, StateDep
+from anamnesis.service.deps import (
+    ADMIN_ERRORS,
+    KEY_ERRORS,
+    AdminKey,
+    Limit,
+    Offset,
+    ReaderKey,
+    RowId,
+    SessionDep,
+    StateDep,
+)
+from anamnesis.service.errors import error_responses
 from anamnesis.service.predicting.runtime import promote_with_runtime
 from anamnesis.service.schemas import ModelDetail, ModelVersionPublic, Page, PromoteRequest, RollbackRequest
 from anamnesis.storage.errors import NotFoundError
@@ -14,6 +25,7 @@ from anamnesis.storage.queries import count_rows, current_model, get_model_versi
 from anamnesis.storage.repository import rollback_model
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
+NO_VERSION = {404: "No such model version."}
 
 
 def detail(session: SessionDep, version: ModelVersion, principal: Principal) -> ModelDetail:
@@ -26,7 +38,7 @@ def detail(session: SessionDep, version: ModelVersion, principal: Principal) -> 
     )
 
 
-@router.get("", response_model=Page[ModelVersionPublic])
+@router.get("", response_model=Page[ModelVersionPublic], responses=error_responses(*KEY_ERRORS, 422))
 def list_models(
     session: SessionDep, principal: ReaderKey, limit: Limit = 100, offset: Offset = 0
 ) -> Page[ModelVersionPublic]:
@@ -38,7 +50,11 @@ def list_models(
     )
 
 
-@router.get("/current", response_model=ModelDetail)
+@router.get(
+    "/current",
+    response_model=ModelDetail,
+    responses=error_responses(*KEY_ERRORS, 404, meaning={404: "No version is in production yet."}),
+)
 def get_current(session: SessionDep, principal: ReaderKey) -> ModelDetail:
     """The production model."""
     version = current_model(session)
@@ -47,13 +63,32 @@ def get_current(session: SessionDep, principal: ReaderKey) -> ModelDetail:
     return detail(session, version, principal)
 
 
-@router.get("/{version_id}", response_model=ModelDetail)
+@router.get(
+    "/{version_id:row}",
+    response_model=ModelDetail,
+    responses=error_responses(*KEY_ERRORS, 404, 422, meaning=NO_VERSION),
+)
 def get_model(version_id: RowId, session: SessionDep, principal: ReaderKey) -> ModelDetail:
     """One version: metrics, accuracy matrix, lineage and the gate's decision."""
     return detail(session, get_model_version(session, version_id), principal)
 
 
-@router.post("/{version_id}/promote", response_model=ModelDetail)
+@router.post(
+    "/{version_id}/promote",
+    response_model=ModelDetail,
+    responses=error_responses(
+        *ADMIN_ERRORS,
+        400,
+        404,
+        409,
+        413,
+        422,
+        meaning={
+            **NO_VERSION,
+            409: "The version is already in production, or the gate rejected it (override_gate promotes it).",
+        },
+    ),
+)
 def promote(
     version_id: RowId, body: PromoteRequest, state: StateDep, session: SessionDep, principal: AdminKey
 ) -> ModelDetail:
@@ -71,7 +106,13 @@ def promote(
     return detail(session, promoted, principal)
 
 
-@router.post("/rollback", response_model=ModelDetail)
+@router.post(
+    "/rollback",
+    response_model=ModelDetail,
+    responses=error_responses(
+        *ADMIN_ERRORS, 400, 409, 413, 422, meaning={409: "No earlier production version to roll back to."}
+    ),
+)
 def rollback(body: RollbackRequest, session: SessionDep, principal: AdminKey) -> ModelDetail:
     """Put the previously promoted version back into production."""
     return detail(session, rollback_model(session, actor=principal.actor, reason=body.reason), principal)

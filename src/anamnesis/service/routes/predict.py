@@ -2,32 +2,37 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
-from fastapi import APIRouter, Body, HTTPException
+from fastapi import APIRouter, Body
 
-from anamnesis.service.deps import PredictKey, StateDep
+from anamnesis.service.deps import KEY_ERRORS, PredictKey, StateDep
+from anamnesis.service.errors import error_responses
 from anamnesis.service.predicting.classify import classify
-from anamnesis.service.schemas import PredictionPublic, PredictItem, PredictResponse
+from anamnesis.service.schemas import PredictBatch, PredictionPublic, PredictItem, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"])
 
-RESPONSES: dict[int | str, dict[str, Any]] = {
-    413: {"description": "More records than one request may hold."},
-    503: {"description": "No model in production yet, or the database is unavailable."},
-}
+RESPONSES = error_responses(
+    *KEY_ERRORS,
+    400,
+    413,
+    422,
+    meaning={
+        413: "More records than one request may hold, or a body over the limit.",
+        503: "No model in production yet, or the database is unavailable (then with Retry-After).",
+    },
+)
 
 
 @router.post("/predict", response_model=PredictResponse, responses=RESPONSES)
 async def predict(
-    body: Annotated[PredictItem | list[PredictItem], Body(description="One record, or a list of records.")],
+    body: Annotated[PredictItem | PredictBatch, Body(description="One record, or a list of records.")],
     state: StateDep,
     _: PredictKey,
 ) -> PredictResponse:
     """Classify records: label, class probabilities, model version and a prediction id for each."""
     items = body if isinstance(body, list) else [body]
-    if not items:
-        raise HTTPException(422, "send at least one record")
     answered = await classify(state, items)
     return PredictResponse(
         predictions=[

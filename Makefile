@@ -69,9 +69,11 @@ bench-drift: install
 bench-drift-served: install
 	$(BIN)/python benchmarks/drift_served.py
 
+# About 70 minutes per seed alone on a 2-core CPU; add seeds to an earlier run with
+# `--seeds 1 --merge docs/benchmarks/policy.json`.
 bench-policy: install
-	$(BIN)/anamnesis bench policy --scenario mixed --periods 6 --per-period 300 --seeds 0,1,2 \
-		--policies never,every,every:2,drift,oracle
+	$(BIN)/anamnesis bench policy --scenario mixed --periods 8 --per-period 300 --seeds 0,1,2 \
+		--policies never,every,every:2,labels:600,drift,oracle
 
 bench-serve: install
 	$(BIN)/anamnesis bench serve

@@ -12,16 +12,11 @@ import os
 import re
 import subprocess
 import sys
-import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import jsonschema_rs
 import pytest
-import uvicorn
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import TypeAdapter, ValidationError
@@ -33,7 +28,7 @@ from anamnesis.storage.engine import create_db_engine
 from anamnesis.storage.fields import ClinicalFields, identifier_name, identifier_name_pattern
 from anamnesis.storage.migrate import upgrade
 from anamnesis.storage.schemas import NOTE_SCHEMA, LabelName, PatientReference, RecordCreate, check_note, timestamp_text
-from tests.processes import free_port
+from tests.processes import serving_in_thread
 from tests.service_fixtures import installation, settings_for
 
 SEED = int(os.environ.get("ANAMNESIS_FUZZ_SEED", "20261130"))  # another seed explores other inputs
@@ -55,24 +50,6 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 include-name = ["POST /v2/models/{name}/infer", "POST /v2/models/{name}/versions/{version}/infer"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
 """
-
-
-@contextmanager
-def serving(app) -> Iterator[str]:
-    """The app under uvicorn in a thread (its lifespan runs there), on a free port: its base URL."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
 
 
 def schemathesis_run(url: str, folder: Path, *options: str) -> tuple[int, str]:
@@ -115,7 +92,8 @@ def test_the_service_keeps_its_openapi_contract(tmp_path) -> None:
     config = StorageConfig.embedded(tmp_path / "home")
     upgrade(create_db_engine(config))
     engine, keys = installation(config)
-    with serving(create_app(settings_for(config))) as url:
+    with serving_in_thread(create_app(settings_for(config))) as port:
+        url = f"http://127.0.0.1:{port}"
         runs = {
             # Every phase and check with an admin key, which may call every operation.
             "admin key": schemathesis_run(url, tmp_path, "--header", f"X-API-Key: {keys.admin}", "-n", str(EXAMPLES)),

@@ -11,7 +11,6 @@ import threading
 import time
 import zlib
 from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
@@ -22,7 +21,6 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
-import uvicorn
 from fastapi.testclient import TestClient
 from sqlalchemy import func, select
 from sqlmodel import Session
@@ -40,7 +38,7 @@ from anamnesis.storage.errors import NotFoundError
 from anamnesis.storage.migrate import upgrade
 from anamnesis.storage.models import ModelStatus, ModelVersion, Prediction, row_id
 from anamnesis.storage.repository import create_model_version, promote_model_version, reject_model_version
-from tests.processes import environment, free_port, running
+from tests.processes import environment, free_port, running, serving_in_thread
 from tests.service_fixtures import LABELS, Keys, installation, make_keys, settings_for, train_and_promote
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,24 +78,6 @@ class Server:
         return httpx.request(method, f"http://{self.http_url}{path}", timeout=60, **kwargs)
 
 
-@contextmanager
-def serving(app) -> Iterator[int]:
-    """The app under uvicorn in a thread (its lifespan, gRPC included, runs there), on a free port."""
-    port = free_port()
-    server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 60
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "the server did not start"
-        time.sleep(0.05)
-    try:
-        yield port
-    finally:
-        server.should_exit = True
-        thread.join(timeout=30)
-
-
 def _stored_copy(engine, source_id: int) -> int:
     """A candidate version stored with the weights of `source_id` (never loaded: it does not serve)."""
     with Session(engine) as session:
@@ -130,7 +110,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     engine.dispose()
     grpc_port = free_port()
     app = create_app(settings_for(config, grpc_port=grpc_port))
-    with serving(app) as port:
+    with serving_in_thread(app) as port:
         yield Server(port, grpc_port, keys, config, app, rejected, candidate)
 
 

@@ -11,7 +11,15 @@ import pytest
 
 from anamnesis.cohort import generate
 from anamnesis.monitor.config import PolicyConfig
-from anamnesis.service.bench_policy import Policy, ReplayStream, run_seed, summarize, write_results
+from anamnesis.service.bench_policy import (
+    Policy,
+    ReplayStream,
+    merge_seeds,
+    replay_settings,
+    run_seed,
+    summarize,
+    write_results,
+)
 from anamnesis.storage.ingest import ColumnMapping
 from tests.factories import MECHANICS_GATE
 from tests.service_fixtures import tiny
@@ -53,7 +61,7 @@ def test_policies_replay_the_same_stream_prequentially_and_report_their_targets(
 
     summary = summarize([result])
     assert [t["target"].split()[0] for t in summary["targets"]] == ["drift-triggered", "at", "ahead"]
-    paths = write_results({"command": "test", "setup": "tiny", "per_seed": [result], "summary": summary}, tmp_path)
+    paths = write_results({"commands": ["test"], "setup": "tiny", "per_seed": [result], "summary": summary}, tmp_path)
     assert "| drift-triggered |" in paths[1].read_text() and paths[2].stat().st_size > 0
 
 
@@ -95,5 +103,37 @@ def test_the_command_refuses_an_oracle_without_ground_truth_and_a_merge_of_anoth
     other = tmp_path / "other.json"
     other.write_text(json.dumps({"stream_config": {"stream": "cohort mixed"}, "per_seed": []}))
     merged = _bench_policy(*common, *data, "--policies", "never", "--merge", str(other))
-    assert merged.returncode != 0 and "--merge: other.json holds another stream or other policies" in merged.stderr
+    assert merged.returncode != 0 and "--merge: other.json holds another stream" in merged.stderr
     assert not (tmp_path / "policy.json").exists()
+
+
+def test_a_drift_variant_changes_only_its_settings_and_merges_beside_the_seeds_of_earlier_runs() -> None:
+    variant = Policy.parse("drift:severity=0.5/min_labels=50")
+    assert variant.name == "drift-triggered (severity 0.5, min_labels 50)"
+    settings = replay_settings(Path("/tmp/unused"), per_period=300, overrides={})
+    tuned = variant.applied_to(settings)
+    assert set(tuned.policy.severity_thresholds.values()) == {0.5}
+    assert set(tuned.policy.severity_thresholds) == set(settings.policy.severity_thresholds)
+    assert tuned.drift.performance.min_labels == 50 and tuned.drift.min_rows == settings.drift.min_rows
+    assert settings.drift.performance.min_labels == 200  # the defaults are untouched
+    assert Policy.parse("drift").applied_to(settings) == settings
+    for wrong in ("drift:severity=2", "drift:min_labels=0", "drift:speed=1", "drift:severity"):
+        with pytest.raises(ValueError):
+            Policy.parse(wrong)
+
+    def seed(number: int, *names: str) -> dict[str, object]:
+        run = {"mean_accuracy": 0.5, "accuracy": {"2": 0.5}, "updates": 1, "training_s": 10.0}
+        return {"seed": number, "policies": {name: dict(run) for name in names}}
+
+    earlier = [seed(0, "never", "every period", "drift-triggered")]
+    merged = merge_seeds(merge_seeds(earlier, seed(0, variant.name)), seed(1, "never", "every period"))
+    assert [list(entry["policies"]) for entry in merged] == [
+        ["never", "every period", "drift-triggered", variant.name],
+        ["never", "every period"],
+    ]
+    assert list(earlier[0]["policies"]) == ["never", "every period", "drift-triggered"]  # not mutated
+    with pytest.raises(ValueError, match="seed 0 already holds never"):
+        merge_seeds(merged, seed(0, "never"))
+    summary = summarize(merged)
+    assert summary["policies"]["never"]["seeds"] == [0, 1] and summary["policies"][variant.name]["seeds"] == [0]
+    assert len(summary["targets"][0]["measured"]["values"]) == 1  # only seed 0 ran all three

@@ -67,11 +67,18 @@ class PolicyKind(StrEnum):
     oracle = "oracle"
 
 
+DRIFT_VARIANTS = {"severity": "every family's update severity limit", "min_labels": "performance.min_labels"}
+
+
 @dataclass(frozen=True)
 class Policy:
     kind: PolicyKind
     every: int = 1
     labels: int = 0
+    # The drift policy with other settings than the defaults (`drift:severity=0.5/min_labels=50`): the
+    # candidates a tuning of the defaults compares on the same streams.
+    severity: float | None = None
+    min_labels: int | None = None
 
     @property
     def name(self) -> str:
@@ -79,20 +86,53 @@ class Policy:
             return "every period" if self.every == 1 else f"every {self.every} periods"
         if self.kind == PolicyKind.labels:
             return f"{self.labels} new labels"
+        if self.kind == PolicyKind.drift and (self.severity is not None or self.min_labels is not None):
+            changed = [f"severity {self.severity:g}"] if self.severity is not None else []
+            changed += [f"min_labels {self.min_labels}"] if self.min_labels is not None else []
+            return f"drift-triggered ({', '.join(changed)})"
         return {"never": "never", "drift": "drift-triggered", "oracle": "oracle"}[self.kind.value]
 
     @classmethod
     def parse(cls, text: str) -> Policy:
-        """`never`, `every`, `every:K`, `labels:N`, `drift`, `oracle`."""
+        """`never`, `every`, `every:K`, `labels:N`, `drift`, `drift:severity=S/min_labels=N`, `oracle`."""
         kind, _, value = text.partition(":")
         policy = PolicyKind(kind)
         if policy == PolicyKind.every:
             return cls(policy, every=int(value or 1))
         if policy == PolicyKind.labels:
             return cls(policy, labels=int(value))
+        if policy == PolicyKind.drift and value:
+            return cls._drift_variant(value)
         if value:
             raise ValueError(f"policy {kind} takes no value")
         return cls(policy)
+
+    @classmethod
+    def _drift_variant(cls, value: str) -> Policy:
+        settings: dict[str, str] = {}
+        for item in value.split("/"):
+            key, _, setting = item.partition("=")
+            if key not in DRIFT_VARIANTS or not setting:
+                raise ValueError(f"drift takes {', '.join(f'{k}=' for k in DRIFT_VARIANTS)} separated by /")
+            settings[key] = setting
+        severity = float(settings["severity"]) if "severity" in settings else None
+        min_labels = int(settings["min_labels"]) if "min_labels" in settings else None
+        if severity is not None and not 0 < severity <= 1:
+            raise ValueError("drift severity must be in (0, 1]")
+        if min_labels is not None and min_labels < 1:
+            raise ValueError("drift min_labels must be at least 1")
+        return cls(PolicyKind.drift, severity=severity, min_labels=min_labels)
+
+    def applied_to(self, settings: Settings) -> Settings:
+        """`settings` with this policy's drift settings in place of the defaults."""
+        policy, drift = settings.policy, settings.drift
+        if self.severity is not None:
+            thresholds = dict.fromkeys(policy.severity_thresholds, self.severity)
+            policy = policy.model_copy(update={"severity_thresholds": thresholds})
+        if self.min_labels is not None:
+            performance = drift.performance.model_copy(update={"min_labels": self.min_labels})
+            drift = drift.model_copy(update={"performance": performance})
+        return settings.model_copy(update={"policy": policy, "drift": drift})
 
 
 @dataclass
@@ -383,7 +423,7 @@ def run_seed(
             home=home,
             periods=periods,
             drift_starts=drift_starts,
-            settings=replay_settings(home, per_period=per_period, overrides=overrides),
+            settings=policy.applied_to(replay_settings(home, per_period=per_period, overrides=overrides)),
             progress=progress,
         )
         summary = run.summary()
@@ -411,15 +451,30 @@ def _seeded(overrides: Mapping[str, Any], seed: int) -> dict[str, Any]:
 # --- results -------------------------------------------------------------------------------------
 
 
+def merge_seeds(earlier: Sequence[dict[str, Any]], later: dict[str, Any]) -> list[dict[str, Any]]:
+    """`earlier` per-seed results with `later` added: a new seed, or new policies of a seed already there."""
+    merged = [dict(entry) for entry in earlier]
+    same = next((entry for entry in merged if entry["seed"] == later["seed"]), None)
+    if same is None:
+        return [*merged, later]
+    repeated = sorted(set(same["policies"]) & set(later["policies"]))
+    if repeated:
+        raise ValueError(f"seed {later['seed']} already holds {', '.join(repeated)}")
+    same["policies"] = {**same["policies"], **later["policies"]}
+    return merged
+
+
 def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Per policy over seeds: mean prequential accuracy, updates and training seconds with intervals;
-    the targets of the drift-triggered policy against every-period updates and never updating."""
-    names = list(per_seed[0]["policies"])
+    """Per policy over the seeds that ran it: mean prequential accuracy, updates and training seconds with
+    intervals; the targets of the drift-triggered policy against every-period updates and never updating,
+    over the seeds that ran all three."""
+    names = list(dict.fromkeys(name for seed in per_seed for name in seed["policies"]))
     policies: dict[str, Any] = {}
     for name in names:
-        runs = [seed["policies"][name] for seed in per_seed]
+        runs = [seed["policies"][name] for seed in per_seed if name in seed["policies"]]
         periods = list(runs[0]["accuracy"])
         policies[name] = {
+            "seeds": [seed["seed"] for seed in per_seed if name in seed["policies"]],
             "mean_accuracy": interval([run["mean_accuracy"] for run in runs]),
             "updates": interval([float(run["updates"]) for run in runs]),
             "training_s": interval([run["training_s"] for run in runs]),
@@ -429,16 +484,17 @@ def summarize(per_seed: Sequence[dict[str, Any]]) -> dict[str, Any]:
             policies[name]["detection_delay"] = [run["detection_delay"] for run in runs]
     targets = []
     drift, every, never = "drift-triggered", "every period", "never"
-    if {drift, every, never} <= set(names):
+    compared = [seed for seed in per_seed if {drift, every, never} <= set(seed["policies"])]
+    if compared:
 
         def paired(a: str, b: str, figure: str) -> dict[str, Any]:
-            return interval([seed["policies"][a][figure] - seed["policies"][b][figure] for seed in per_seed])
+            return interval([seed["policies"][a][figure] - seed["policies"][b][figure] for seed in compared])
 
         versus_every = paired(drift, every, "mean_accuracy")
         versus_never = paired(drift, never, "mean_accuracy")
         share = [
             seed["policies"][drift]["training_s"] / seed["policies"][every]["training_s"]
-            for seed in per_seed
+            for seed in compared
             if seed["policies"][every]["training_s"] > 0
         ]
         cost = interval(share)
@@ -511,19 +567,21 @@ def write_results(result: dict[str, Any], folder: Path, *, stem: str = "policy")
     lines = [
         "# Update policies against fixed schedules (prequential)",
         "",
-        f"`{result['command']}`",
+        *(f"`{command}`" for command in result["commands"]),
         "",
         result["setup"],
         "",
         f"![prequential accuracy]({png_path.name})",
         "",
-        "| policy | average prequential accuracy (%) | updates | training seconds | detection delay (periods) |",
-        "|---|---|---|---|---|",
+        "| policy | seeds | average prequential accuracy (%) | updates | training seconds "
+        "| detection delay (periods) |",
+        "|---|---|---|---|---|---|",
     ]
     for name, entry in summary["policies"].items():
         delay = entry.get("detection_delay", "")
         lines.append(
-            f"| {name} | {_figure(entry['mean_accuracy'], 100)} | {_figure(entry['updates'])} | "
+            f"| {name} | {', '.join(map(str, entry['seeds']))} "
+            f"| {_figure(entry['mean_accuracy'], 100)} | {_figure(entry['updates'])} | "
             f"{_figure(entry['training_s'], digits=0)} | {delay} |"
         )
     lines += ["", "## Targets", "", "| target | measured | met |", "|---|---|---|"]

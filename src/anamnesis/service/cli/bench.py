@@ -194,7 +194,11 @@ def bench_policy(
         str, typer.Option(help="Comma-separated seeds; each draws the cohort (unless --data) and seeds the learner.")
     ] = "0,1,2",
     policies: Annotated[
-        str, typer.Option(help="Comma-separated: never, every, every:K, labels:N, drift, oracle.")
+        str,
+        typer.Option(
+            help="Comma-separated: never, every, every:K, labels:N, drift, oracle; drift:severity=S/min_labels=N "
+            "is the drift policy with other settings (a candidate default)."
+        ),
     ] = "never,every,every:2,labels:800,drift,oracle",
     data: Annotated[
         Path | None,
@@ -216,7 +220,7 @@ def bench_policy(
     ] = None,
     merge: Annotated[
         Path | None,
-        typer.Option(help="A policy.json of earlier seeds of the same stream and policies: its seeds are kept."),
+        typer.Option(help="A policy.json of the same stream: its results are kept and these seeds or policies added."),
     ] = None,
     work: Annotated[Path, typer.Option(help="Scratch folder for the replayed installations.")] = Path(
         "var/bench/policy"
@@ -231,7 +235,14 @@ def bench_policy(
     import time
 
     from anamnesis.cohort import Scenario, generate
-    from anamnesis.service.bench_policy import Policy, ReplayStream, run_seed, summarize, write_results
+    from anamnesis.service.bench_policy import (
+        Policy,
+        ReplayStream,
+        merge_seeds,
+        run_seed,
+        summarize,
+        write_results,
+    )
     from anamnesis.storage.errors import IngestFileError
     from anamnesis.storage.ingest import ColumnMapping
 
@@ -251,20 +262,32 @@ def bench_policy(
         "stream": str(data.name) if data else f"cohort {chosen.value}",
         "periods": periods,
         "per_period": None if data else per_period,
-        "policies": [policy.name for policy in parsed],
     }
+    policy_names = [policy.name for policy in parsed]
     earlier: list[dict[str, Any]] = []
+    earlier_commands: list[str] = []
     if merge is not None:
         try:
             previous = json.loads(merge.read_text())
         except (OSError, ValueError) as error:
             fail(f"--merge: cannot read {merge.name}: {type(error).__name__}")
-        if previous.get("stream_config") != stream_config:
-            fail(f"--merge: {merge.name} holds another stream or other policies: {previous.get('stream_config')}")
+        previous_config = dict(previous.get("stream_config") or {})
+        earlier_names = previous_config.pop("policies", [])
+        if previous_config != stream_config:
+            fail(f"--merge: {merge.name} holds another stream: {previous_config}")
         earlier = previous["per_seed"]
-        repeated = sorted({entry["seed"] for entry in earlier} & set(seed_values))
+        earlier_commands = previous.get("commands") or [previous["command"]]
+        repeated = [
+            f"seed {entry['seed']}: {name}"
+            for entry in earlier
+            if entry["seed"] in seed_values
+            for name in policy_names
+            if name in entry["policies"]
+        ]
         if repeated:
-            fail(f"--merge: {merge.name} already holds seeds {', '.join(map(str, repeated))}")
+            fail(f"--merge: {merge.name} already holds {'; '.join(repeated)}")
+        policy_names = list(dict.fromkeys([*earlier_names, *policy_names]))
+    stream_config["policies"] = policy_names
 
     def stream_of(seed: int) -> ReplayStream:
         if data is None:
@@ -281,6 +304,8 @@ def bench_policy(
 
     started = time.perf_counter()
     per_seed: list[dict[str, Any]] = list(earlier)
+    this_command = "anamnesis bench policy " + shlex.join(sys.argv[3:])
+    commands = [*earlier_commands, this_command]
     for seed in seed_values:
         try:
             stream = stream_of(seed)
@@ -289,10 +314,10 @@ def bench_policy(
             )
         except (IngestFileError, ValueError) as error:
             fail(str(error))
-        per_seed.append(outcome)
+        per_seed = merge_seeds(per_seed, outcome)
         done = ",".join(str(entry["seed"]) for entry in per_seed)
         result: dict[str, Any] = {
-            "command": "anamnesis bench policy " + shlex.join(sys.argv[3:]),
+            "commands": commands,
             "stream_config": stream_config,
             "setup": (
                 f"Stream {stream.name}: {periods} periods of {stream.per_period} records, seeds {done}; "

@@ -575,8 +575,8 @@ def test_policy_updates_when_a_family_drifts_beyond_its_severity_threshold() -> 
     severe = _inputs(severity={family: 0.1 for family in Family} | {Family.text: 0.8})
     decision = decide_update(severe, POLICY)
     assert decision.update and decision.triggers == (UpdateTrigger.drift,)
-    assert decision.reasons == ("text drift severity 0.80 (limit 0.75)",)
-    mild = _inputs(severity={family: 0.1 for family in Family} | {Family.text: 0.6})
+    assert decision.reasons == ("text drift severity 0.80 (limit 0.50)",)
+    mild = _inputs(severity={family: 0.1 for family in Family} | {Family.text: 0.45})
     assert not decide_update(mild, POLICY).update
     unlisted = PolicyConfig(severity_thresholds={Family.structured: 0.5})
     assert not decide_update(severe, unlisted).update
@@ -623,7 +623,10 @@ def test_policy_does_nothing_without_a_trigger_and_names_the_closest_drift() -> 
         update=False, blocked_by=UpdateBlocker.no_trigger, reasons=("no drift, accuracy or age trigger",)
     )
     flagged_below_limit = {family: 0.1 for family in Family} | {Family.structured: 0.58}
-    decision = decide_update(_inputs(severity=flagged_below_limit), POLICY)
+    decision = decide_update(
+        _inputs(severity=flagged_below_limit),
+        POLICY.model_copy(update={"severity_thresholds": {Family.structured: 0.75}}),
+    )
     assert not decision.update and decision.blocked_by == UpdateBlocker.no_trigger
     assert decision.reasons == (
         "no trigger: the strongest drift, structured at severity 0.58, is below its update limit 0.75; "

@@ -67,7 +67,7 @@ class PolicyKind(StrEnum):
     oracle = "oracle"
 
 
-DRIFT_VARIANTS = {"severity": "every family's update severity limit", "min_labels": "performance.min_labels"}
+DRIFT_VARIANTS = ("severity", "min_labels")  # the drift settings a variant may change
 
 
 @dataclass(frozen=True)

@@ -179,6 +179,7 @@ def test_train_models_promote_rollback_keys_and_drift_commands(sqlite_config: St
         assert "v1" in listed and "v2" in listed
         shown = run_cli("models", "show", "2", config=sqlite_config).stdout
         assert "accuracy matrix" in shown and "gate:" in shown and "labels: radiotherapy, surgery" in shown
+        assert "calibration: T=" in shown
         if "v2  production" not in listed:
             refused = run_cli("promote", "2", config=sqlite_config, check=False)
             assert refused.returncode == 2 and "rejected" in refused.stderr

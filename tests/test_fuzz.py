@@ -40,7 +40,10 @@ EXAMPLES = int(os.environ.get("ANAMNESIS_FUZZ_EXAMPLES", "8"))  # per operation 
 # - an upload's file: CSV, JSONL or Parquet holding the named columns (422: the file as a whole);
 # - an Open Inference Protocol infer body: tensors whose shape matches their element count, the same
 #   number of records in each, `fields` elements holding JSON objects of clinical fields (400, as the
-#   protocol answers bad input).
+#   protocol answers bad input);
+# - an explain body: at most the service's `explain_max_records` records (the schema states the largest
+#   limit it may be set to), a `compare_to` among the served model's classes (422), and within the key's
+#   explained records per minute (429).
 CONFIG = """
 [[operations]]
 include-name = "POST /v1/records/upload"
@@ -49,6 +52,10 @@ checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404",
 [[operations]]
 include-name = ["POST /v2/models/{name}/infer", "POST /v2/models/{name}/versions/{version}/infer"]
 checks.positive_data_acceptance.expected-statuses = ["2xx", "400", "401", "403", "404", "409", "429"]
+
+[[operations]]
+include-name = "POST /v1/explain"
+checks.positive_data_acceptance.expected-statuses = ["2xx", "401", "403", "404", "409", "422", "429"]
 """
 
 

@@ -239,6 +239,12 @@ class TrainingConfig(_Config):
     holdout_fraction: float = Field(
         default=0.2, gt=0, lt=1, description="Share of each period kept out of training for evaluation."
     )
+    calibration_min_rows: int = Field(
+        default=30,
+        ge=1,
+        description="Fewest held-out records (with a label the model knows) a version's temperature is fitted on; "
+        "with fewer its probabilities are served uncalibrated (temperature 1) and the version says why.",
+    )
 
 
 class LearnerConfig(_Config):

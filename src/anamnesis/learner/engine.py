@@ -6,6 +6,7 @@ import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+import numpy as np
 import torch
 
 from anamnesis.learner.config import LearnerConfig, ModelSpec, ReplaySource, TrainingData
@@ -13,7 +14,7 @@ from anamnesis.learner.data import Sample, encode_labeled, eval_examples, grown_
 from anamnesis.learner.evaluation import Evaluation, evaluate
 from anamnesis.learner.features import extend_encoding
 from anamnesis.learner.gate import Predictions
-from anamnesis.learner.modeling import ModelBundle, grow_head, predict_proba, seed_everything
+from anamnesis.learner.modeling import ModelBundle, grow_head, predict_logits, seed_everything
 from anamnesis.learner.progress import ProgressHook
 from anamnesis.learner.replay import select_replay
 from anamnesis.learner.state import LearnerState
@@ -98,21 +99,32 @@ def train_update(
     )
 
 
-def predict_labels(
+@dataclass(frozen=True)
+class HeldOutOutputs:
+    """A bundle on held-out records: its predictions as the gate compares them, and the logits they came
+    from (what the version's temperature is fitted on)."""
+
+    predictions: Predictions
+    logits: np.ndarray  # (records, classes), columns in the bundle's label order
+
+
+def held_out_outputs(
     bundle: ModelBundle, records: Sequence[LabeledRecord], *, max_length: int, device: torch.device
-) -> list[str]:
-    """The bundle's predicted label for each record."""
-    if not records:
-        return []
-    probabilities = predict_proba(bundle, encode_labeled(bundle, records, max_length=max_length), device=device)
-    return [bundle.labels[int(i)] for i in probabilities.argmax(-1)]
+) -> HeldOutOutputs:
+    """The bundle's logits and predicted labels on held-out records (one pass through the model)."""
+    if records:
+        logits = predict_logits(bundle, encode_labeled(bundle, records, max_length=max_length), device=device).numpy()
+    else:
+        logits = np.empty((0, len(bundle.labels)), dtype=np.float32)
+    predicted = [bundle.labels[int(i)] for i in logits.argmax(axis=1)]
+    return HeldOutOutputs(predictions=Predictions(eval_examples(records), predicted), logits=logits)
 
 
 def held_out_predictions(
     bundle: ModelBundle, records: Sequence[LabeledRecord], *, max_length: int, device: torch.device
 ) -> Predictions:
     """The bundle's predictions on held-out records, as the gate compares them."""
-    return Predictions(eval_examples(records), predict_labels(bundle, records, max_length=max_length, device=device))
+    return held_out_outputs(bundle, records, max_length=max_length, device=device).predictions
 
 
 def evaluate_predictions(predictions: Predictions) -> Evaluation:

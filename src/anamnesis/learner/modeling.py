@@ -64,6 +64,19 @@ class RecordClassifier(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Logits and the note's mean-pooled embedding (what the drift monitor compares)."""
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return self._head(hidden, attention_mask, field_features)
+
+    def forward_from_inputs_embeds(
+        self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor, field_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward_with_embeddings` from the word embeddings of the tokens instead of their ids (what
+        Integrated Gradients varies, `learner.attribution`); the same logits for `word_embeddings(input_ids)`."""
+        hidden = self.bert(inputs_embeds=inputs_embeds, attention_mask=attention_mask).last_hidden_state
+        return self._head(hidden, attention_mask, field_features)
+
+    def _head(
+        self, hidden: torch.Tensor, attention_mask: torch.Tensor, field_features: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         note = mean_pool(hidden, attention_mask)
         parts = [note]
         if self.field_tower is not None:
@@ -207,17 +220,30 @@ def tiny_classifier(
 
 def format_fields(fields: Mapping[str, Any]) -> str:
     """Structured fields as the text segment written before the note ('age: 67; stage: IVA')."""
+    return format_fields_with_spans(fields)[0]
+
+
+FIELD_SEPARATOR = "; "
+
+
+def format_fields_with_spans(fields: Mapping[str, Any]) -> tuple[str, list[tuple[str, int, int]]]:
+    """`format_fields`' text, and the (name, start, end) character span each written field occupies in it."""
     ordered = [name for name in KNOWN_FIELDS if name in fields]
     ordered += sorted(name for name in fields if name not in KNOWN_FIELDS)
-    parts = []
+    text = ""
+    spans: list[tuple[str, int, int]] = []
     for name in ordered:
         value = fields[name]
         if value is None or value == "":
             continue
         if isinstance(value, float) and value.is_integer():
             value = int(value)
-        parts.append(f"{name.replace('_', ' ')}: {value}")
-    return "; ".join(parts)
+        if spans:
+            text += FIELD_SEPARATOR
+        part = f"{name.replace('_', ' ')}: {value}"
+        spans.append((name, len(text), len(text) + len(part)))
+        text += part
+    return text, spans
 
 
 def encode_inputs(
@@ -366,10 +392,10 @@ def length_sorted_batches(inputs: ModelInputs, batch_size: int) -> Iterator[list
 
 
 @torch.inference_mode()
-def predict_proba(
+def predict_logits(
     bundle: ModelBundle, inputs: ModelInputs, *, batch_size: int = 64, device: torch.device | None = None
 ) -> torch.Tensor:
-    """Class probabilities for encoded records, batched by length to keep padding small."""
+    """Class logits (float32, on the CPU) for encoded records, batched by length to keep padding small."""
     device = device or torch.device("cpu")
     bundle.model.to(device).eval()
     result = torch.empty((len(inputs), len(bundle.labels)), dtype=torch.float32)
@@ -379,5 +405,5 @@ def predict_proba(
         ids, mask = pad_batch([inputs.token_ids[index] for index in chunk], pad_id)
         with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
             logits = bundle.model(ids.to(device), mask.to(device), features[chunk].to(device))
-        result[chunk] = logits.float().softmax(-1).cpu()
+        result[chunk] = logits.float().cpu()
     return result

@@ -11,6 +11,7 @@ from typing import Literal
 
 from pydantic import Field
 
+from anamnesis.learner.calibration import CalibrationResult
 from anamnesis.learner.evaluation import ContinualMetrics, Evaluation, StoredResult
 from anamnesis.learner.gate import GateDecision
 from anamnesis.storage.models import ModelVersion
@@ -59,6 +60,14 @@ class UpdateMetrics(StoredResult):
     gate: GateDecision
     training: TrainingCost
     reference: ReferenceResult | None = None
+    calibration: CalibrationResult | None = Field(
+        default=None, description="Temperature scaling on the held-out records (None: stored before it; served as is)."
+    )
+
+    @property
+    def temperature(self) -> float:
+        """The temperature the version's probabilities are served at (1 for versions stored before calibration)."""
+        return self.calibration.temperature if self.calibration is not None else 1.0
 
     @property
     def accuracy_row(self) -> dict[str, float]:

@@ -19,11 +19,13 @@ from typing import Any
 from sqlalchemy import Engine
 from sqlmodel import Session
 
+from anamnesis.learner.calibration import CalibrationResult, calibrate, label_positions
 from anamnesis.learner.config import GateConfig, LearnerConfig
 from anamnesis.learner.data import order_periods, split_holdout, split_unit
 from anamnesis.learner.engine import (
     BundleFactory,
     evaluate_predictions,
+    held_out_outputs,
     held_out_predictions,
     train_update,
 )
@@ -133,8 +135,15 @@ def run_update(
 
     if trained.stopped_early:
         raise TrainingStoppedError("training was stopped before it finished; nothing was stored")
-    _notify(hook, "evaluate", f"evaluating on {len(holdout_records)} held-out records")
-    candidate_predictions = held_out_predictions(trained.bundle, holdout_records, max_length=max_length, device=device)
+    _notify(hook, "evaluate", f"evaluating and calibrating on {len(holdout_records)} held-out records")
+    candidate_outputs = held_out_outputs(trained.bundle, holdout_records, max_length=max_length, device=device)
+    candidate_predictions = candidate_outputs.predictions
+    # Fitted on the same held-out records the gate judges the candidate on (records it never trained on).
+    calibration = calibrate(
+        candidate_outputs.logits,
+        label_positions(trained.bundle.labels, [r.label for r in holdout_records]),
+        min_rows=config.training.calibration_min_rows,
+    )
     parent_predictions = (
         held_out_predictions(parent_bundle, holdout_records, max_length=max_length, device=device)
         if parent_bundle
@@ -191,6 +200,7 @@ def run_update(
             decision,
             cost,
             reference_result,
+            calibration,
         ).model_dump(mode="json")
 
     with Session(engine) as session:
@@ -252,6 +262,7 @@ def _metrics(
     decision: GateDecision,
     cost: TrainingCost,
     reference: ReferenceResult | None,
+    calibration: CalibrationResult,
 ) -> UpdateMetrics:
     history = [(v, UpdateMetrics.from_stored(v), DataWindow.from_stored(v)) for v in ancestors]
     rows = [MatrixRow(version_id=row_id(v), accuracy=m.accuracy_row if m else {}) for v, m, _ in history]
@@ -268,6 +279,7 @@ def _metrics(
         gate=decision,
         training=cost,
         reference=reference,
+        calibration=calibration,
     )
 
 

@@ -22,11 +22,12 @@ from anamnesis.service.auth import (
 )
 from anamnesis.service.dashboard import FigureCache
 from anamnesis.service.errors import error_key, register_error_handlers
+from anamnesis.service.explaining.resources import ExplainResources
 from anamnesis.service.metrics import ServiceMetrics
 from anamnesis.service.predicting.batcher import MicroBatcher
 from anamnesis.service.predicting.registry import DatabaseHealth, ModelRegistry
 from anamnesis.service.predicting.writer import PredictionWriter
-from anamnesis.service.routes import dashboard, data, docs, drift, health, inference_v2, jobs, models, predict
+from anamnesis.service.routes import dashboard, data, docs, drift, explain, health, inference_v2, jobs, models, predict
 from anamnesis.service.sessions import SessionSigner
 from anamnesis.service.settings import Settings
 from anamnesis.service.state import ServiceState
@@ -153,6 +154,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
         )
         state_holder["state"] = state
         app.state.service = state
+        app.state.explaining = ExplainResources.create(settings, engine)
         state.writer.start()
         registry.start()
         await state.batcher.start()
@@ -171,6 +173,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
                 await grpc_server.stop(GRACE_S)
             if worker is not None:
                 worker.stop()
+            app.state.explaining.stop()
             await state.batcher.stop()
             registry.stop()
             state.writer.stop()
@@ -212,6 +215,7 @@ def create_app(settings: Settings, *, run_worker: bool = False) -> FastAPI:
     for router in (
         health.router,
         predict.router,
+        explain.router,
         data.router,
         models.router,
         drift.router,

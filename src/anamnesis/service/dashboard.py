@@ -13,7 +13,9 @@ from jinja2 import Environment, PackageLoader, select_autoescape
 from sqlmodel import Session
 
 from anamnesis.monitor.checks import FAMILY_CHECKS
+from anamnesis.service.checking import CheckForm, FormField, highlighted_note, strongest_words
 from anamnesis.service.presentation import ReportView, VersionView, pct
+from anamnesis.service.schemas import ExplainResponse
 from anamnesis.storage.models import Job, JobKind, row_id
 from anamnesis.storage.queries import (
     current_model,
@@ -163,4 +165,41 @@ def render_dashboard(
         report_href=report_href,
         signed_in=signed_in,
         now=now,
+    )
+
+
+def render_check(
+    session: Session,
+    *,
+    signed_in: str,
+    admin: bool,
+    form: CheckForm,
+    fields: list[FormField],
+    labels: tuple[str, ...],
+    answer: ExplainResponse | None,
+    problems: list[str],
+) -> str:
+    """The "check a prediction" page: the form (filled as sent), then the explanation or the problems."""
+    current = current_model(session)
+    explanation = answer.explanations[0] if answer is not None else None
+    return _environment.get_template("check.html").render(
+        signed_in=signed_in,
+        admin=admin,
+        form=form,
+        fields=fields,
+        labels=labels,
+        current=VersionView.of(current) if current is not None else None,
+        no_model_reason=None if current is not None else why_no_model_serves(session),
+        answer=answer,
+        explanation=explanation,
+        note_segments=(
+            highlighted_note(
+                form.note, explanation.attribution.words, chars_read=explanation.attribution.note_chars_read
+            )
+            if explanation is not None
+            else []
+        ),
+        strongest=strongest_words(explanation.attribution.words) if explanation is not None else [],
+        problems=problems,
+        pct=_pct,
     )

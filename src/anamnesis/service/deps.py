@@ -11,6 +11,7 @@ from sqlmodel import Session
 from starlette.convertors import Convertor, register_url_convertor
 
 from anamnesis.service.auth import AuthenticationError, Principal, authentication_headers, client_address
+from anamnesis.service.explaining.resources import ExplainResources
 from anamnesis.service.schemas import MAX_ID
 from anamnesis.service.state import ServiceState
 from anamnesis.storage.models import ApiRole
@@ -56,6 +57,14 @@ def get_state(request: Request) -> ServiceState:
 
 
 StateDep = Annotated[ServiceState, Depends(get_state)]
+
+
+def get_explaining(request: Request) -> ExplainResources:
+    resources: ExplainResources = request.app.state.explaining
+    return resources
+
+
+ExplainingDep = Annotated[ExplainResources, Depends(get_explaining)]
 
 
 def get_session(state: StateDep) -> Iterator[Session]:

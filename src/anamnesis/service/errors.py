@@ -24,6 +24,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from anamnesis.learner.errors import NothingToLearnError
+from anamnesis.service.explaining.errors import ExplainRateLimitedError
 from anamnesis.service.predicting.errors import (
     DatabaseUnavailableError,
     NoModelError,
@@ -156,6 +157,7 @@ def register_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _invalid_request)
     app.add_exception_handler(DatabaseUnavailableError, _handler(503, RETRY_AFTER))
+    app.add_exception_handler(ExplainRateLimitedError, _rate_limited)
     app.add_exception_handler(OperationalError, _database_unavailable)
     app.add_exception_handler(SQLAlchemyError, _database_error)
 
@@ -180,6 +182,11 @@ def _handler(
         return _answer(request, str(error), status, headers)
 
     return handle
+
+
+async def _rate_limited(request: Request, error: Exception) -> JSONResponse:
+    assert isinstance(error, ExplainRateLimitedError)
+    return _answer(request, str(error), 429, {"Retry-After": str(error.retry_after_s)})
 
 
 async def _v2_error(request: Request, error: Exception) -> JSONResponse:

@@ -56,6 +56,19 @@ class VersionView:
     def gate(self) -> str:
         return self.metrics.gate.summary if self.metrics else ""
 
+    @property
+    def calibration(self) -> str:
+        """The served temperature and the ECE before -> after, or why the probabilities are not calibrated."""
+        calibration = self.metrics.calibration if self.metrics else None
+        if calibration is None:
+            return "not calibrated (stored before calibration): T=1"
+        if not calibration.fitted:
+            return f"T=1: {calibration.reason}"
+        return (
+            f"T={calibration.temperature:.2f}, ECE {pct(calibration.ece_before, unit='%')} -> "
+            f"{pct(calibration.ece_after, unit='%')} on {calibration.held_out_rows} held-out records"
+        )
+
 
 @dataclass(frozen=True)
 class ReportView:

@@ -16,6 +16,7 @@ from pydantic import (
 )
 from pydantic.json_schema import WithJsonSchema
 
+from anamnesis.learner.calibration import CalibrationResult
 from anamnesis.learner.config import LearnerConfig
 from anamnesis.learner.gate import GateDecision
 from anamnesis.learner.results import AccuracyMatrix, DataWindow, UpdateMetrics
@@ -103,10 +104,15 @@ PredictBatch = Annotated[list[PredictItem], AfterValidator(_at_least_one), Field
 class PredictionPublic(BaseModel):
     prediction_id: str = Field(description="Use it to send the ground truth later (POST /v1/labels).")
     label: str
-    confidence: float
-    probabilities: dict[str, float]
+    confidence: float = Field(description="The label's calibrated probability (temperature-scaled).")
+    probabilities: dict[str, float] = Field(description="Every class's calibrated probability.")
     model_version: int
     runtime: str
+    uncertain: bool = Field(
+        description="Do not rely on this prediction: its calibrated confidence is below the service's "
+        "`uncertain_below` (or other evidence says so; see `uncertain_reason`)."
+    )
+    uncertain_reason: str | None = Field(default=None, description="Why it is uncertain; None when it is not.")
 
 
 class PredictResponse(BaseModel):
@@ -252,6 +258,10 @@ class ModelDetail(ModelVersionPublic):
         description="Periods and, per version of the lineage, its accuracy (None: stored without metrics)."
     )
     gate: GateDecision | None = Field(description="The promotion gate's decision with every check.")
+    calibration: CalibrationResult | None = Field(
+        description="The temperature its probabilities are served at and the calibration error (ECE) before and "
+        "after, on its held-out records (None: stored before calibration, served at temperature 1)."
+    )
 
 
 class PromoteRequest(BaseModel):
@@ -411,3 +421,138 @@ class V2NotReady(BaseModel):
 
 class V2ModelNotReady(V2NotReady):
     name: str
+
+
+# --- explanations: POST /v1/explain ---
+
+MAX_EXPLAIN_RECORDS = 64
+"""The schema's bound; the service's own (`explain_max_records`, 8 by default) is at most this."""
+
+
+class ExplainRequest(BaseModel):
+    """Records to explain, as POST /v1/predict takes them, and what to explain about them."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    records: list[PredictItem] = Field(
+        min_length=1,
+        max_length=MAX_EXPLAIN_RECORDS,
+        description="The records (at most the service's `explain_max_records`, 8 by default).",
+    )
+    compare_to: LabelName | None = Field(
+        default=None,
+        description="A second class of the served model: each record is also explained as the predicted class's "
+        "logit minus this class's (why this plan rather than that one); left out for a record predicted as it.",
+    )
+    neighbours: Annotated[int, Strict()] = Field(
+        default=5, ge=0, le=20, description="Similar past patients per record (0: none)."
+    )
+
+
+class WordAttributionPublic(BaseModel):
+    """A word of the note (word pieces merged): note[start:end] is `text`."""
+
+    text: str
+    start: int = Field(description="Its first character in the note (0-based).")
+    end: int = Field(description="One past its last character.")
+    attribution: float
+
+
+class FieldAttributionPublic(BaseModel):
+    """A structured field the model read, with the parts its attribution is made of."""
+
+    name: str
+    attribution: float
+    from_text: float | None = Field(description="Its tokens in the field text before the note (None: not written).")
+    from_features: float | None = Field(description="Its part of the field features (None: the model has none).")
+
+
+class CompletenessPublic(BaseModel):
+    """The completeness check: the attributions sum to output - baseline_output, up to `delta`."""
+
+    output: float = Field(description="The explained logit (or logit difference) of the record.")
+    baseline_output: float = Field(description="The same of the baseline record.")
+    attribution_sum: float
+    delta: float = Field(description="attribution_sum - (output - baseline_output): captum's convergence delta.")
+    within_tolerance: bool = Field(description="Whether |delta| is within the method's stated tolerance.")
+
+
+class AttributionPublic(BaseModel):
+    explained: str = Field(description="What the attributions add up to: a class's logit, or the difference of two.")
+    label: str
+    compare_to: str | None
+    words: list[WordAttributionPublic] = Field(description="Every word the model read, in note order.")
+    fields: list[FieldAttributionPublic]
+    other: float = Field(description="The separators between fields written as text ([CLS] and [SEP] are 0).")
+    completeness: CompletenessPublic
+    note_chars_read: int = Field(description="The model read the note up to this character.")
+    truncated: bool = Field(description="Whether the note went on beyond what the model reads.")
+
+
+class NeighbourPublic(BaseModel):
+    """A similar past patient's labeled record; its id, text and patient reference for admin keys only."""
+
+    label: str
+    period: str
+    site: str
+    similarity: float = Field(description="Cosine similarity of the served model's note embeddings.")
+    record_id: int | None = Field(default=None, description="Admin keys only.")
+    note: str | None = Field(default=None, description="Admin keys only.")
+    patient_hash: str | None = Field(
+        default=None, description="Admin keys only: the keyed hash of the patient reference (all that is stored)."
+    )
+
+
+class SimilarPatientsPublic(BaseModel):
+    neighbours: list[NeighbourPublic] = Field(description="Most similar first.")
+    agreement: float | None = Field(
+        description="The share of these neighbours whose label is the predicted one (None without neighbours)."
+    )
+
+
+class ExplanationPublic(BaseModel):
+    """One record: the served prediction, why, and which similar past patients."""
+
+    label: str = Field(description="The predicted class (by the serving runtime, as POST /v1/predict answers).")
+    confidence: float = Field(description="The label's calibrated probability, as POST /v1/predict answers it.")
+    probabilities: dict[str, float]
+    uncertain: bool = Field(
+        description="Do not rely on this prediction: its calibrated confidence is below `uncertain_below`, or most "
+        "of its similar past patients were labeled otherwise (see `uncertain_reason`)."
+    )
+    uncertain_reason: str | None = Field(default=None, description="Why it is uncertain; None when it is not.")
+    attribution: AttributionPublic = Field(description="Of the predicted class's logit.")
+    contrast: AttributionPublic | None = Field(
+        description="Of the predicted class's logit minus `compare_to`'s (None: not asked, or the same class)."
+    )
+    similar: SimilarPatientsPublic | None = Field(
+        description="None when not asked, or while the index is not ready (see `neighbour_index`)."
+    )
+
+
+class ExplainMethodPublic(BaseModel):
+    method: str
+    library: str
+    model: str = Field(description="The weights explained: the version's PyTorch model, whichever runtime serves.")
+    baseline: str
+    integration: str
+    n_steps: int
+    tolerance: str = Field(description="The |delta| the completeness check is held to.")
+
+
+class NeighbourIndexPublic(BaseModel):
+    state: Literal["ready", "building", "failed"]
+    records: int | None = Field(description="Training records of the version indexed (None until read).")
+    embedded: int
+    build_s: float | None
+    search: str = Field(description="How neighbours are found.")
+    detail: str | None = None
+
+
+class ExplainResponse(BaseModel):
+    explanation_id: str = Field(description="The audit event's reference for this request.")
+    model_version: int
+    runtime: str = Field(description="The runtime that made the predictions.")
+    method: ExplainMethodPublic
+    neighbour_index: NeighbourIndexPublic | None = Field(description="None when no neighbours were asked for.")
+    explanations: list[ExplanationPublic] = Field(description="One per record, in request order.")

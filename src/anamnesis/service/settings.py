@@ -132,6 +132,32 @@ class Settings(BaseSettings):
         default="auto",
         description="auto: ONNX int8 when it matches PyTorch's accuracy (chosen at promotion); or force one.",
     )
+    uncertain_below: float = Field(
+        default=0.5,
+        ge=0,
+        le=1,
+        description="A prediction whose calibrated top-class probability is below this is flagged `uncertain` "
+        "(with the reason), so that a clinician knows not to rely on it; 0: never flagged for low confidence.",
+    )
+
+    # --- explanations (POST /v1/explain) ---
+    explain_max_records: int = Field(default=8, ge=1, le=64, description="Records per explain request.")
+    explain_records_per_minute: int = Field(
+        default=8,
+        ge=1,
+        description="Records each API key may have explained per minute and API process; a request over it is "
+        "answered 429 with Retry-After (one record costs about 5 CPU-seconds with MiniLM: docs/explain.md).",
+    )
+    explain_steps: int = Field(
+        default=32, ge=4, le=256, description="Integration points of Integrated Gradients per explained record."
+    )
+    explain_index_wait_s: float = Field(
+        default=20.0,
+        ge=0,
+        le=600,
+        description="Longest an explain request waits for the similar-patients index of a newly served version to "
+        "be built; after that it answers without neighbours, saying how far the build is.",
+    )
 
     # --- worker ---
     worker_tick_s: float = Field(default=2.0, gt=0, description="How often the worker looks for queued jobs.")

@@ -94,6 +94,7 @@ class AuditAction(StrEnum):
     retention = "retention"
     hold = "hold"
     label_vocabulary = "label_vocabulary"
+    explain = "explain"
 
 
 class ApiRole(StrEnum):

@@ -135,6 +135,7 @@ def models_show(ctx: typer.Context, version: Annotated[int, typer.Argument(help=
         f"{pct(continual.forgetting)}, BWT {pct(continual.bwt)}"
     )
     typer.echo(f"gate: {metrics.gate.summary}")
+    typer.echo(f"calibration: {view.calibration}")
 
 
 def promote(

@@ -4,6 +4,9 @@ At promotion the model is exported to ONNX and quantized; the quantized model se
 its accuracy on the held-out slice is within `ONNX_TOLERANCE` of PyTorch's. The choice and its
 reason are recorded on the model version. Weights are stored as safetensors; the ONNX file is a
 derived, sha256-checked serving artifact (protobuf, never pickle).
+
+Whichever runtime serves, its probabilities are softmax(logits / T) with the version's temperature T
+(fitted on its held-out records at the update, `learner.calibration`; 1 for versions stored before).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import numpy as np
 import torch
 from sqlmodel import Session
 
+from anamnesis.learner.calibration import calibrated_probabilities
 from anamnesis.learner.data import encode_labeled
 from anamnesis.learner.modeling import (
     ModelBundle,
@@ -30,6 +34,7 @@ from anamnesis.learner.modeling import (
     load_bundle,
     pad_batch,
 )
+from anamnesis.learner.results import UpdateMetrics
 from anamnesis.learner.updater import RuntimePreparer, holdout_of
 from anamnesis.service.predicting.choice import RuntimeChoice, RuntimeKind
 from anamnesis.service.settings import RuntimeMode
@@ -45,9 +50,12 @@ logger = logging.getLogger("anamnesis.runtime")
 
 class Runtime(Protocol):
     kind: RuntimeKind
+    temperature: float
+    """The probabilities are softmax(logits / temperature)."""
 
     def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Class probabilities and mean-pooled note embeddings for a padded batch and its field features."""
+        """Calibrated class probabilities and mean-pooled note embeddings for a padded batch and its field
+        features."""
         ...
 
 
@@ -62,16 +70,11 @@ class _LogitsAndEmbeddings(torch.nn.Module):
         return self.model.forward_with_embeddings(input_ids, attention_mask, field_features)
 
 
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    shifted: np.ndarray = np.exp(logits - logits.max(axis=1, keepdims=True))
-    probabilities: np.ndarray = shifted / shifted.sum(axis=1, keepdims=True)
-    return probabilities
-
-
 class PyTorchRuntime:
     kind = RuntimeKind.pytorch
 
-    def __init__(self, bundle: ModelBundle) -> None:
+    def __init__(self, bundle: ModelBundle, *, temperature: float = 1.0) -> None:
+        self.temperature = temperature
         self._module = _LogitsAndEmbeddings(bundle.model).eval()
         self._lock = threading.Lock()  # one forward at a time: torch already uses every core
 
@@ -79,15 +82,16 @@ class PyTorchRuntime:
     def infer(self, ids: np.ndarray, mask: np.ndarray, features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         with self._lock:
             logits, embeddings = self._module(torch.from_numpy(ids), torch.from_numpy(mask), torch.from_numpy(features))
-        return _softmax(logits.float().numpy()), embeddings.float().numpy()
+        return calibrated_probabilities(logits.float().numpy(), self.temperature), embeddings.float().numpy()
 
 
 class OnnxRuntime:
     kind = RuntimeKind.onnx_int8
 
-    def __init__(self, path: Path, *, threads: int | None = None) -> None:
+    def __init__(self, path: Path, *, threads: int | None = None, temperature: float = 1.0) -> None:
         import onnxruntime
 
+        self.temperature = temperature
         options = onnxruntime.SessionOptions()
         if threads:
             options.intra_op_num_threads = threads
@@ -98,7 +102,7 @@ class OnnxRuntime:
         logits, embeddings = self._session.run(
             None, {"input_ids": ids, "attention_mask": mask, "field_features": features}
         )
-        return _softmax(logits), embeddings
+        return calibrated_probabilities(logits, self.temperature), embeddings
 
 
 def export_onnx_int8(bundle: ModelBundle, folder: Path) -> None:
@@ -185,6 +189,10 @@ class LoadedModel:
     def labels(self) -> tuple[str, ...]:
         return self.bundle.labels
 
+    @property
+    def temperature(self) -> float:
+        return self.runtime.temperature
+
     def predict(self, notes: Sequence[str], fields: Sequence[Mapping[str, Any]]) -> Outputs:
         """Class probabilities and note embeddings of records, by the batched inference."""
         inputs = encode_records(self.bundle, notes, fields, max_length=self.max_length)
@@ -245,8 +253,11 @@ def choose_runtime(
 
 
 def load_model(version: ModelVersion, *, max_length: int, mode: RuntimeMode = "auto") -> LoadedModel:
-    """Loads the runtime recorded at promotion (checking every artifact's sha256)."""
+    """Loads the runtime recorded at promotion (checking every artifact's sha256), serving probabilities at the
+    version's temperature."""
     bundle = load_bundle(Path(version.artifact_path), expected_sha256=version.artifact_sha256)
+    metrics = UpdateMetrics.from_stored(version)
+    temperature = metrics.temperature if metrics is not None else 1.0
     runtime: Runtime
     choice = RuntimeChoice.from_stored(version)
     onnx_path, onnx_sha256 = (choice.onnx_path, choice.onnx_sha256) if choice else (None, None)
@@ -254,9 +265,9 @@ def load_model(version: ModelVersion, *, max_length: int, mode: RuntimeMode = "a
     if onnx_path and onnx_sha256 and (use_onnx or mode == "onnx"):
         folder = Path(onnx_path)
         verify_artifact(folder, onnx_sha256)
-        runtime = OnnxRuntime(folder / ONNX_FILE)
+        runtime = OnnxRuntime(folder / ONNX_FILE, temperature=temperature)
     else:
-        runtime = PyTorchRuntime(bundle)
+        runtime = PyTorchRuntime(bundle, temperature=temperature)
     return LoadedModel(version_id=row_id(version), bundle=bundle, runtime=runtime, max_length=max_length)
 
 

@@ -9,13 +9,22 @@ from typing import Annotated
 
 from fastapi import APIRouter, Form, Request
 from fastapi.responses import HTMLResponse, RedirectResponse, Response
+from sqlmodel import Session
+from starlette.concurrency import run_in_threadpool
 
 from anamnesis.service.auth import AuthenticationError, Principal, authentication_headers, client_address
-from anamnesis.service.dashboard import render_dashboard, render_login
-from anamnesis.service.deps import RowId, SessionDep, StateDep
+from anamnesis.service.checking import CheckForm, CheckFormError, explain_request, form_fields
+from anamnesis.service.dashboard import render_check, render_dashboard, render_login
+from anamnesis.service.deps import ExplainingDep, RowId, SessionDep, StateDep
+from anamnesis.service.explaining.errors import ExplainRateLimitedError
+from anamnesis.service.explaining.explainer import explain
+from anamnesis.service.predicting.errors import DatabaseUnavailableError, NoModelError
+from anamnesis.service.predicting.runtime import LoadedModel
 from anamnesis.service.routes.drift import report_file
+from anamnesis.service.schemas import ExplainResponse
 from anamnesis.service.sessions import COOKIE, session_principal
 from anamnesis.service.state import ServiceState
+from anamnesis.storage.models import ApiRole
 
 router = APIRouter(tags=["dashboard"], include_in_schema=False)
 PRIVATE = {"Cache-Control": "no-store"}
@@ -58,6 +67,68 @@ def dashboard_report(report_id: RowId, request: Request, session: SessionDep, st
     page = report_file(session, report_id)
     page.headers.update(PRIVATE)
     return page
+
+
+def _check_page(
+    state: ServiceState,
+    viewer: Principal,
+    form: CheckForm,
+    *,
+    answer: ExplainResponse | None = None,
+    problems: list[str] | None = None,
+    status: int = 200,
+    headers: dict[str, str] | None = None,
+) -> HTMLResponse:
+    model: LoadedModel | None = state.registry.current
+    with Session(state.engine) as session:
+        html = render_check(
+            session,
+            signed_in=viewer.name,
+            admin=viewer.allows(ApiRole.admin),
+            form=form,
+            fields=form_fields(model.bundle.encoding.fields if model else None, form.fields),
+            labels=model.labels if model else (),
+            answer=answer,
+            problems=problems or [],
+        )
+    return HTMLResponse(html, status_code=status, headers={**PRIVATE, **(headers or {})})
+
+
+@router.get("/check", response_class=HTMLResponse)
+def check_page(request: Request, state: StateDep) -> Response:
+    """The "check a prediction" form: a record's note and the fields the served model reads."""
+    viewer = _viewer(request, state)
+    if viewer is None:
+        return _sign_in("/check")
+    return _check_page(state, viewer, CheckForm.of({}))
+
+
+@router.post("/check", response_class=HTMLResponse)
+async def check_prediction(request: Request, state: StateDep, explaining: ExplainingDep) -> Response:
+    """One record explained as POST /v1/explain explains it (audited the same way), shown on the page."""
+    viewer = await run_in_threadpool(_viewer, request, state)
+    if viewer is None:
+        return _sign_in("/check")
+    sent = await request.form(max_files=0, max_fields=200)
+    form = CheckForm.of({key: value for key, value in sent.items() if isinstance(value, str)})
+    problems: list[str] = []
+    status, headers = 200, {}
+    answer = None
+    try:
+        model = state.registry.require()
+        body = explain_request(form)
+        if body.compare_to is not None and body.compare_to not in model.labels:
+            raise CheckFormError([f"compare_to: not a class of the served model version {model.version_id}"])
+        answer = await explain(state, explaining, body, viewer, model)
+    except CheckFormError as error:
+        problems, status = error.problems, 422
+    except ExplainRateLimitedError as error:
+        problems, status, headers = [str(error)], 429, {"Retry-After": str(error.retry_after_s)}
+    except (NoModelError, DatabaseUnavailableError) as error:
+        problems, status = [str(error)], 503
+    return await run_in_threadpool(
+        _check_page, state, viewer, form, answer=answer, problems=problems, status=status, headers=headers
+    )
 
 
 @router.get("/login", response_class=HTMLResponse)

@@ -1,4 +1,4 @@
-"""Model versions: list, detail (metrics, accuracy matrix, lineage, gate), promote, rollback."""
+"""Model versions: list, detail (metrics, accuracy matrix, lineage, gate, calibration), promote, rollback."""
 
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ def detail(session: SessionDep, version: ModelVersion, principal: Principal) -> 
         lineage=[row_id(v) for v in lineage(session, row_id(version))],
         accuracy_matrix=public.metrics.accuracy_matrix if public.metrics else None,
         gate=public.metrics.gate if public.metrics else None,
+        calibration=public.metrics.calibration if public.metrics else None,
     )
 
 
@@ -69,7 +70,8 @@ def get_current(session: SessionDep, principal: ReaderKey) -> ModelDetail:
     responses=error_responses(*KEY_ERRORS, 404, 422, meaning=NO_VERSION),
 )
 def get_model(version_id: RowId, session: SessionDep, principal: ReaderKey) -> ModelDetail:
-    """One version: metrics, accuracy matrix, lineage and the gate's decision."""
+    """One version: metrics, accuracy matrix, lineage, the gate's decision and the calibration (temperature, ECE
+    before and after)."""
     return detail(session, get_model_version(session, version_id), principal)
 
 

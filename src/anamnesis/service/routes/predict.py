@@ -9,6 +9,7 @@ from fastapi import APIRouter, Body
 from anamnesis.service.deps import KEY_ERRORS, PredictKey, StateDep
 from anamnesis.service.errors import error_responses
 from anamnesis.service.predicting.classify import classify
+from anamnesis.service.predicting.uncertainty import assess
 from anamnesis.service.schemas import PredictBatch, PredictionPublic, PredictItem, PredictResponse
 
 router = APIRouter(prefix="/v1", tags=["predict"])
@@ -31,11 +32,14 @@ async def predict(
     state: StateDep,
     _: PredictKey,
 ) -> PredictResponse:
-    """Classify records: label, class probabilities, model version and a prediction id for each."""
+    """Classify records: label, calibrated class probabilities, whether it is uncertain (and why), model version
+    and a prediction id for each."""
     items = body if isinstance(body, list) else [body]
     answered = await classify(state, items)
-    return PredictResponse(
-        predictions=[
+    predictions = []
+    for prediction_id, result in answered:
+        uncertainty = assess(result.confidence, uncertain_below=state.settings.uncertain_below)
+        predictions.append(
             PredictionPublic(
                 prediction_id=prediction_id,
                 label=result.label,
@@ -43,7 +47,8 @@ async def predict(
                 probabilities=result.probabilities,
                 model_version=result.version_id,
                 runtime=result.runtime,
+                uncertain=uncertainty.uncertain,
+                uncertain_reason=uncertainty.reason,
             )
-            for prediction_id, result in answered
-        ]
-    )
+        )
+    return PredictResponse(predictions=predictions)

@@ -136,7 +136,7 @@ def main() -> None:
             explain_steps=args.steps,
             explain_max_records=max(8, args.records),
             explain_records_per_minute=10_000,
-            explain_index_wait_s=900.0,
+            explain_index_wait_s=600.0,
         )
         stream = ReplayStream.of_cohort(generate("stable", periods=1, per_period=args.train_records, seed=TRAIN_SEED))
         started = time.perf_counter()
@@ -150,7 +150,8 @@ def main() -> None:
         with TestClient(create_app(settings)) as client:
             version = client.get("/v1/models/current", headers={"X-API-Key": key}).json()
             example = queries[0]
-            predicted = client.post("/v1/predict", json=example["record"], headers={"X-API-Key": key}).json()
+            answered = client.post("/v1/predict", json=example["record"], headers={"X-API-Key": key}).json()
+            predicted = answered["predictions"][0]
             ranked = sorted(predicted["probabilities"], key=lambda label: -predicted["probabilities"][label])
             body = {"records": [example["record"]], "compare_to": ranked[1], "neighbours": 5}
             answer, wall, cpu = _timed(client, key, body)

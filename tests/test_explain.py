@@ -235,12 +235,14 @@ def test_exact_search_finds_a_planted_near_duplicate_first() -> None:
     original = vectors.copy()
     index = NeighbourIndex(vectors, records)
     assert np.array_equal(vectors, original)  # normalised into its own copy
-    query = vectors[1234] * 3 + rng.normal(scale=0.05, size=64).astype(np.float32)  # scaled: cosine ignores it
+    query = vectors[1234] + rng.normal(scale=0.05, size=64).astype(np.float32)
     [found] = index.search(query, 5)
     assert found[0].record.record_id == 1234 and found[0].similarity > 0.99
     assert [n.similarity for n in found] == sorted((n.similarity for n in found), reverse=True)
     assert found[1].similarity < 0.5
-    brute = np.argsort(-(vectors / np.linalg.norm(vectors, axis=1, keepdims=True)) @ (query / np.linalg.norm(query)))
+    centre = vectors.mean(axis=0)
+    centred = (vectors - centre) / np.linalg.norm(vectors - centre, axis=1, keepdims=True)
+    brute = np.argsort(-centred @ ((query - centre) / np.linalg.norm(query - centre)))
     assert [n.record.record_id for n in found] == brute[:5].tolist()
     assert [len(r) for r in index.search(np.stack([query, query]), 3000)] == [2000, 2000]
 
@@ -254,6 +256,20 @@ def test_similar_patients_labeled_otherwise_make_a_prediction_uncertain() -> Non
     assert neighbours_disagree([neighbour("a"), neighbour("a"), neighbour("b")], "a") is None
     assert neighbours_disagree([neighbour("a"), neighbour("b")], "a") is None  # half agree: not against it
     assert neighbours_disagree([], "a") is None
+
+
+def test_neighbours_are_found_by_how_notes_differ_not_by_what_they_share() -> None:
+    """Sentence embeddings share one large common direction (every note of a fine-tuned MiniLM has cosine
+    ~0.9998 to every other): plain cosine then ranks by noise, the centred one finds the planted neighbour."""
+    rng = np.random.default_rng(4)
+    common = rng.normal(size=64).astype(np.float32) * 50
+    vectors = (common + rng.normal(size=(500, 64))).astype(np.float32)
+    records = [IndexedRecord(i, "a", "1", "site_a", None) for i in range(500)]
+    query = vectors[77] + rng.normal(scale=0.1, size=64).astype(np.float32)
+    plain = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    assert (plain @ plain.T).min() > 0.99  # every pair looks alike to a plain cosine
+    [found] = NeighbourIndex(vectors, records).search(query, 3)
+    assert found[0].record.record_id == 77 and found[0].similarity > 0.99 and found[1].similarity < 0.5
 
 
 def test_an_empty_index_finds_nothing() -> None:

@@ -1,4 +1,5 @@
-"""Similar past patients: exact cosine search over the served model's note embeddings of its training history.
+"""Similar past patients: exact cosine search over the served model's note embeddings of its training history
+(centred on their mean).
 
 A version's history is the labeled records it was trained on: those up to its label cutoff, less its
 held-out slice (`trained_records`). Each is embedded once by the served model (the mean-pooled note
@@ -46,7 +47,7 @@ class IndexedRecord:
 class Neighbour:
     record: IndexedRecord
     similarity: float
-    """Cosine similarity of the two note embeddings, in [-1, 1]."""
+    """Cosine similarity of the two note embeddings centred on the index's mean, in [-1, 1]."""
 
 
 def _normalised(vectors: np.ndarray) -> np.ndarray:
@@ -63,7 +64,12 @@ class NeighbourIndex:
     def __init__(self, embeddings: np.ndarray, records: Sequence[IndexedRecord]) -> None:
         if embeddings.ndim != 2 or embeddings.shape[0] != len(records):
             raise ValueError("embeddings must be a (records, dimensions) matrix, one row per record")
-        self._matrix = _normalised(embeddings)  # a new array: the caller's is left as it is
+        # Mean-pooled sentence embeddings share one large common direction (fine-tuned MiniLM's notes all
+        # have cosine ~0.9998 to each other, which ranks neighbours by noise): the records' mean is taken
+        # out of them and of every query before the cosine, so what is compared is how notes differ.
+        matrix = np.asarray(embeddings, dtype=np.float32)
+        self._centre = matrix.mean(axis=0) if len(matrix) else np.zeros(matrix.shape[1], dtype=np.float32)
+        self._matrix = _normalised(matrix - self._centre)  # a new array: the caller's is left as it is
         self._records = tuple(records)
 
     @property
@@ -88,7 +94,7 @@ class NeighbourIndex:
             raise ValueError(f"queries have {queries.shape[1]} dimensions, the index {self.dimensions}")
         if self.size == 0:
             return [[] for _ in range(len(queries))]
-        similarities = _normalised(queries) @ self._matrix.T
+        similarities = _normalised(np.asarray(queries, dtype=np.float32) - self._centre) @ self._matrix.T
         take = min(k, self.size)
         results = []
         for row in similarities:

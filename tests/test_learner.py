@@ -26,6 +26,7 @@ from anamnesis.learner.avalanche_adapter import (
 from anamnesis.learner.config import (
     PRESET_NAMES,
     ClassWeighting,
+    DistillationConfig,
     EWCConfig,
     EWCMode,
     FieldInput,
@@ -39,10 +40,17 @@ from anamnesis.learner.config import (
     TrainingConfig,
     preset,
 )
-from anamnesis.learner.data import Sample, SplitUnit, split_holdout, split_unit
+from anamnesis.learner.data import Sample, SplitUnit, encode_labeled, split_holdout, split_unit
 from anamnesis.learner.engine import train_update
 from anamnesis.learner.errors import NothingToLearnError
-from anamnesis.learner.modeling import encode_records, load_base_classifier, load_bundle, pad_batch, tiny_classifier
+from anamnesis.learner.modeling import (
+    encode_records,
+    load_base_classifier,
+    load_bundle,
+    pad_batch,
+    predict_logits,
+    tiny_classifier,
+)
 from anamnesis.learner.replay import select_replay
 from anamnesis.learner.results import DataWindow, UpdateMetrics
 from anamnesis.learner.state import LearnerState
@@ -513,3 +521,86 @@ def test_online_ewc_state_stays_the_same_size_over_updates(tmp_path: Path) -> No
         experience = _samples(bundle, LABELS[:2], 24, 1000 * step, seed=step)
         state = train_experience(bundle, experience, config=separate, state=state, lookup=dict, device=CPU).state
     assert len(state.ewc.importances) == 3  # separate mode keeps one snapshot per update
+
+
+def test_distillation_keeps_the_parents_right_answers_only() -> None:
+    """The parent's logits ride along exactly on the samples it classifies right (a relabeled record, which
+    the parent gets wrong, is taught by its label alone), and they reach the loss through a fourth packed row."""
+    period_1 = _toy_labeled(LABELS[:2], 40, period="1", seed=1, start=0)
+    period_2 = _toy_labeled(LABELS[2:], 40, period="2", seed=2, start=100)
+    config = _config(replay=ReplayConfig(ratio=1.0), ewc=None, distillation=DistillationConfig())
+    first = train_update(
+        None, LearnerState(), fresh=period_1, seen=period_1, config=config, new_bundle=_tiny, device=CPU
+    )
+    relabeled = [replace(r, label="radiotherapy") if r.label == "surgery" else r for r in period_1]
+    seen: dict[str, list[Sample]] = {}
+
+    def spy(bundle, samples, **kwargs):
+        seen["samples"], seen["replayed"] = list(samples), list(kwargs["replayed"])
+        return train_experience(bundle, samples, **kwargs)
+
+    with mock.patch("anamnesis.learner.avalanche_adapter.train_experience", spy):
+        train_update(
+            first.bundle,
+            first.state,
+            fresh=period_2,
+            seen=[*relabeled, *period_2],
+            config=config,
+            new_bundle=_tiny,
+            device=CPU,
+        )
+    parent = first.bundle
+    logits = predict_logits(parent, encode_labeled(parent, relabeled, max_length=32))
+    parent_right = {
+        r.record_id for r, row in zip(relabeled, logits, strict=True) if parent.labels[int(row.argmax())] == r.label
+    }
+    replayed = seen["replayed"]
+    assert replayed and all(s.teacher_logits is None for s in seen["samples"])  # new classes: the parent knows none
+    assert {s.record_id for s in replayed if s.teacher_logits is not None} == parent_right & {
+        s.record_id for s in replayed
+    }
+    distilled = next(s for s in replayed if s.teacher_logits is not None)
+    batch = pad_collate([(pack_sample(distilled), 0, 0), (pack_sample(seen["samples"][0]), 0, 0)])[0]
+    assert batch.shape[1] == 4 and torch.equal(batch[0, 3, :2], torch.from_numpy(distilled.teacher_logits))
+    assert batch[0, 3, 2] == 1.0 and not batch[1, 3].any()  # marked; an undistilled sample carries nothing
+
+
+def test_distillation_pulls_the_candidate_towards_the_parent_on_what_the_parent_got_right() -> None:
+    """The same update (seed, data) with the distillation term ends closer to the parent's distribution on the
+    earlier period's records the parent classifies right than without it."""
+    period_1 = _toy_labeled(LABELS[:2], 48, period="1", seed=1, start=0)
+    period_2 = _toy_labeled(LABELS, 48, period="2", seed=2, start=100)
+    # Enough steps for the tiny model to learn the toy classes (it predicts one class after a few).
+    training = FAST.model_copy(update={"min_steps": 60, "learning_rate": 2e-3})
+
+    def config_with(distillation: DistillationConfig | None) -> LearnerConfig:
+        strategy = StrategyConfig(replay=ReplayConfig(ratio=1.0), ewc=None, distillation=distillation)
+        return LearnerConfig(model=TINY_SPEC, strategy=strategy, training=training)
+
+    first = train_update(
+        None, LearnerState(), fresh=period_1, seen=period_1, config=config_with(None), new_bundle=_tiny, device=CPU
+    )
+    parent = predict_logits(first.bundle, encode_labeled(first.bundle, period_1, max_length=32))
+    right = [
+        i
+        for i, (r, row) in enumerate(zip(period_1, parent, strict=True))
+        if first.bundle.labels[int(row.argmax())] == r.label
+    ]
+    assert right
+    teacher = torch.log_softmax(parent[right] / 2.0, dim=-1)
+    divergence: dict[float, float] = {}
+    for weight in (0.0, 1.0):
+        config = config_with(DistillationConfig(weight=weight))
+        update = train_update(
+            first.bundle,
+            first.state,
+            fresh=period_2,
+            seen=[*period_1, *period_2],
+            config=config,
+            new_bundle=_tiny,
+            device=CPU,
+        )
+        logits = predict_logits(update.bundle, encode_labeled(update.bundle, period_1, max_length=32))[right]
+        student = torch.log_softmax(logits / 2.0, dim=-1)[:, :2]
+        divergence[weight] = float((teacher.exp() * (teacher - student)).sum(-1).mean())
+    assert divergence[1.0] < 0.8 * divergence[0.0]

@@ -62,7 +62,7 @@ def test_bench_learn_writes_seeds_intervals_and_the_tfidf_row(tmp_path: Path) ->
         "--seeds",
         "0,1",
         "--strategies",
-        "naive,replay_ewc,joint",
+        "naive,replay_ewc_distill,joint",
         "--epochs",
         "1",
         "--max-length",
@@ -78,9 +78,13 @@ def test_bench_learn_writes_seeds_intervals_and_the_tfidf_row(tmp_path: Path) ->
     assert finished.returncode == 0, finished.stderr[-2000:]
     result = json.loads((tmp_path / "learn.json").read_text())
     assert result["training"]["class_weighting"] == "balanced"
-    assert result["per_seed"]["0"]["strategies"]["replay_ewc"]["strategy"]["replay"]["ratio"] == 1.0
+    strategy = result["per_seed"]["0"]["strategies"]["replay_ewc_distill"]["strategy"]
+    assert strategy["replay"]["ratio"] == 1.0 and strategy["distillation"]["weight"] == 1.0
     assert result["seeds"] == [0, 1] and set(result["per_seed"]) == {"0", "1"}
-    assert list(result["summary"]) == ["tfidf", "naive", "replay_ewc", "joint"]
+    assert list(result["summary"]) == ["tfidf", "naive", "replay_ewc_distill", "joint"]
+    agreement = result["summary"]["replay_ewc_distill"]["agreement_with_previous"]
+    flips = result["summary"]["replay_ewc_distill"]["negative_flips"]
+    assert len(agreement["values"]) == 2 and all(0 <= v <= 1 for v in agreement["values"] + flips["values"])
     accuracy = result["summary"]["joint"]["final_average_accuracy"]
     assert len(accuracy["values"]) == 2 and accuracy["half_width"] is not None
     table = (tmp_path / "learn.md").read_text()
@@ -88,6 +92,38 @@ def test_bench_learn_writes_seeds_intervals_and_the_tfidf_row(tmp_path: Path) ->
     assert "split by patient" in table
     assert any(line.startswith("NOT met") or line.startswith("met") for line in finished.stdout.splitlines())
     assert (tmp_path / "learn_accuracy.png").stat().st_size > 1000
+    assert "negative flips" in table
+
+    # A third seed of two of the strategies merged into the first two seeds: every figure over the three,
+    # both commands listed.
+    more = [*command[: command.index("--seeds") + 1], "2", *command[command.index("--seeds") + 2 :]]
+    more[more.index("--strategies") + 1] = "replay_ewc_distill,joint"
+    merged = subprocess.run(
+        [*more, "--merge", str(tmp_path / "learn.json"), "--stem", "merged"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert merged.returncode == 0, merged.stderr[-2000:]
+    result = json.loads((tmp_path / "merged.json").read_text())
+    assert result["seeds"] == [0, 1, 2] and list(result["summary"]) == ["tfidf", "replay_ewc_distill", "joint"]
+    assert len(result["summary"]["joint"]["final_average_accuracy"]["values"]) == 3
+    assert len(result["commands"]) == 2 and "--merge" in result["commands"][1]
+    assert "seeds 0, 1, 2" in (tmp_path / "merged.md").read_text()
+    # Another experiment is refused, naming what differs, and writes nothing.
+    other = [*more[: more.index("--epochs") + 1], "2", *more[more.index("--epochs") + 2 :]]
+    refused = subprocess.run(
+        [*other, "--merge", str(tmp_path / "learn.json"), "--stem", "refused"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    assert refused.returncode != 0 and "--merge: the earlier result has another training" in refused.stderr
+    assert not (tmp_path / "refused.json").exists()
 
 
 def test_bench_learn_refuses_an_unknown_replay_source_naming_the_option(tmp_path: Path) -> None:

@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from anamnesis.learner.config import (
     ClassWeighting,
+    DistillationConfig,
     EWCConfig,
     EWCMode,
     FinetuneMode,
@@ -105,14 +106,23 @@ class PackedClassifier(nn.Module):
         return logits.float()
 
 
+TEACHER_ROW = 3
+"""The packed row that carries the parent's logits (then a 1 marking them) of a distilled sample."""
+
+
 def pack_sample(sample: Sample) -> torch.Tensor:
-    """One sample as the `[3, W]` tensor `PackedClassifier` reads."""
+    """One sample as the `[3, W]` tensor `PackedClassifier` reads; `[4, W]` with the parent's logits."""
     features = sample.features if sample.features is not None else np.zeros(0, dtype=np.float32)
+    teacher = sample.teacher_logits
     length = len(sample.input_ids)
-    packed = torch.zeros(3, max(length, len(features)), dtype=torch.float32)
+    width = max(length, len(features), 0 if teacher is None else len(teacher) + 1)
+    packed = torch.zeros(3 if teacher is None else TEACHER_ROW + 1, width, dtype=torch.float32)
     packed[0, :length] = torch.tensor(sample.input_ids, dtype=torch.float32)
     packed[1, :length] = 1.0
     packed[2, : len(features)] = torch.from_numpy(np.asarray(features, dtype=np.float32))
+    if teacher is not None:
+        packed[TEACHER_ROW, : len(teacher)] = torch.from_numpy(np.asarray(teacher, dtype=np.float32))
+        packed[TEACHER_ROW, len(teacher)] = 1.0
     return packed
 
 
@@ -129,11 +139,12 @@ class _SampleTensors(Dataset[tuple[torch.Tensor, int]]):
 
 
 def pad_collate(batch: Sequence[tuple[Any, ...]]) -> list[torch.Tensor]:
-    """Pads `[3, W_i]` samples to the widest of the batch with zeros (pad id 0, mask 0)."""
+    """Pads `[3 or 4, W_i]` samples to the widest of the batch with zeros (pad id 0, mask 0, no teacher)."""
     widest = max(item[0].shape[1] for item in batch)
-    inputs = torch.zeros(len(batch), 3, widest, dtype=torch.float32)
+    rows = max(item[0].shape[0] for item in batch)
+    inputs = torch.zeros(len(batch), rows, widest, dtype=torch.float32)
     for row, item in enumerate(batch):
-        inputs[row, :, : item[0].shape[1]] = item[0]
+        inputs[row, : item[0].shape[0], : item[0].shape[1]] = item[0]
     rest = [torch.tensor([item[k] for item in batch]) for k in range(1, len(batch[0]))]
     return [inputs, *rest]
 
@@ -377,6 +388,33 @@ class NormalizedEWCPlugin(EWCPlugin):
         return {name: ParamData(f"imp_{name}", init_tensor=value * scale) for name, value in sums.items()}
 
 
+class ParentDistillationPlugin(SupervisedPlugin):
+    """Positive-congruent distillation (`DistillationConfig`): on the minibatch's samples that carry the
+    parent's logits (those the parent got right), adds weight x T^2 x KL(parent_T || candidate_T), averaged
+    over the minibatch; the parent's distribution gives the classes it did not have probability 0."""
+
+    def __init__(self, config: DistillationConfig, parent_classes: int) -> None:
+        super().__init__()
+        self.config = config
+        self.parent_classes = parent_classes
+
+    def before_backward(self, strategy: Naive, **_: Any) -> None:
+        inputs: torch.Tensor = strategy.mb_x
+        if inputs.shape[1] <= TEACHER_ROW or self.config.weight == 0:
+            return
+        classes, temperature = self.parent_classes, self.config.temperature
+        distilled = inputs[:, TEACHER_ROW, classes]
+        if not bool(distilled.any()):
+            return
+        teacher = torch.log_softmax(inputs[:, TEACHER_ROW, :classes] / temperature, dim=-1)
+        # Over every class of the candidate: probability it moves to a new class is a loss too (the parent
+        # gave it none), which a softmax over the parent's classes alone would not see.
+        student = torch.log_softmax(strategy.mb_output / temperature, dim=-1)[:, :classes]
+        divergence = (teacher.exp() * (teacher - student)).sum(dim=-1)
+        term = (divergence * distilled).sum() / len(inputs)
+        strategy.loss += self.config.weight * temperature**2 * term
+
+
 class HistoryReplayPlugin(SupervisedPlugin):
     """Replays records drawn from the stored history: they join the experience's training data.
 
@@ -535,12 +573,14 @@ def train_experience(
     lookup: SampleLookup,
     device: torch.device,
     replayed: Sequence[Sample] = (),
+    parent_classes: int = 0,
     hook: ProgressHook | None = None,
 ) -> ExperienceResult:
     """Trains `bundle.model` in place on one experience and returns the learner's next state.
 
     replayed: samples drawn from the stored history (replay source `history`), trained on with the
-    new ones; lookup: finds the stored members of a replay buffer (source `buffer`).
+    new ones; lookup: finds the stored members of a replay buffer (source `buffer`); parent_classes:
+    how many of the first classes the samples' parent logits cover (distillation; 0: no parent).
     """
     if not samples:
         raise ValueError("an experience needs at least one sample")
@@ -567,6 +607,8 @@ def train_experience(
             storage_policy=policy,
         )
         plugins.append(replay_plugin)
+    if strategy_config.distillation is not None and parent_classes:
+        plugins.append(ParentDistillationPlugin(strategy_config.distillation, parent_classes))
     if strategy_config.ewc is not None:
         ewc_plugin = NormalizedEWCPlugin(strategy_config.ewc)
         if state.ewc is not None:

@@ -168,6 +168,17 @@ def run_strategy(
             if previous
             else None
         )
+        # Records the previous version got right and this one gets wrong: what a clinician sees regress.
+        truth = [example.label for example in predictions.examples]
+        negative_flips = (
+            sum(
+                before == label != after
+                for before, after, label in zip(previous, predictions.predicted, truth, strict=False)
+            )
+            / len(previous)
+            if previous
+            else None
+        )
         previous = list(predictions.predicted)
         updates.append(
             {
@@ -178,6 +189,7 @@ def run_strategy(
                 "replayed_records": trained.replayed_records,
                 "samples_per_s": round(trained.samples_processed / wall, 2) if wall > 0 else None,
                 "agreement_with_previous": agreement,
+                "negative_flips": negative_flips,
             }
         )
         progress(
@@ -281,6 +293,76 @@ def run_benchmark(
     }
 
 
+class MergeError(ValueError):
+    """Two benchmark results that do not describe the same experiment."""
+
+
+def merge_mismatch(
+    earlier: Mapping[str, Any],
+    *,
+    kind: str,
+    training: Mapping[str, Any],
+    model: Mapping[str, Any],
+    strategies: Sequence[str],
+    stream: str,
+) -> str | None:
+    """What makes `earlier` another experiment than the one described (None: the same one, seeds aside)."""
+
+    def unseeded(config: Mapping[str, Any]) -> dict[str, Any]:
+        return {key: value for key, value in config.items() if key != "seed"}
+
+    if earlier.get("kind") != kind:
+        return "the earlier result has another kind of stream"
+    for key, config in (("training", training), ("model", model)):
+        if unseeded(earlier[key]) != unseeded(config):
+            return f"the earlier result has another {key}"
+    seeds = list(earlier["per_seed"].values())
+    if any(not set(strategies) <= set(seed["strategies"]) for seed in seeds):
+        return "the earlier result did not run every strategy of this one"
+    if any(seed["stream"]["name"].split(", seed")[0] != stream for seed in seeds):
+        return "the earlier result ran another stream"
+    return None
+
+
+def merge_results(earlier: Mapping[str, Any], later: Mapping[str, Any]) -> dict[str, Any]:
+    """`later` with the seeds of `earlier` added (a seed in both: `later`'s run), each with the strategies
+    `later` ran, summary and targets recomputed over all of them; `commands` lists every run's. Refused
+    (`MergeError`) unless both are the same experiment (`merge_mismatch`), so that every figure is over
+    seeds of one experiment."""
+    first = next(iter(later["per_seed"].values()))
+    problem = merge_mismatch(
+        earlier,
+        kind=later["kind"],
+        training=later["training"],
+        model=later["model"],
+        strategies=[name for name in first["strategies"] if name != REFERENCE],
+        stream=first["stream"]["name"].split(", seed")[0],
+    )
+    recipes = {
+        name: [seed["strategies"][name].get("strategy") for seed in [*earlier["per_seed"].values(), first]]
+        for name in first["strategies"]
+    }
+    if problem is None and any(any(recipe != runs[0] for recipe in runs) for runs in recipes.values()):
+        problem = "the earlier result ran its strategies with other settings"
+    if problem is not None:
+        raise MergeError(f"{problem}; merge only runs of the same experiment")
+    kept = {
+        seed: {**run, "strategies": {name: run["strategies"][name] for name in first["strategies"]}}
+        for seed, run in earlier["per_seed"].items()
+    }
+    per_seed = {**kept, **later["per_seed"]}
+    per_seed = {seed: per_seed[seed] for seed in sorted(per_seed, key=int)}
+    summary = summarize(per_seed)
+    return {
+        **later,
+        "seeds": [int(seed) for seed in per_seed],
+        "per_seed": per_seed,
+        "summary": summary,
+        "targets": evaluate_targets(summary, class_incremental=later["kind"] == "class_incremental"),
+        "commands": list(earlier.get("commands") or [earlier["command"]]),
+    }
+
+
 def interval(measured: Sequence[float | None], level: float = 0.95) -> dict[str, Any]:
     """Mean with a Student-t interval over seeds (half-width None with one value)."""
     values = [v for v in measured if v is not None and not math.isnan(v)]
@@ -290,6 +372,11 @@ def interval(measured: Sequence[float | None], level: float = 0.95) -> dict[str,
         return {"mean": values[0], "half_width": None, "values": values}
     half = float(student_t.ppf(0.5 + level / 2, len(values) - 1)) * stdev(values) / math.sqrt(len(values))
     return {"mean": mean(values), "half_width": half, "values": values}
+
+
+def _mean_over_updates(run: Mapping[str, Any], key: str) -> float | None:
+    values = [u[key] for u in run["updates"] if u.get(key) is not None]
+    return mean(values) if values else None
 
 
 def summarize(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
@@ -318,6 +405,9 @@ def summarize(per_seed: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
             "samples_per_update": [
                 interval([r["updates"][i]["samples_processed"] for r in runs(name)]) for i in range(len(periods))
             ],
+            # Per seed, the mean over the updates that had a previous version (None for the reference).
+            "agreement_with_previous": interval([_mean_over_updates(r, "agreement_with_previous") for r in runs(name)]),
+            "negative_flips": interval([_mean_over_updates(r, "negative_flips") for r in runs(name)]),
         }
         if name != REFERENCE:
             entry["minus_tfidf"] = interval(
@@ -495,7 +585,7 @@ def _target(name: str, measured: str, met: bool) -> dict[str, Any]:
 def write_reports(result: dict[str, Any], folder: Path, *, command: str, stem: str = "learn") -> list[Path]:
     """JSON, a Markdown table and two PNG plots under `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
-    result = {**result, "command": command}
+    result = {**result, "command": command, "commands": [*result.get("commands", []), command]}
     paths = [
         folder / f"{stem}.json",
         folder / f"{stem}.md",
@@ -513,6 +603,12 @@ def _pct(value: float | None) -> str:
     return "n/a" if value is None else f"{value * 100:.1f}"
 
 
+def _optional_interval(entry: Mapping[str, Any], key: str) -> str:
+    """A figure of the strategies only (not the reference's), and of results written before it existed."""
+    value = entry.get(key)
+    return _with_interval(value) if value is not None and value["mean"] is not None else ""
+
+
 def _markdown(result: dict[str, Any], stem: str) -> str:
     first = next(iter(result["per_seed"].values()))
     stream, training, summary = first["stream"], result["training"], result["summary"]
@@ -523,7 +619,7 @@ def _markdown(result: dict[str, Any], stem: str) -> str:
     lines = [
         f"# Continual-learning benchmark: {stream['name'].split(', seed')[0]}",
         "",
-        f"Command: `{result['command']}`",
+        "Commands: " + "; then ".join(f"`{command}`" for command in result["commands"]),
         "",
         f"Device {result['device']}; seeds {', '.join(map(str, result['seeds']))} (each seed draws the stream and "
         f"the training); {len(stream['periods'])} periods; training records per period (seed {result['seeds'][0]}) "
@@ -538,18 +634,26 @@ def _markdown(result: dict[str, Any], stem: str) -> str:
         "training row so far, scored on the same held-out records.",
         "",
         "| strategy | final avg accuracy (%) | minus tfidf (pts) | avg forgetting (pts) | BWT (pts) | "
+        "agreement with previous version (%) | negative flips (%) | "
         "last update (s) | samples in last update | total train time (s) |",
-        "|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in summary.items():
         lines.append(
             f"| {name} | {_with_interval(entry['final_average_accuracy'])} | "
             f"{_with_interval(entry['minus_tfidf']) if 'minus_tfidf' in entry else ''} | "
             f"{_with_interval(entry['average_forgetting'])} | {_with_interval(entry['bwt'])} | "
+            f"{_optional_interval(entry, 'agreement_with_previous')} | {_optional_interval(entry, 'negative_flips')} | "
             f"{_with_interval(entry['last_update_wall_s'], scale=1)} | "
             f"{_with_interval(entry['last_update_samples'], scale=1)} | "
             f"{_with_interval(entry['total_wall_s'], scale=1)} |"
         )
+    lines += [
+        "",
+        "Agreement: the share of held-out records on which a version and the one before it predict the same "
+        "label (the pairing that gives the gate's McNemar tests their power); negative flips: the share the "
+        "version before got right and this one gets wrong. Both averaged over the updates after the first.",
+    ]
     periods = stream["periods"]
     lines += [
         "",

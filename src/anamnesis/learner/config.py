@@ -151,6 +151,22 @@ class EWCConfig(_Config):
     )
 
 
+class DistillationConfig(_Config):
+    """Positive-congruent distillation from the parent (Yan et al. 2021, "focal distillation"): on each
+    training sample the parent classifies correctly, the candidate is also pulled towards the parent's
+    softened class distribution. An update then keeps the parent's right answers unless its data says
+    otherwise, so consecutive versions agree more (what gives the gate's paired tests their power) and
+    fewer right predictions turn wrong; where the parent is wrong, or for a relabeled record, only the
+    label teaches."""
+
+    weight: float = Field(
+        default=1.0, ge=0, le=100, description="Strength of the distillation term against the cross-entropy."
+    )
+    temperature: float = Field(
+        default=2.0, gt=0, le=20, description="Softens both distributions; the term is scaled by its square."
+    )
+
+
 class LoRAConfig(_Config):
     r: int = Field(default=8, ge=1, le=256, description="Adapter rank.")
     alpha: int = Field(default=16, ge=1, description="Adapter scaling numerator (scale = alpha / r).")
@@ -170,13 +186,20 @@ class StrategyConfig(_Config):
     data: TrainingData = Field(default=TrainingData.incremental, description="What an update trains on.")
     replay: ReplayConfig | None = Field(default_factory=ReplayConfig, description="Replay buffer; None: off.")
     ewc: EWCConfig | None = Field(default_factory=EWCConfig, description="EWC regularisation; None: off.")
+    distillation: DistillationConfig | None = Field(
+        default=None, description="Distillation from the parent where it is right; None: off."
+    )
     finetune: FinetuneMode = Field(default=FinetuneMode.full, description="Full fine-tuning or LoRA.")
     lora: LoRAConfig = Field(default_factory=LoRAConfig, description="LoRA settings (used when finetune is lora).")
 
     @model_validator(mode="after")
     def _consistent(self) -> StrategyConfig:
-        if self.data != TrainingData.incremental and (self.replay or self.ewc):
-            raise ValueError(f"{self.data} training sees all data already; replay and EWC apply to incremental only")
+        if self.data != TrainingData.incremental and (self.replay or self.ewc or self.distillation):
+            raise ValueError(
+                f"{self.data} training sees all data already; replay, EWC and distillation apply to incremental only"
+            )
+        if self.distillation is not None and self.replay is not None and self.replay.source == ReplaySource.buffer:
+            raise ValueError("distillation needs the parent's logits of every replayed record: replay from the history")
         if self.finetune == FinetuneMode.lora and self.ewc is not None:
             raise ValueError("EWC needs the same parameters at every update; LoRA adapters are new each update")
         return self
@@ -253,12 +276,24 @@ class LearnerConfig(_Config):
     training: TrainingConfig = Field(default_factory=TrainingConfig)
 
 
-PresetName = Literal["naive", "ewc", "replay", "replay_ewc", "lora_replay", "cumulative", "joint"]
+PresetName = Literal[
+    "naive",
+    "ewc",
+    "replay",
+    "replay_ewc",
+    "replay_distill",
+    "replay_ewc_distill",
+    "lora_replay",
+    "cumulative",
+    "joint",
+]
 _PRESETS: dict[PresetName, StrategyConfig] = {
     "naive": StrategyConfig(name="naive", replay=None, ewc=None),
     "ewc": StrategyConfig(name="ewc", replay=None),
     "replay": StrategyConfig(name="replay", ewc=None),
     "replay_ewc": StrategyConfig(name="replay_ewc"),
+    "replay_distill": StrategyConfig(name="replay_distill", ewc=None, distillation=DistillationConfig()),
+    "replay_ewc_distill": StrategyConfig(name="replay_ewc_distill", distillation=DistillationConfig()),
     "lora_replay": StrategyConfig(name="lora_replay", ewc=None, finetune=FinetuneMode.lora),
     "cumulative": StrategyConfig(name="cumulative", data=TrainingData.cumulative, replay=None, ewc=None),
     "joint": StrategyConfig(name="joint", data=TrainingData.joint, replay=None, ewc=None),

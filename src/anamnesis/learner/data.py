@@ -74,6 +74,9 @@ class Sample:
     period: str
     features: np.ndarray | None = field(default=None, compare=False)
     """Field features (float32), when the model has a field tower."""
+    teacher_logits: np.ndarray | None = field(default=None, compare=False)
+    """The parent's logits over its own classes (float32), when the update distils from the parent and the
+    parent predicts this sample's label."""
 
 
 def encode_labeled(bundle: ModelBundle, records: Sequence[LabeledRecord], *, max_length: int) -> ModelInputs:

@@ -72,12 +72,16 @@ def train_update(
     max_length = config.training.max_length
     samples = tokenize(experience, bundle, max_length=max_length)
     replay = config.strategy.replay
+    chosen: list[LabeledRecord] = []
     replayed: list[Sample] = []
     if replay is not None and replay.source == ReplaySource.history and parent is not None:
         fresh_ids = {record.record_id for record in fresh}
         history = [record for record in seen if record.record_id not in fresh_ids]
         chosen = select_replay(history, budget=replay.budget(len(fresh)), seed=seed)
         replayed = tokenize(chosen, bundle, max_length=max_length)
+    if config.strategy.distillation is not None and parent is not None:
+        samples = with_parent_logits(parent, samples, experience, max_length=max_length, device=device)
+        replayed = with_parent_logits(parent, replayed, chosen, max_length=max_length, device=device)
     by_id = {record.record_id: record for record in seen}
 
     def lookup(record_ids: Sequence[int]) -> dict[int, Sample]:
@@ -85,7 +89,15 @@ def train_update(
         return {s.record_id: s for s in tokenize(wanted, bundle, max_length=max_length)}
 
     result = train_experience(
-        bundle, samples, config=config, state=state, lookup=lookup, device=device, replayed=replayed, hook=hook
+        bundle,
+        samples,
+        config=config,
+        state=state,
+        lookup=lookup,
+        device=device,
+        replayed=replayed,
+        parent_classes=len(parent.labels) if parent is not None else 0,
+        hook=hook,
     )
     return TrainedUpdate(
         bundle=bundle,
@@ -106,6 +118,28 @@ class HeldOutOutputs:
 
     predictions: Predictions
     logits: np.ndarray  # (records, classes), columns in the bundle's label order
+
+
+def with_parent_logits(
+    parent: ModelBundle,
+    samples: Sequence[Sample],
+    records: Sequence[LabeledRecord],
+    *,
+    max_length: int,
+    device: torch.device,
+) -> list[Sample]:
+    """`samples` (encoded for the candidate, in `records`' order) with the parent's logits attached where
+    the parent predicts the record's current label: what distillation pulls the candidate towards. The
+    parent reads each record as it was trained to (its own field encoding and label order); one forward
+    pass per sample, once per update, not once per epoch."""
+    if not samples:
+        return []
+    logits = predict_logits(parent, encode_labeled(parent, records, max_length=max_length), device=device).numpy()
+    index = parent.label_index
+    return [
+        replace(sample, teacher_logits=row) if index.get(record.label) == int(row.argmax()) else sample
+        for sample, record, row in zip(samples, records, logits, strict=True)
+    ]
 
 
 def held_out_outputs(

@@ -66,12 +66,29 @@ def bench_learn(
     replay_source: Annotated[
         str | None, typer.Option(help="history (every stored record) or buffer (a bounded avalanche buffer).")
     ] = None,
+    merge: Annotated[
+        Path | None,
+        typer.Option(
+            help="A JSON result of the same experiment (stream, training, model; every strategy of this run): its "
+            "seeds are kept, with the strategies of this run, and these added, every figure recomputed over all."
+        ),
+    ] = None,
 ) -> None:
     """Run every strategy and the TF-IDF reference over the same streams, on several seeds; write the
     accuracy matrices, forgetting, BWT, costs and the targets, each as a mean with its 95% interval."""
+    import json
     import shlex
 
-    from anamnesis.learner.benchmark import cohort_records, make_stream, read_records, run_benchmark, write_reports
+    from anamnesis.learner.benchmark import (
+        MergeError,
+        cohort_records,
+        make_stream,
+        merge_mismatch,
+        merge_results,
+        read_records,
+        run_benchmark,
+        write_reports,
+    )
     from anamnesis.learner.config import PRESET_NAMES, FieldInput, ModelSpec, ReplaySource, TrainingConfig
     from anamnesis.learner.modeling import load_base_classifier, tiny_classifier
     from anamnesis.storage.errors import IngestFileError
@@ -101,6 +118,12 @@ def bench_learn(
         "max_length": max_length,
         "class_weighting": class_weighting,
     }
+    earlier: dict[str, Any] | None = None
+    if merge is not None:  # read before the hour of training, not after
+        try:
+            earlier = json.loads(merge.read_text())
+        except (OSError, ValueError):
+            fail("--merge: the file cannot be read as a bench learn result (JSON)")
     try:
         training = TrainingConfig.model_validate(
             {key: value for key, value in overrides.items() if value is not None}
@@ -141,6 +164,20 @@ def bench_learn(
             }
     except (IngestFileError, ValueError) as error:
         fail(str(error))
+    if earlier is not None:
+        try:
+            problem = merge_mismatch(
+                earlier,
+                kind="class_incremental" if class_incremental is not None else "drift",
+                training=training.model_dump(mode="json"),
+                model=spec.model_dump(mode="json"),
+                strategies=chosen,
+                stream=next(iter(streams.values())).name,
+            )
+        except (KeyError, TypeError, AttributeError):
+            problem = "the file is not a bench learn result"
+        if problem is not None:
+            fail(f"--merge: {problem}; merge only runs of the same experiment")
     result = run_benchmark(
         streams,
         strategies=chosen,
@@ -153,6 +190,11 @@ def bench_learn(
         class_incremental=class_incremental is not None,
         progress=lambda line: typer.echo(line, err=True),
     )
+    if earlier is not None:
+        try:
+            result = merge_results(earlier, result)
+        except (ValueError, KeyError, TypeError) as error:
+            fail(f"--merge: {error if isinstance(error, MergeError) else 'not a bench learn result file'}")
     command = "anamnesis bench learn " + shlex.join(sys.argv[3:] if sys.argv[1:3] == ["bench", "learn"] else [])
     for path in write_reports(result, out, command=command.strip(), stem=stem):
         typer.echo(f"wrote {path}")
